@@ -1,0 +1,45 @@
+// One CPU engine and stream for the process, and small helpers around oneDNN's
+// memory descriptor -> primitive descriptor -> primitive chain. User tensors stay in
+// plain layouts (nchw / oihw / ab); primitives are built once per batch size and
+// cached inside each op (see the ops' `prims_` maps), only executed in the loop.
+#pragma once
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "tensor.hpp"
+
+namespace lowbit {
+
+dnnl::engine& cpu_engine();
+dnnl::stream& cpu_stream();
+
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+using dims = dnnl::memory::dims;
+
+inline dnnl::memory::desc md(const dims& d, tag t) { return dnnl::memory::desc(d, dt::f32, t); }
+
+// A memory object over a tensor's storage (no copy).
+inline dnnl::memory mem(const dnnl::memory::desc& d, const Tensor& t) {
+  return dnnl::memory(d, cpu_engine(), const_cast<float*>(t.data()));
+}
+inline dnnl::memory mem(const dnnl::memory::desc& d, float* p) {
+  return dnnl::memory(d, cpu_engine(), p);
+}
+
+// Scratch storage for a primitive's workspace (kept from forward to backward).
+struct Workspace {
+  std::shared_ptr<uint8_t> buf;
+  size_t bytes = 0;
+  dnnl::memory get(const dnnl::memory::desc& d) {
+    size_t need = d.get_size();
+    if (need > bytes) {
+      uint8_t* p = static_cast<uint8_t*>(std::aligned_alloc(64, ((need + 63) / 64) * 64));
+      if (!p) throw std::bad_alloc();
+      buf.reset(p, [](uint8_t* q) { std::free(q); });
+      bytes = need;
+    }
+    return dnnl::memory(d, cpu_engine(), buf.get());
+  }
+};
+
+}  // namespace lowbit

@@ -1,0 +1,83 @@
+// The model graph: nodes in topological order (a node's inputs are created before it),
+// sequential or a general DAG. The executor keeps one activation and one gradient
+// buffer per node, reused between steps; the epoch loop runs here, not in Python.
+#pragma once
+#include <functional>
+#include <memory>
+
+#include "ops.hpp"
+#include "optim.hpp"
+
+namespace lowbit {
+
+struct Node {
+  std::string kind;  // "input" or an op kind
+  std::unique_ptr<Op> op;
+  std::vector<int> inputs;
+  Shape out_shape;  // per sample
+};
+
+struct Metrics {
+  double loss = 0, accuracy = 0;
+  int64_t seen = 0;
+};
+
+// progress(done_samples, running_loss, running_accuracy)
+using Progress = std::function<void(int64_t, double, double)>;
+
+class Graph {
+ public:
+  int add_input(const Shape& shape);
+  int add(const std::string& kind, const std::vector<int>& inputs, const Config& cfg);
+  void set_output(int id);
+  const std::vector<Node>& nodes() const { return nodes_; }
+  int output() const { return output_; }
+
+  void init_params(uint64_t seed);
+  std::vector<Param*> params(bool trainable_only);
+  int64_t count_params() const;
+
+  void compile(const std::string& loss, const OptimConfig& opt, const ScheduleConfig& sched);
+
+  // One epoch over x (N, *input_shape) with integer labels or float targets (N, K).
+  Metrics fit_epoch(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch,
+                    bool shuffle, uint64_t seed, int64_t epoch, const Progress& progress);
+  Metrics evaluate(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch);
+  void predict(const float* x, int64_t n, int64_t batch, float* out);
+
+  // Building blocks exposed for gradient checks: loss and parameter gradients for one
+  // batch (training-mode forward, running statistics untouched).
+  double compute_gradients(const float* x, int64_t n, const int64_t* labels, const float* targets);
+  // forward to the output, then backward from an arbitrary output gradient;
+  // returns the gradient with respect to the input.
+  void forward_batch(const float* x, int64_t n, bool training, float* out);
+  void backward_batch(const float* diff_out, float* diff_x);
+
+  std::string loss_name() const { return loss_; }
+  double current_lr() const { return lr_; }
+  uint64_t step() const { return step_; }
+  void set_step(uint64_t s) { step_ = s; }
+
+ private:
+  std::vector<Node> nodes_;
+  int input_ = -1, output_ = -1;
+  std::string loss_ = "categorical_crossentropy";
+  std::unique_ptr<Optimizer> opt_;
+  ScheduleConfig sched_;
+  double base_lr_ = 0, lr_ = 0;
+  uint64_t step_ = 0, seed_ = 0;
+  std::vector<Tensor> act_, grad_;
+  std::vector<char> grad_set_;
+  std::vector<Tensor> scratch_;
+  Tensor batch_x_, loss_grad_;
+
+  Shape with_batch(const Shape& s, int64_t n) const;
+  void run_forward(const Tensor& x, const StepContext& ctx);
+  void run_backward(int from, bool want_input_grad);
+  bool fused_softmax_ce() const;
+  // loss over a batch; writes dL/d(loss input) when grad != nullptr
+  double loss_and_grad(int64_t n, const int64_t* labels, const float* targets, Tensor* grad, int64_t* correct);
+  void check_targets(int64_t n, const int64_t* labels, const float* targets) const;
+};
+
+}  // namespace lowbit

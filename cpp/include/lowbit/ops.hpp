@@ -1,0 +1,75 @@
+// The op interface: one op = forward + backward, shapes checked at construction.
+// Shapes are per sample (C,H,W) or (features,); the batch axis is added at run time.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor.hpp"
+
+namespace lowbit {
+
+// Layer arguments as parsed from Python (ints, floats, strings by key).
+struct Config {
+  std::map<std::string, std::vector<int64_t>> ints;
+  std::map<std::string, double> floats;
+  std::map<std::string, std::string> strs;
+
+  bool has(const std::string& k) const { return ints.count(k) || floats.count(k) || strs.count(k); }
+  int64_t i(const std::string& k, int64_t def) const;
+  std::vector<int64_t> iv(const std::string& k, size_t n, std::vector<int64_t> def) const;
+  double f(const std::string& k, double def) const;
+  std::string s(const std::string& k, const std::string& def) const;
+};
+
+// A learnable (or state) tensor of an op with its gradient.
+struct Param {
+  std::string name;  // Keras names: kernel, bias, gamma, beta, moving_mean, moving_variance
+  Tensor value, grad;
+  bool trainable = true;
+};
+
+// Per-step information the ops may need (dropout masks are a function of seed+step).
+struct StepContext {
+  uint64_t seed = 0;
+  uint64_t step = 0;
+  bool training = false;
+  bool update_stats = true;  // BatchNorm running statistics (off for gradient checks)
+};
+
+struct Op {
+  std::string kind;
+  Shape out_shape;            // per sample
+  std::vector<Param> params;  // Keras get_weights() order
+  int64_t macs = 0;           // multiply-accumulates per sample, forward
+
+  virtual ~Op() = default;
+  virtual void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) = 0;
+  // diff_src[i] is nullptr when input i needs no gradient. Parameter gradients are
+  // written (not accumulated) into params[k].grad.
+  virtual void backward(const std::vector<const Tensor*>& src, const Tensor& dst,
+                        const Tensor& diff_dst, const std::vector<Tensor*>& diff_src) = 0;
+  // Initialise parameters deterministically from a seed.
+  virtual void init_params(uint64_t /*seed*/) {}
+  int64_t count_params() const {
+    int64_t n = 0;
+    for (auto& p : params) n += p.value.size();
+    return n;
+  }
+};
+
+std::unique_ptr<Op> make_op(const std::string& kind, const Config& cfg, const std::vector<Shape>& in);
+
+// Initialisers (Keras/PyTorch names): fill `t` given fan_in / fan_out.
+void init_tensor(Tensor& t, const std::string& how, int64_t fan_in, int64_t fan_out, uint64_t seed);
+
+// Padding for one spatial axis. 'same' follows TensorFlow: total = max((ceil(n/s)-1)*s
+// + (k-1)*d + 1 - n, 0), with the extra pixel at the end.
+struct Pad1 {
+  int64_t lo, hi, out;
+};
+Pad1 pad1(const std::string& mode, int64_t explicit_pad, int64_t n, int64_t k, int64_t s, int64_t d,
+          const char* op);
+
+}  // namespace lowbit

@@ -1,0 +1,37 @@
+// Optimizers over fp32 master weights, and epoch-wise learning-rate schedules.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "ops.hpp"
+
+namespace lowbit {
+
+struct OptimConfig {
+  std::string name = "sgd";  // sgd, adam, adadelta, rmsprop
+  double lr = 0.01, momentum = 0.0, weight_decay = 0.0;
+  bool nesterov = false;
+  double beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, rho = 0.95;
+};
+
+struct ScheduleConfig {
+  std::string name = "constant";  // constant, step, multistep, exponential, cosine
+  double gamma = 0.1;              // step/multistep factor, exponential decay per epoch
+  int64_t step_size = 30;
+  std::vector<int64_t> milestones;
+  int64_t t_max = 1;  // cosine: epochs to reach min_lr
+  double min_lr = 0.0;
+};
+
+double scheduled_lr(const ScheduleConfig& s, double base_lr, int64_t epoch);
+
+struct Optimizer {
+  OptimConfig cfg;
+  int64_t t = 0;                         // steps taken (Adam bias correction)
+  std::vector<std::vector<Tensor>> state;  // per parameter: slots
+  explicit Optimizer(OptimConfig c);
+  void reset() { t = 0, state.clear(); }
+  void step(const std::vector<Param*>& params, double lr);
+};
+
+}  // namespace lowbit

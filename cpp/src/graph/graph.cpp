@@ -1,0 +1,339 @@
+#include "lowbit/graph.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include "lowbit/rng.hpp"
+
+namespace lowbit {
+
+int Graph::add_input(const Shape& shape) {
+  LB_CHECK(input_ < 0, "Model: only one Input is supported by the training engine");
+  LB_CHECK(!shape.empty() && shape.size() <= 3, "Input: expected shape (C, H, W) or (features,), got ",
+           shape_str(shape));
+  for (auto d : shape) LB_CHECK(d >= 1, "Input: expected positive dimensions, got ", shape_str(shape));
+  nodes_.push_back({"input", nullptr, {}, shape});
+  input_ = int(nodes_.size()) - 1;
+  return input_;
+}
+
+int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Config& cfg_in) {
+  std::vector<Shape> in;
+  for (int i : inputs) {
+    LB_CHECK(i >= 0 && i < int(nodes_.size()), kind, ": input node ", i, " does not exist");
+    in.push_back(nodes_[size_t(i)].out_shape);
+  }
+  Config cfg = cfg_in;
+  cfg.ints["node_id"] = {int64_t(nodes_.size())};
+  auto op = make_op(kind, cfg, in);
+  Shape out = op->out_shape;
+  nodes_.push_back({kind, std::move(op), inputs, out});
+  output_ = int(nodes_.size()) - 1;
+  return output_;
+}
+
+void Graph::set_output(int id) {
+  LB_CHECK(id >= 0 && id < int(nodes_.size()), "Model: output node ", id, " does not exist");
+  output_ = id;
+}
+
+void Graph::init_params(uint64_t seed) {
+  for (size_t i = 0; i < nodes_.size(); ++i)
+    if (nodes_[i].op) nodes_[i].op->init_params(splitmix64(seed * 1000003ull + i));
+  seed_ = seed;
+  step_ = 0;
+  if (opt_) opt_->reset();
+}
+
+std::vector<Param*> Graph::params(bool trainable_only) {
+  std::vector<Param*> r;
+  for (auto& n : nodes_)
+    if (n.op)
+      for (auto& p : n.op->params)
+        if (!trainable_only || p.trainable) r.push_back(&p);
+  return r;
+}
+
+int64_t Graph::count_params() const {
+  int64_t c = 0;
+  for (auto& n : nodes_)
+    if (n.op) c += n.op->count_params();
+  return c;
+}
+
+void Graph::compile(const std::string& loss, const OptimConfig& opt, const ScheduleConfig& sched) {
+  LB_CHECK(loss == "categorical_crossentropy" || loss == "mse", "compile: unknown loss '", loss,
+           "' (expected 'categorical_crossentropy' or 'mse')");
+  LB_CHECK(input_ >= 0 && output_ > input_, "compile: the model has no layers");
+  LB_CHECK(nodes_[size_t(output_)].out_shape.size() == 1, "compile: expected a flat output (classes,), got ",
+           shape_str(nodes_[size_t(output_)].out_shape));
+  loss_ = loss;
+  opt_ = std::make_unique<Optimizer>(opt);
+  sched_ = sched;
+  base_lr_ = lr_ = opt.lr;
+}
+
+Shape Graph::with_batch(const Shape& s, int64_t n) const {
+  Shape r{n};
+  r.insert(r.end(), s.begin(), s.end());
+  return r;
+}
+
+bool Graph::fused_softmax_ce() const {
+  return loss_ == "categorical_crossentropy" && nodes_[size_t(output_)].kind == "softmax";
+}
+
+void Graph::run_forward(const Tensor& x, const StepContext& ctx) {
+  const int64_t n = x.dim(0);
+  act_.resize(nodes_.size());
+  act_[size_t(input_)] = Tensor::borrow(const_cast<float*>(x.data()), x.shape);
+  std::vector<const Tensor*> src;
+  for (int i = 0; i <= output_; ++i) {
+    auto& node = nodes_[size_t(i)];
+    if (!node.op) continue;
+    src.clear();
+    for (int j : node.inputs) src.push_back(&act_[size_t(j)]);
+    act_[size_t(i)].resize(with_batch(node.out_shape, n));
+    node.op->forward(src, act_[size_t(i)], ctx);
+  }
+}
+
+// Reverse-mode sweep. The first consumer to reach a producer writes its gradient in
+// place; later consumers (a DAG fan-out) write to scratch and add, so nothing needs
+// zeroing beforehand.
+void Graph::run_backward(int from, bool want_input_grad) {
+  grad_.resize(nodes_.size());
+  grad_set_.assign(nodes_.size(), 0);
+  grad_set_[size_t(from)] = 1;
+  std::vector<const Tensor*> src;
+  std::vector<Tensor*> dsrc;
+  std::vector<int> pending;
+  for (int i = from; i >= 0; --i) {
+    auto& node = nodes_[size_t(i)];
+    if (!node.op || !grad_set_[size_t(i)]) continue;
+    src.clear(), dsrc.clear(), pending.assign(node.inputs.size(), 0);
+    if (scratch_.size() < node.inputs.size()) scratch_.resize(node.inputs.size());
+    for (size_t k = 0; k < node.inputs.size(); ++k) {
+      int j = node.inputs[k];
+      src.push_back(&act_[size_t(j)]);
+      if (j == input_ && !want_input_grad) {
+        dsrc.push_back(nullptr);
+        continue;
+      }
+      bool taken = grad_set_[size_t(j)];
+      for (size_t q = 0; q < k; ++q) taken |= node.inputs[q] == j;
+      Tensor& t = taken ? scratch_[k] : grad_[size_t(j)];
+      t.resize(act_[size_t(j)].shape);
+      pending[k] = taken ? 2 : 1;
+      dsrc.push_back(&t);
+    }
+    node.op->backward(src, act_[size_t(i)], grad_[size_t(i)], dsrc);
+    for (size_t k = 0; k < node.inputs.size(); ++k) {
+      int j = node.inputs[k];
+      if (pending[k] == 2) {
+        float* g = grad_[size_t(j)].data();
+        const float* s = scratch_[k].data();
+        const int64_t m = grad_[size_t(j)].size();
+        for (int64_t e = 0; e < m; ++e) g[e] += s[e];
+      }
+      if (pending[k]) grad_set_[size_t(j)] = 1;
+    }
+  }
+}
+
+void Graph::check_targets(int64_t n, const int64_t* labels, const float* targets) const {
+  const int64_t K = nodes_[size_t(output_)].out_shape[0];
+  if (labels)
+    for (int64_t i = 0; i < n; ++i)
+      LB_CHECK(labels[i] >= 0 && labels[i] < K, "labels: expected class indices in [0, ", K, "), got ", labels[i],
+               " at position ", i);
+  if (targets)
+    for (int64_t i = 0; i < n * K; ++i)
+      LB_CHECK(std::isfinite(targets[i]), "targets: expected finite values, got ", targets[i]);
+}
+
+// Categorical cross-entropy is computed from logits (log-sum-exp) when the model ends
+// in softmax - the fused, stable form: dL/dz = (softmax(z) - t) / N. Without a final
+// softmax the output is taken as logits. MSE: mean over all N*K of (y - t)^2.
+double Graph::loss_and_grad(int64_t n, const int64_t* labels, const float* targets, Tensor* grad,
+                            int64_t* correct) {
+  const int64_t K = nodes_[size_t(output_)].out_shape[0];
+  const bool ce = loss_ == "categorical_crossentropy";
+  const int loss_node = fused_softmax_ce() ? nodes_[size_t(output_)].inputs[0] : output_;
+  const Tensor& z = act_[size_t(loss_node)];
+  const Tensor& y = act_[size_t(output_)];
+  if (grad) grad->resize(z.shape);
+  double total = 0;
+  int64_t hits = 0;
+  std::vector<double> p(static_cast<size_t>(K));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* zi = z.data() + i * K;
+    const float* yi = y.data() + i * K;
+    auto t = [&](int64_t k) -> double { return targets ? targets[i * K + k] : (labels[i] == k ? 1.0 : 0.0); };
+    int64_t arg = 0;
+    for (int64_t k = 1; k < K; ++k)
+      if (yi[k] > yi[arg]) arg = k;
+    int64_t truth = 0;
+    if (labels) truth = labels[i];
+    else
+      for (int64_t k = 1; k < K; ++k)
+        if (targets[i * K + k] > targets[i * K + truth]) truth = k;
+    hits += arg == truth;
+    if (ce) {
+      double m = zi[0];
+      for (int64_t k = 1; k < K; ++k) m = std::max(m, double(zi[k]));
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += (p[size_t(k)] = std::exp(double(zi[k]) - m));
+      double lse = m + std::log(s);
+      double tsum = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        double tk = t(k);
+        total += tk * (lse - zi[k]);
+        tsum += tk;
+      }
+      if (grad)
+        for (int64_t k = 0; k < K; ++k)
+          grad->data()[i * K + k] = float((p[size_t(k)] / s * tsum - t(k)) / double(n));
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        double d = double(yi[k]) - t(k);
+        total += d * d / double(K);
+        if (grad) grad->data()[i * K + k] = float(2.0 * d / double(n * K));
+      }
+    }
+  }
+  if (correct) *correct = hits;
+  return total / double(n);
+}
+
+Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch,
+                         bool shuffle, uint64_t seed, int64_t epoch, const Progress& progress) {
+  LB_CHECK(opt_, "fit: call compile() first");
+  LB_CHECK(batch >= 1, "fit: expected batch_size >= 1, got ", batch);
+  LB_CHECK(n >= 1, "fit: expected at least one sample");
+  check_targets(n, labels, targets);
+  const Shape& in = nodes_[size_t(input_)].out_shape;
+  const int64_t inner = numel(in), K = nodes_[size_t(output_)].out_shape[0];
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  if (shuffle) {  // Fisher-Yates, a pure function of (seed, epoch)
+    Rng rng(seed * 0x9E3779B97F4A7C15ull + uint64_t(epoch));
+    for (int64_t i = n - 1; i > 0; --i) std::swap(order[size_t(i)], order[rng.below(uint64_t(i + 1))]);
+  }
+  lr_ = scheduled_lr(sched_, base_lr_, epoch);
+  auto ps = params(true);
+  std::vector<int64_t> lab;
+  std::vector<float> tgt;
+  Metrics m;
+  double loss_sum = 0;
+  int64_t hits_sum = 0;
+  auto last = std::chrono::steady_clock::now();
+  for (int64_t b0 = 0; b0 < n; b0 += batch) {
+    const int64_t nb = std::min(batch, n - b0);
+    batch_x_.resize(with_batch(in, nb));
+    if (labels) lab.resize(size_t(nb));
+    if (targets) tgt.resize(size_t(nb * K));
+#pragma omp parallel for schedule(static) if (nb * inner > 65536)
+    for (int64_t i = 0; i < nb; ++i) {
+      const int64_t s = order[size_t(b0 + i)];
+      std::memcpy(batch_x_.data() + i * inner, x + s * inner, size_t(inner) * 4);
+      if (labels) lab[size_t(i)] = labels[s];
+      if (targets) std::memcpy(tgt.data() + i * K, targets + s * K, size_t(K) * 4);
+    }
+    StepContext ctx{seed_ ^ seed, step_, true, true};
+    run_forward(batch_x_, ctx);
+    int64_t hits = 0;
+    int from = fused_softmax_ce() ? nodes_[size_t(output_)].inputs[0] : output_;
+    double l = loss_and_grad(nb, labels ? lab.data() : nullptr, targets ? tgt.data() : nullptr, &loss_grad_, &hits);
+    grad_.resize(nodes_.size());
+    std::swap(grad_[size_t(from)], loss_grad_);  // buffers swap, nothing is copied or freed
+    LB_CHECK(std::isfinite(l), "fit: the loss became ", l, " at step ", step_,
+             " (diverged: lower the learning rate, or check the data)");
+    run_backward(from, false);
+    opt_->step(ps, lr_);
+    ++step_;
+    loss_sum += l * double(nb);
+    hits_sum += hits;
+    m.seen += nb;
+    auto now = std::chrono::steady_clock::now();
+    if (progress && (std::chrono::duration<double>(now - last).count() > 0.2 || b0 + nb >= n)) {
+      progress(m.seen, loss_sum / double(m.seen), double(hits_sum) / double(m.seen));
+      last = now;
+    }
+  }
+  m.loss = loss_sum / double(m.seen);
+  m.accuracy = double(hits_sum) / double(m.seen);
+  return m;
+}
+
+Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch) {
+  LB_CHECK(batch >= 1, "evaluate: expected batch_size >= 1, got ", batch);
+  LB_CHECK(n >= 1, "evaluate: expected at least one sample");
+  check_targets(n, labels, targets);
+  const Shape& in = nodes_[size_t(input_)].out_shape;
+  const int64_t inner = numel(in), K = nodes_[size_t(output_)].out_shape[0];
+  Metrics m;
+  double loss_sum = 0;
+  int64_t hits_sum = 0;
+  for (int64_t b0 = 0; b0 < n; b0 += batch) {
+    const int64_t nb = std::min(batch, n - b0);
+    Tensor xb = Tensor::borrow(const_cast<float*>(x + b0 * inner), with_batch(in, nb));
+    run_forward(xb, StepContext{0, 0, false, false});
+    int64_t hits = 0;
+    loss_sum += loss_and_grad(nb, labels ? labels + b0 : nullptr, targets ? targets + b0 * K : nullptr, nullptr, &hits) *
+                double(nb);
+    hits_sum += hits;
+    m.seen += nb;
+  }
+  m.loss = loss_sum / double(m.seen);
+  m.accuracy = double(hits_sum) / double(m.seen);
+  return m;
+}
+
+void Graph::predict(const float* x, int64_t n, int64_t batch, float* out) {
+  LB_CHECK(batch >= 1, "predict: expected batch_size >= 1, got ", batch);
+  const Shape& in = nodes_[size_t(input_)].out_shape;
+  const int64_t inner = numel(in), K = numel(nodes_[size_t(output_)].out_shape);
+  for (int64_t b0 = 0; b0 < n; b0 += batch) {
+    const int64_t nb = std::min(batch, n - b0);
+    Tensor xb = Tensor::borrow(const_cast<float*>(x + b0 * inner), with_batch(in, nb));
+    run_forward(xb, StepContext{0, 0, false, false});
+    std::memcpy(out + b0 * K, act_[size_t(output_)].data(), size_t(nb * K) * 4);
+  }
+}
+
+double Graph::compute_gradients(const float* x, int64_t n, const int64_t* labels, const float* targets) {
+  LB_CHECK(n >= 1, "compute_gradients: expected at least one sample");
+  check_targets(n, labels, targets);
+  const Shape& in = nodes_[size_t(input_)].out_shape;
+  Tensor xb = Tensor::borrow(const_cast<float*>(x), with_batch(in, n));
+  run_forward(xb, StepContext{seed_, step_, true, false});
+  int from = fused_softmax_ce() ? nodes_[size_t(output_)].inputs[0] : output_;
+  double l = loss_and_grad(n, labels, targets, &loss_grad_, nullptr);
+  grad_.resize(nodes_.size());
+  std::swap(grad_[size_t(from)], loss_grad_);
+  run_backward(from, false);
+  return l;
+}
+
+void Graph::forward_batch(const float* x, int64_t n, bool training, float* out) {
+  const Shape& in = nodes_[size_t(input_)].out_shape;
+  batch_x_.resize(with_batch(in, n));
+  std::memcpy(batch_x_.data(), x, size_t(batch_x_.size()) * 4);
+  run_forward(batch_x_, StepContext{seed_, step_, training, false});
+  std::memcpy(out, act_[size_t(output_)].data(), size_t(act_[size_t(output_)].size()) * 4);
+}
+
+void Graph::backward_batch(const float* diff_out, float* diff_x) {
+  LB_CHECK(!act_.empty() && act_[size_t(output_)].ptr, "backward: call forward first");
+  grad_.resize(nodes_.size());
+  grad_[size_t(output_)].resize(act_[size_t(output_)].shape);
+  std::memcpy(grad_[size_t(output_)].data(), diff_out, size_t(act_[size_t(output_)].size()) * 4);
+  run_backward(output_, true);
+  const Tensor& gx = grad_[size_t(input_)];
+  if (grad_set_[size_t(input_)]) std::memcpy(diff_x, gx.data(), size_t(gx.size()) * 4);
+  else std::memset(diff_x, 0, size_t(act_[size_t(input_)].size()) * 4);
+}
+
+}  // namespace lowbit

@@ -1,0 +1,189 @@
+// BatchNormalization over the channel axis (axis 1 of NCHW, or features of (N, F)),
+// on oneDNN batch normalization. Training normalises with the batch statistics and
+// updates the running ones: moving = momentum * moving + (1 - momentum) * batch, with
+// the unbiased batch variance (as TensorFlow's fused kernel and PyTorch). Inference
+// uses the running statistics. Keras defaults: momentum 0.99, epsilon 1e-3.
+#include "lowbit/dnnl_util.hpp"
+#include "lowbit/ops.hpp"
+
+namespace lowbit {
+namespace {
+
+using namespace dnnl;
+
+struct BatchNorm : Op {
+  Shape in_;
+  int64_t C, S;  // channels, spatial size per channel
+  float eps, momentum;
+  Tensor mean_, var_;  // batch statistics kept for backward
+  struct Prims {
+    memory::desc data, stat;
+    batch_normalization_forward::primitive_desc fwd_pd;
+    batch_normalization_forward fwd, infer;
+    batch_normalization_backward bwd;
+  };
+  std::map<int64_t, Prims> cache_;
+
+  BatchNorm(const Config& cfg, const std::vector<Shape>& in) {
+    kind = "batch_norm";
+    LB_CHECK(in.size() == 1, "BatchNormalization: expected 1 input, got ", in.size());
+    LB_CHECK(in[0].size() == 3 || in[0].size() == 1,
+             "BatchNormalization: expected input shape (C, H, W) or (features,), got ", shape_str(in[0]));
+    in_ = in[0];
+    C = in_[0];
+    S = numel(in_) / C;
+    eps = float(cfg.f("epsilon", 1e-3));
+    momentum = float(cfg.f("momentum", 0.99));
+    LB_CHECK(eps > 0, "BatchNormalization: expected epsilon > 0, got ", eps);
+    LB_CHECK(momentum >= 0 && momentum <= 1, "BatchNormalization: expected momentum in [0, 1], got ", momentum);
+    out_shape = in_;
+    for (const char* n : {"gamma", "beta", "moving_mean", "moving_variance"})
+      params.push_back({n, Tensor({C}), Tensor({C}), n[0] == 'g' || n[0] == 'b'});
+    mean_.resize({C});
+    var_.resize({C});
+    macs = 2 * numel(in_);
+  }
+  void init_params(uint64_t) override {
+    init_tensor(params[0].value, "ones", 0, 0, 0);
+    params[1].value.zero();
+    params[2].value.zero();
+    init_tensor(params[3].value, "ones", 0, 0, 0);
+  }
+  Prims& prims(int64_t N) {
+    auto it = cache_.find(N);
+    if (it != cache_.end()) return it->second;
+    auto data = in_.size() == 3 ? md({N, C, in_[1], in_[2]}, tag::nchw) : md({N, C}, tag::nc);
+    auto stat = md({C}, tag::x);
+    auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
+    batch_normalization_forward::primitive_desc fpd(
+        batch_normalization_forward::desc(prop_kind::forward_training, data, eps, flags), cpu_engine());
+    batch_normalization_forward::primitive_desc ipd(
+        batch_normalization_forward::desc(prop_kind::forward_inference, data, eps,
+                                          flags | normalization_flags::use_global_stats),
+        cpu_engine());
+    batch_normalization_backward::primitive_desc bpd(
+        batch_normalization_backward::desc(prop_kind::backward, data, data, eps, flags), cpu_engine(), fpd);
+    Prims p{data, stat, fpd, batch_normalization_forward(fpd), batch_normalization_forward(ipd),
+            batch_normalization_backward(bpd)};
+    return cache_.emplace(N, std::move(p)).first->second;
+  }
+  void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
+    const int64_t N = src[0]->dim(0);
+    auto& p = prims(N);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.data, *src[0])},
+                                         {DNNL_ARG_DST, mem(p.data, dst)},
+                                         {DNNL_ARG_SCALE, mem(p.stat, params[0].value)},
+                                         {DNNL_ARG_SHIFT, mem(p.stat, params[1].value)}};
+    if (!ctx.training) {
+      args.insert({DNNL_ARG_MEAN, mem(p.stat, params[2].value)});
+      args.insert({DNNL_ARG_VARIANCE, mem(p.stat, params[3].value)});
+      p.infer.execute(cpu_stream(), args);
+      return;
+    }
+    args.insert({DNNL_ARG_MEAN, mem(p.stat, mean_)});
+    args.insert({DNNL_ARG_VARIANCE, mem(p.stat, var_)});
+    p.fwd.execute(cpu_stream(), args);
+    if (!ctx.update_stats) return;
+    const int64_t m = N * S;
+    const float unbias = m > 1 ? float(m) / float(m - 1) : 1.f;
+    float *rm = params[2].value.data(), *rv = params[3].value.data();
+    for (int64_t c = 0; c < C; ++c) {
+      rm[c] = momentum * rm[c] + (1 - momentum) * mean_.data()[c];
+      rv[c] = momentum * rv[c] + (1 - momentum) * var_.data()[c] * unbias;
+    }
+  }
+  void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
+                const std::vector<Tensor*>& diff_src) override {
+    auto& p = prims(src[0]->dim(0));
+    Tensor scratch;
+    Tensor* dx = diff_src[0];
+    if (!dx) {  // the primitive always writes diff_src
+      scratch.resize(src[0]->shape);
+      dx = &scratch;
+    }
+    p.bwd.execute(cpu_stream(), {{DNNL_ARG_SRC, mem(p.data, *src[0])},
+                                 {DNNL_ARG_MEAN, mem(p.stat, mean_)},
+                                 {DNNL_ARG_VARIANCE, mem(p.stat, var_)},
+                                 {DNNL_ARG_DIFF_DST, mem(p.data, diff_dst)},
+                                 {DNNL_ARG_SCALE, mem(p.stat, params[0].value)},
+                                 {DNNL_ARG_SHIFT, mem(p.stat, params[1].value)},
+                                 {DNNL_ARG_DIFF_SRC, mem(p.data, *dx)},
+                                 {DNNL_ARG_DIFF_SCALE, mem(p.stat, params[0].grad)},
+                                 {DNNL_ARG_DIFF_SHIFT, mem(p.stat, params[1].grad)}});
+    params[2].grad.zero();
+    params[3].grad.zero();
+  }
+};
+
+struct LRN : Op {
+  int64_t C, H, W, radius;
+  float bias, alpha, beta;
+  struct Prims {
+    memory::desc data;
+    lrn_forward::primitive_desc fwd_pd;
+    lrn_forward fwd, infer;
+    lrn_backward bwd;
+  };
+  std::map<int64_t, Prims> cache_;
+  Workspace ws_;
+
+  // TensorFlow's local_response_normalization:
+  //   sqr_sum[c] = sum_{c' = c-r}^{c+r} x[c']^2,  y = x / (bias + alpha * sqr_sum)^beta.
+  // oneDNN divides alpha by the window size n = 2r + 1, so we pass alpha * n.
+  LRN(const Config& cfg, const std::vector<Shape>& in) {
+    kind = "lrn";
+    LB_CHECK(in.size() == 1 && in[0].size() == 3, "LRN: expected input shape (C, H, W)");
+    C = in[0][0], H = in[0][1], W = in[0][2];
+    radius = cfg.i("depth_radius", 5);
+    bias = float(cfg.f("bias", 1.0));
+    alpha = float(cfg.f("alpha", 1.0));
+    beta = float(cfg.f("beta", 0.5));
+    LB_CHECK(radius >= 0, "LRN: expected depth_radius >= 0, got ", radius);
+    LB_CHECK(bias > 0, "LRN: expected bias > 0, got ", bias);
+    out_shape = in[0];
+    macs = numel(in[0]) * (2 * radius + 1);
+  }
+  Prims& prims(int64_t N) {
+    auto it = cache_.find(N);
+    if (it != cache_.end()) return it->second;
+    auto data = md({N, C, H, W}, tag::nchw);
+    int64_t n = 2 * radius + 1;
+    float a = alpha * float(n);
+    auto alg = algorithm::lrn_across_channels;
+    lrn_forward::primitive_desc fpd(lrn_forward::desc(prop_kind::forward_training, alg, data, n, a, beta, bias),
+                                    cpu_engine());
+    lrn_forward::primitive_desc ipd(lrn_forward::desc(prop_kind::forward_inference, alg, data, n, a, beta, bias),
+                                    cpu_engine());
+    lrn_backward::primitive_desc bpd(lrn_backward::desc(alg, data, data, n, a, beta, bias), cpu_engine(), fpd);
+    Prims p{data, fpd, lrn_forward(fpd), lrn_forward(ipd), lrn_backward(bpd)};
+    return cache_.emplace(N, std::move(p)).first->second;
+  }
+  void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
+    auto& p = prims(src[0]->dim(0));
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.data, *src[0])}, {DNNL_ARG_DST, mem(p.data, dst)}};
+    if (ctx.training) {
+      args.insert({DNNL_ARG_WORKSPACE, ws_.get(p.fwd_pd.workspace_desc())});
+      p.fwd.execute(cpu_stream(), args);
+    } else {
+      p.infer.execute(cpu_stream(), args);
+    }
+  }
+  void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
+                const std::vector<Tensor*>& diff_src) override {
+    if (!diff_src[0]) return;
+    auto& p = prims(src[0]->dim(0));
+    p.bwd.execute(cpu_stream(), {{DNNL_ARG_SRC, mem(p.data, *src[0])},
+                                 {DNNL_ARG_DIFF_DST, mem(p.data, diff_dst)},
+                                 {DNNL_ARG_WORKSPACE, ws_.get(p.fwd_pd.workspace_desc())},
+                                 {DNNL_ARG_DIFF_SRC, mem(p.data, *diff_src[0])}});
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_batch_norm(const Config& c, const std::vector<Shape>& in) {
+  return std::make_unique<BatchNorm>(c, in);
+}
+std::unique_ptr<Op> make_lrn(const Config& c, const std::vector<Shape>& in) { return std::make_unique<LRN>(c, in); }
+
+}  // namespace lowbit

@@ -1,0 +1,108 @@
+#include <cmath>
+
+#include "lowbit/dnnl_util.hpp"
+#include "lowbit/ops.hpp"
+#include "lowbit/rng.hpp"
+
+namespace lowbit {
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+dnnl::stream& cpu_stream() {
+  static dnnl::stream s(cpu_engine());
+  return s;
+}
+
+std::string shape_str(const Shape& s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() == 1 ? ",)" : ")");
+}
+
+int64_t Config::i(const std::string& k, int64_t def) const {
+  auto it = ints.find(k);
+  if (it == ints.end()) return def;
+  LB_CHECK(it->second.size() == 1, "argument '", k, "': expected one integer, got ", it->second.size());
+  return it->second[0];
+}
+std::vector<int64_t> Config::iv(const std::string& k, size_t n, std::vector<int64_t> def) const {
+  auto it = ints.find(k);
+  if (it == ints.end()) return def;
+  auto v = it->second;
+  if (v.size() == 1 && n > 1) v.assign(n, v[0]);
+  LB_CHECK(v.size() == n, "argument '", k, "': expected ", n, " integers, got ", v.size());
+  return v;
+}
+double Config::f(const std::string& k, double def) const {
+  auto it = floats.find(k);
+  if (it != floats.end()) return it->second;
+  auto jt = ints.find(k);
+  if (jt != ints.end() && jt->second.size() == 1) return double(jt->second[0]);
+  return def;
+}
+std::string Config::s(const std::string& k, const std::string& def) const {
+  auto it = strs.find(k);
+  return it == strs.end() ? def : it->second;
+}
+
+Pad1 pad1(const std::string& mode, int64_t explicit_pad, int64_t n, int64_t k, int64_t s, int64_t d,
+          const char* op) {
+  LB_CHECK(s >= 1, op, ": expected strides >= 1, got ", s);
+  LB_CHECK(d >= 1, op, ": expected dilation_rate >= 1, got ", d);
+  LB_CHECK(k >= 1, op, ": expected kernel/pool size >= 1, got ", k);
+  int64_t ke = (k - 1) * d + 1;  // effective kernel extent
+  Pad1 p{0, 0, 0};
+  if (mode == "same") {
+    int64_t out = (n + s - 1) / s;
+    int64_t total = std::max<int64_t>((out - 1) * s + ke - n, 0);
+    p.lo = total / 2;
+    p.hi = total - p.lo;
+  } else if (mode == "valid") {
+  } else if (mode == "explicit") {
+    LB_CHECK(explicit_pad >= 0, op, ": expected padding >= 0, got ", explicit_pad);
+    p.lo = p.hi = explicit_pad;
+  } else {
+    LB_CHECK(false, op, ": unknown padding '", mode, "' (expected 'valid', 'same' or an integer)");
+  }
+  int64_t span = n + p.lo + p.hi - ke;
+  LB_CHECK(span >= 0, op, ": input size ", n, " is smaller than the kernel extent ", ke,
+           " with padding '", mode, "'");
+  p.out = span / s + 1;
+  return p;
+}
+
+void init_tensor(Tensor& t, const std::string& how, int64_t fan_in, int64_t fan_out, uint64_t seed) {
+  const int64_t n = t.size();
+  float* w = t.data();
+  auto uniform = [&](double limit) {
+    for (int64_t i = 0; i < n; ++i) w[i] = float((2.0 * uniform01(seed, 1, uint64_t(i)) - 1.0) * limit);
+  };
+  if (how == "zeros") {
+    t.zero();
+  } else if (how == "ones") {
+    for (int64_t i = 0; i < n; ++i) w[i] = 1.f;
+  } else if (how == "glorot_uniform") {  // Keras default: U(-l, l), l = sqrt(6/(fan_in+fan_out))
+    uniform(std::sqrt(6.0 / double(fan_in + fan_out)));
+  } else if (how == "he_uniform") {  // l = sqrt(6/fan_in)
+    uniform(std::sqrt(6.0 / double(fan_in)));
+  } else if (how == "he_normal") {
+    // Keras: truncated normal (|z| < 2), stddev = sqrt(2/fan_in) / .8796 so the variance stays 2/fan_in
+    double sd = std::sqrt(2.0 / double(fan_in)) / 0.87962566103423978;
+    for (int64_t i = 0; i < n; ++i) {
+      double z;
+      uint64_t j = 0;
+      do z = normal01(seed, 2 + j++, uint64_t(i));
+      while (std::fabs(z) >= 2.0);
+      w[i] = float(z * sd);
+    }
+  } else if (how == "torch") {  // PyTorch's default for conv/linear weight and bias: U(-1/sqrt(fan_in), ..)
+    uniform(1.0 / std::sqrt(double(fan_in)));
+  } else {
+    LB_CHECK(false, "unknown initializer '", how,
+             "' (expected glorot_uniform, he_normal, he_uniform, torch, zeros, ones)");
+  }
+}
+
+}  // namespace lowbit

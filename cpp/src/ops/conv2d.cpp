@@ -1,0 +1,108 @@
+// Conv2D: dst = conv(src, kernel) + bias, on oneDNN convolution primitives.
+// kernel layout OIHW (O, C/groups, kh, kw); TensorFlow 'same' padding.
+#include "lowbit/dnnl_util.hpp"
+#include "lowbit/ops.hpp"
+
+namespace lowbit {
+namespace {
+
+using namespace dnnl;
+
+struct Conv2D : Op {
+  int64_t C, H, W, O, kh, kw, sh, sw, dh, dw, groups;
+  Pad1 ph, pw;
+  bool use_bias;
+  std::string kinit, binit;
+
+  struct Prims {
+    memory::desc src, wei, bias, dst;
+    convolution_forward::primitive_desc fwd_pd;
+    convolution_forward fwd;
+    convolution_backward_data bwd_data;
+    convolution_backward_weights bwd_w;
+  };
+  std::map<int64_t, Prims> cache_;
+
+  Conv2D(const Config& cfg, const std::vector<Shape>& in) {
+    kind = "conv2d";
+    LB_CHECK(in.size() == 1, "Conv2D: expected 1 input, got ", in.size());
+    LB_CHECK(in[0].size() == 3, "Conv2D: expected input shape (C, H, W), got ", shape_str(in[0]));
+    C = in[0][0], H = in[0][1], W = in[0][2];
+    O = cfg.i("filters", 0);
+    LB_CHECK(O >= 1, "Conv2D: expected filters >= 1, got ", O);
+    auto k = cfg.iv("kernel_size", 2, {0, 0});
+    auto s = cfg.iv("strides", 2, {1, 1});
+    auto d = cfg.iv("dilation_rate", 2, {1, 1});
+    kh = k[0], kw = k[1], sh = s[0], sw = s[1], dh = d[0], dw = d[1];
+    groups = cfg.i("groups", 1);
+    LB_CHECK(groups >= 1 && C % groups == 0 && O % groups == 0, "Conv2D: groups=", groups,
+             " must divide input channels ", C, " and filters ", O);
+    std::string mode = cfg.s("padding", "valid");
+    auto p = cfg.iv("padding", 2, {0, 0});
+    if (cfg.ints.count("padding")) mode = "explicit";
+    ph = pad1(mode, p[0], H, kh, sh, dh, "Conv2D");
+    pw = pad1(mode, p[1], W, kw, sw, dw, "Conv2D");
+    use_bias = cfg.i("use_bias", 1) != 0;
+    kinit = cfg.s("kernel_initializer", "glorot_uniform");
+    binit = cfg.s("bias_initializer", "zeros");
+    out_shape = {O, ph.out, pw.out};
+    params.push_back({"kernel", Tensor({O, C / groups, kh, kw}), Tensor({O, C / groups, kh, kw})});
+    if (use_bias) params.push_back({"bias", Tensor({O}), Tensor({O})});
+    macs = O * ph.out * pw.out * (C / groups) * kh * kw;
+  }
+
+  void init_params(uint64_t seed) override {
+    int64_t rf = kh * kw;
+    init_tensor(params[0].value, kinit, C / groups * rf, O / groups * rf, seed);
+    if (use_bias) init_tensor(params[1].value, binit, C / groups * rf, O / groups * rf, seed + 1);
+  }
+
+  Prims& prims(int64_t N) {
+    auto it = cache_.find(N);
+    if (it != cache_.end()) return it->second;
+    auto src = md({N, C, H, W}, tag::nchw);
+    auto dst = md({N, O, ph.out, pw.out}, tag::nchw);
+    auto wei = groups == 1 ? md({O, C, kh, kw}, tag::oihw) : md({groups, O / groups, C / groups, kh, kw}, tag::goihw);
+    auto bias = use_bias ? md({O}, tag::x) : memory::desc();
+    dims st{sh, sw}, dl{dh - 1, dw - 1}, pl{ph.lo, pw.lo}, pr{ph.hi, pw.hi};
+    auto alg = algorithm::convolution_direct;
+    convolution_forward::primitive_desc fpd(
+        convolution_forward::desc(prop_kind::forward_training, alg, src, wei, bias, dst, st, dl, pl, pr), cpu_engine());
+    convolution_backward_data::primitive_desc bdpd(
+        convolution_backward_data::desc(alg, src, wei, dst, st, dl, pl, pr), cpu_engine(), fpd);
+    convolution_backward_weights::primitive_desc bwpd(
+        convolution_backward_weights::desc(alg, src, wei, bias, dst, st, dl, pl, pr), cpu_engine(), fpd);
+    Prims pr_{src, wei, bias, dst, fpd, convolution_forward(fpd), convolution_backward_data(bdpd),
+              convolution_backward_weights(bwpd)};
+    return cache_.emplace(N, std::move(pr_)).first->second;
+  }
+
+  void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
+    auto& p = prims(src[0]->dim(0));
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.src, *src[0])},
+                                         {DNNL_ARG_WEIGHTS, mem(p.wei, params[0].value)},
+                                         {DNNL_ARG_DST, mem(p.dst, dst)}};
+    if (use_bias) args.insert({DNNL_ARG_BIAS, mem(p.bias, params[1].value)});
+    p.fwd.execute(cpu_stream(), args);
+  }
+
+  void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
+                const std::vector<Tensor*>& diff_src) override {
+    auto& p = prims(src[0]->dim(0));
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.src, *src[0])},
+                                         {DNNL_ARG_DIFF_DST, mem(p.dst, diff_dst)},
+                                         {DNNL_ARG_DIFF_WEIGHTS, mem(p.wei, params[0].grad)}};
+    if (use_bias) args.insert({DNNL_ARG_DIFF_BIAS, mem(p.bias, params[1].grad)});
+    p.bwd_w.execute(cpu_stream(), args);
+    if (diff_src[0])
+      p.bwd_data.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, mem(p.dst, diff_dst)},
+                                        {DNNL_ARG_WEIGHTS, mem(p.wei, params[0].value)},
+                                        {DNNL_ARG_DIFF_SRC, mem(p.src, *diff_src[0])}});
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_conv2d(const Config& c, const std::vector<Shape>& in) { return std::make_unique<Conv2D>(c, in); }
+
+}  // namespace lowbit

@@ -1,0 +1,19 @@
+"""lowbit: train and evaluate convolutional networks at reduced precision, on a C++ engine.
+
+    import lowbit as lb
+    (x, y), (xt, yt) = lb.datasets.fashion_mnist()
+    model = lb.models.lenet()
+    model.compile(lb.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
+"""
+from . import _core
+from . import callbacks, datasets, layers, models, optimizers
+from .layers import Input
+from .model import Model, Sequential
+
+__version__ = "0.1.0"
+__all__ = ["Input", "Model", "Sequential", "callbacks", "datasets", "layers", "models", "optimizers",
+           "build_info", "set_num_threads"]
+
+build_info = _core.build_info
+set_num_threads = _core.set_num_threads

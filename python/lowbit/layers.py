@@ -1,0 +1,307 @@
+"""Keras-like layers over the C++ engine.
+
+A layer holds its configuration only; the model turns each layer into one or more
+engine ops (a ``Conv2D(..., activation="relu")`` becomes a conv2d op and a relu op).
+Shapes are NCHW: ``input_shape`` is ``(C, H, W)`` for images, ``(features,)`` flat.
+"""
+from __future__ import annotations
+
+import numbers
+
+__all__ = [
+    "Layer", "Input", "Conv2D", "Dense", "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D",
+    "GlobalAveragePooling2D", "GlobalAvgPool2D", "BatchNormalization", "Activation", "ReLU", "Tanh",
+    "Sigmoid", "HardTanh", "Softmax", "LRN", "LocalResponseNormalization", "Dropout", "Flatten",
+    "ZeroPadding2D", "Concatenate", "Add",
+]
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "hard_tanh", "softmax", "linear")
+INITIALIZERS = ("glorot_uniform", "he_normal", "he_uniform", "torch", "zeros", "ones")
+
+
+def _pair(v, name, layer):
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return (int(v), int(v))
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(
+            isinstance(e, numbers.Integral) and not isinstance(e, bool) for e in v):
+        return (int(v[0]), int(v[1]))
+    raise TypeError(f"{layer}: expected {name} as an int or a pair of ints, got {v!r}")
+
+
+def _padding(p, layer):
+    if isinstance(p, str):
+        if p.lower() not in ("valid", "same"):
+            raise ValueError(f"{layer}: unknown padding {p!r} (expected 'valid', 'same' or an integer)")
+        return p.lower()
+    return _pair(p, "padding", layer)
+
+
+def _activation(a, layer):
+    if a is None:
+        return None
+    if not isinstance(a, str) or a.lower() not in ACTIVATIONS:
+        raise ValueError(f"{layer}: unknown activation {a!r} (expected one of {', '.join(ACTIVATIONS)})")
+    a = a.lower()
+    return None if a == "linear" else a
+
+
+def _initializer(i, name, layer):
+    if i not in INITIALIZERS:
+        raise ValueError(f"{layer}: unknown {name} {i!r} (expected one of {', '.join(INITIALIZERS)})")
+    return i
+
+
+class SymbolicTensor:
+    """The output of a layer in the functional API (``x = Input(shape); y = layer(x)``)."""
+
+    def __init__(self, layer, inputs, shape=None):
+        self.layer, self.inputs, self.shape = layer, list(inputs), shape
+
+    def __repr__(self):
+        return f"<SymbolicTensor from {self.layer.name}>"
+
+
+class Layer:
+    """Base class. ``ops()`` lists the engine ops as (kind, config) pairs."""
+
+    _count: dict = {}
+
+    def __init__(self, name=None, input_shape=None):
+        base = type(self).__name__.lower()
+        Layer._count[base] = Layer._count.get(base, 0) + 1
+        self.name = name or f"{base}_{Layer._count[base]}"
+        self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+
+    def ops(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, *inputs):
+        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+            inputs = tuple(inputs[0])
+        for t in inputs:
+            if not isinstance(t, SymbolicTensor):
+                raise TypeError(f"{self.name}: expected a symbolic tensor from lb.Input or a layer, got {type(t).__name__}")
+        return SymbolicTensor(self, inputs)
+
+    def get_config(self):
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def Input(shape, name=None):
+    """A model input with per-sample ``shape`` (C, H, W) or (features,)."""
+    layer = _InputLayer(shape, name=name)
+    return SymbolicTensor(layer, [], layer.input_shape)
+
+
+class _InputLayer(Layer):
+    def __init__(self, shape, name=None):
+        if isinstance(shape, numbers.Integral):
+            shape = (shape,)
+        super().__init__(name=name, input_shape=shape)
+
+
+class Conv2D(Layer):
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
+                 activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        if not isinstance(filters, numbers.Integral) or filters < 1:
+            raise ValueError(f"{self.name}: expected filters >= 1, got {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size", self.name)
+        self.strides = _pair(strides, "strides", self.name)
+        self.padding = _padding(padding, self.name)
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate", self.name)
+        self.groups = int(groups)
+        self.activation = _activation(activation, self.name)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = _initializer(kernel_initializer, "kernel_initializer", self.name)
+        self.bias_initializer = _initializer(bias_initializer, "bias_initializer", self.name)
+
+    def ops(self):
+        cfg = dict(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
+                   dilation_rate=self.dilation_rate, groups=self.groups, use_bias=self.use_bias,
+                   kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
+        return [("conv2d", cfg)] + ([(self.activation, {})] if self.activation else [])
+
+
+class Dense(Layer):
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        if not isinstance(units, numbers.Integral) or units < 1:
+            raise ValueError(f"{self.name}: expected units >= 1, got {units!r}")
+        self.units = int(units)
+        self.activation = _activation(activation, self.name)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = _initializer(kernel_initializer, "kernel_initializer", self.name)
+        self.bias_initializer = _initializer(bias_initializer, "bias_initializer", self.name)
+
+    def ops(self):
+        cfg = dict(units=self.units, use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
+                   bias_initializer=self.bias_initializer)
+        return [("dense", cfg)] + ([(self.activation, {})] if self.activation else [])
+
+
+class _Pool(Layer):
+    kind = None
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        self.pool_size = _pair(pool_size, "pool_size", self.name)
+        self.strides = _pair(strides, "strides", self.name) if strides is not None else self.pool_size
+        self.padding = _padding(padding, self.name)
+        if not isinstance(self.padding, str):
+            raise ValueError(f"{self.name}: expected padding 'valid' or 'same', got {padding!r}")
+
+    def ops(self):
+        return [(self.kind, dict(pool_size=self.pool_size, strides=self.strides, padding=self.padding))]
+
+
+class MaxPooling2D(_Pool):
+    kind = "max_pool2d"
+
+
+class AveragePooling2D(_Pool):
+    kind = "avg_pool2d"
+
+
+MaxPool2D, AvgPool2D = MaxPooling2D, AveragePooling2D
+
+
+class GlobalAveragePooling2D(Layer):
+    """Mean over H and W: (C, H, W) -> (C,)."""
+
+    def ops(self):
+        return [("global_avg_pool2d", {})]
+
+
+GlobalAvgPool2D = GlobalAveragePooling2D
+
+
+class BatchNormalization(Layer):
+    """Batch norm over channels; weights [gamma, beta, moving_mean, moving_variance] (Keras order)."""
+
+    def __init__(self, momentum=0.99, epsilon=1e-3, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+
+    def ops(self):
+        return [("batch_norm", dict(momentum=self.momentum, epsilon=self.epsilon))]
+
+
+class Activation(Layer):
+    def __init__(self, activation, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        self.activation = _activation(activation, self.name) or "linear"
+
+    def ops(self):
+        return [(self.activation, {})]
+
+
+class ReLU(Activation):
+    def __init__(self, name=None, input_shape=None):
+        super().__init__("relu", name, input_shape)
+
+
+class Tanh(Activation):
+    def __init__(self, name=None, input_shape=None):
+        super().__init__("tanh", name, input_shape)
+
+
+class Sigmoid(Activation):
+    def __init__(self, name=None, input_shape=None):
+        super().__init__("sigmoid", name, input_shape)
+
+
+class Softmax(Activation):
+    def __init__(self, name=None, input_shape=None):
+        super().__init__("softmax", name, input_shape)
+
+
+class HardTanh(Layer):
+    """clip(x, min_val, max_val); gradient 1 inside [min_val, max_val], else 0."""
+
+    def __init__(self, min_val=-1.0, max_val=1.0, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        self.min_val, self.max_val = float(min_val), float(max_val)
+        if not self.min_val < self.max_val:
+            raise ValueError(f"{self.name}: expected min_val < max_val, got {min_val} and {max_val}")
+
+    def ops(self):
+        return [("hard_tanh", dict(min_val=self.min_val, max_val=self.max_val))]
+
+
+class LRN(Layer):
+    """Local response normalisation across channels, TensorFlow semantics:
+    ``y = x / (bias + alpha * sum_{|c'-c| <= depth_radius} x_{c'}^2) ** beta``."""
+
+    def __init__(self, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        self.depth_radius, self.bias, self.alpha, self.beta = int(depth_radius), float(bias), float(alpha), float(beta)
+
+    def ops(self):
+        return [("lrn", dict(depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta))]
+
+
+LocalResponseNormalization = LRN
+
+
+class Dropout(Layer):
+    """Inverted dropout; masks are a function of the fit seed and the step (reproducible)."""
+
+    def __init__(self, rate, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"{self.name}: expected rate in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def ops(self):
+        return [("dropout", dict(rate=self.rate))]
+
+
+class Flatten(Layer):
+    """(C, H, W) -> (C*H*W,) in C-major (NCHW) order."""
+
+    def ops(self):
+        return [("flatten", {})]
+
+
+class ZeroPadding2D(Layer):
+    def __init__(self, padding=1, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        if isinstance(padding, numbers.Integral):
+            p = (int(padding),) * 4
+        elif len(padding) == 2 and all(isinstance(e, numbers.Integral) for e in padding):
+            p = (int(padding[0]),) * 2 + (int(padding[1]),) * 2
+        elif len(padding) == 2:
+            p = tuple(int(e) for pair in padding for e in pair)
+        else:
+            raise TypeError(f"{self.name}: expected padding as int, (rows, cols) or ((top, bottom), (left, right))")
+        if min(p) < 0:
+            raise ValueError(f"{self.name}: expected padding >= 0, got {padding!r}")
+        self.padding = p
+
+    def ops(self):
+        return [("zero_padding2d", dict(padding=self.padding))]
+
+
+class Concatenate(Layer):
+    """Concatenate along channels (axis 1 of NCHW)."""
+
+    def __init__(self, axis=1, name=None):
+        super().__init__(name)
+        if axis not in (1, -3):
+            raise ValueError(f"{self.name}: only channel concatenation (axis=1) is supported, got axis={axis}")
+        self.axis = 1
+
+    def ops(self):
+        return [("concatenate", {})]
+
+
+class Add(Layer):
+    def ops(self):
+        return [("add", {})]

@@ -1,0 +1,153 @@
+"""Optimizers (fp32 master weights, updates in C++) and learning-rate schedules.
+
+Defaults follow Keras. ``weight_decay`` is the coupled L2 term of PyTorch's SGD/Adam
+(``g += weight_decay * w``). A schedule passed as ``learning_rate`` is applied per epoch.
+"""
+from __future__ import annotations
+
+__all__ = ["Optimizer", "SGD", "Adam", "Adadelta", "RMSprop", "get",
+           "Schedule", "StepDecay", "MultiStepDecay", "ExponentialDecay", "CosineDecay"]
+
+
+class Schedule:
+    name = "constant"
+
+    def __init__(self, initial_learning_rate):
+        self.initial_learning_rate = float(initial_learning_rate)
+
+    def config(self):
+        return {"name": self.name}
+
+    def __call__(self, epoch):
+        """The learning rate of a 0-based ``epoch`` (computed by the engine; mirrored here)."""
+        import math
+        c, lr = self.config(), self.initial_learning_rate
+        if self.name == "step":
+            return lr * c["gamma"] ** (epoch // c["step_size"])
+        if self.name == "multistep":
+            return lr * c["gamma"] ** sum(epoch >= m for m in c["milestones"])
+        if self.name == "exponential":
+            return lr * c["gamma"] ** epoch
+        if self.name == "cosine":
+            e = min(epoch, c["t_max"]) / max(c["t_max"], 1)
+            return c["min_lr"] + (lr - c["min_lr"]) * 0.5 * (1 + math.cos(math.pi * e))
+        return lr
+
+
+class StepDecay(Schedule):
+    """lr * gamma ** (epoch // step_size)."""
+    name = "step"
+
+    def __init__(self, initial_learning_rate, step_size, gamma=0.1):
+        super().__init__(initial_learning_rate)
+        if int(step_size) < 1:
+            raise ValueError(f"StepDecay: expected step_size >= 1, got {step_size}")
+        self.step_size, self.gamma = int(step_size), float(gamma)
+
+    def config(self):
+        return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
+
+
+class MultiStepDecay(Schedule):
+    """lr * gamma ** (number of milestones <= epoch)."""
+    name = "multistep"
+
+    def __init__(self, initial_learning_rate, milestones, gamma=0.1):
+        super().__init__(initial_learning_rate)
+        self.milestones, self.gamma = [int(m) for m in milestones], float(gamma)
+
+    def config(self):
+        return {"name": self.name, "milestones": self.milestones, "gamma": self.gamma}
+
+
+class ExponentialDecay(Schedule):
+    """lr * gamma ** epoch."""
+    name = "exponential"
+
+    def __init__(self, initial_learning_rate, gamma):
+        super().__init__(initial_learning_rate)
+        self.gamma = float(gamma)
+
+    def config(self):
+        return {"name": self.name, "gamma": self.gamma}
+
+
+class CosineDecay(Schedule):
+    """min_lr + (lr - min_lr) * (1 + cos(pi * min(epoch, t_max) / t_max)) / 2."""
+    name = "cosine"
+
+    def __init__(self, initial_learning_rate, t_max, min_lr=0.0):
+        super().__init__(initial_learning_rate)
+        if int(t_max) < 1:
+            raise ValueError(f"CosineDecay: expected t_max >= 1, got {t_max}")
+        self.t_max, self.min_lr = int(t_max), float(min_lr)
+
+    def config(self):
+        return {"name": self.name, "t_max": self.t_max, "min_lr": self.min_lr}
+
+
+class Optimizer:
+    name = None
+
+    def __init__(self, learning_rate, **hyper):
+        if isinstance(learning_rate, Schedule):
+            self.schedule = learning_rate
+        else:
+            lr = float(learning_rate)
+            if not lr > 0:
+                raise ValueError(f"{type(self).__name__}: expected learning_rate > 0, got {learning_rate}")
+            self.schedule = Schedule(lr)
+        self.hyper = hyper
+
+    @property
+    def learning_rate(self):
+        return self.schedule.initial_learning_rate
+
+    def config(self):
+        return dict(name=self.name, learning_rate=self.learning_rate, **self.hyper)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    name = "sgd"
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(learning_rate, momentum=float(momentum), nesterov=bool(nesterov),
+                         weight_decay=float(weight_decay))
+
+
+class Adam(Optimizer):
+    name = "adam"
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0):
+        super().__init__(learning_rate, beta_1=float(beta_1), beta_2=float(beta_2), epsilon=float(epsilon),
+                         weight_decay=float(weight_decay))
+
+
+class Adadelta(Optimizer):
+    name = "adadelta"
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, weight_decay=0.0):
+        super().__init__(learning_rate, rho=float(rho), epsilon=float(epsilon), weight_decay=float(weight_decay))
+
+
+class RMSprop(Optimizer):
+    name = "rmsprop"
+
+    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7, weight_decay=0.0):
+        super().__init__(learning_rate, rho=float(rho), epsilon=float(epsilon), weight_decay=float(weight_decay))
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adadelta": Adadelta, "rmsprop": RMSprop}
+
+
+def get(opt):
+    """An Optimizer from an instance or a Keras-style name ('adam', 'sgd', ...)."""
+    if isinstance(opt, Optimizer):
+        return opt
+    if isinstance(opt, str) and opt.lower() in _BY_NAME:
+        return _BY_NAME[opt.lower()]()
+    raise ValueError(f"unknown optimizer {opt!r} (expected one of {', '.join(_BY_NAME)} or an Optimizer)")

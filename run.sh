@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One entry point that does all set-up on a fresh Debian machine, then runs a job:
+#   bash run.sh main    # set up, then train LeNet on Fashion-MNIST (the main job)
+#   bash run.sh test    # set up, then run the whole test suite
+# Set-up is idempotent: apt packages, a venv in .venv, `pip install .[test,plot]`.
+set -euo pipefail
+cd "$(dirname "$0")"
+job="${1:-main}"; shift || true
+
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+APT_PKGS="libdnnl-dev libeigen3-dev dataset-fashion-mnist g++ python3-venv"
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  echo "== apt-get install$missing"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+echo "== pip install .[test,plot]"
+.venv/bin/python -m pip install -q ".[test,plot]"
+# PyTorch is the independent reference in the tests and the peer in benchmarks; the CPU
+# build 2.13.0 installs from the machine's local wheel store. Optional: tests skip without it.
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q torch==2.13.0 \
+  || echo "(torch not installed: torch comparisons will be skipped)"
+
+case "$job" in
+  main) exec .venv/bin/lowbit train --model lenet --dataset fashion_mnist --epochs 2 --batch-size 128 "$@" ;;
+  test) cd tests && exec ../.venv/bin/python -m pytest -q -p no:cacheprovider "$@" ;;
+  *) echo "usage: bash run.sh [main|test] [extra args]" >&2; exit 2 ;;
+esac
