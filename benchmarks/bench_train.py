@@ -23,6 +23,7 @@ Usage (development tree):
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -201,8 +202,10 @@ def bench_torch(name, x, y, warmup, batches):
     for i in range(warmup, warmup + batches):
         total += step(i).item()
     dt = time.perf_counter() - t0
-    return dict(seconds=dt, img_s=batches * BATCH / dt, loss=total / batches,
-                params=sum(p.numel() for p in m.parameters()))
+    # count like Keras/lowbit: parameters plus BatchNorm moving mean/variance
+    params = sum(p.numel() for p in m.parameters())
+    params += sum(b.numel() for n, b in m.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return dict(seconds=dt, img_s=batches * BATCH / dt, loss=total / batches, params=params)
 
 
 def main(argv=None):
@@ -230,7 +233,7 @@ def main(argv=None):
     print(f"batch {BATCH}, warmup {args.warmup} batches, timed {args.batches} batches, threads {args.threads}")
     print()
 
-    rows = []
+    rows, other_load = [], []
     for name in models:
         x, y = load_data(name, (args.warmup + args.batches) * BATCH)
         res = {}
@@ -238,10 +241,15 @@ def main(argv=None):
             if fn is None:
                 continue
             try:
+                snap = _cpu_snapshot()
                 r = fn(name, x, y, args.warmup, args.batches)
+                other = _other_cores(snap, _cpu_snapshot())
+                if other is not None:
+                    other_load.append(other)
                 res[fw] = r
                 print(f"  {TITLES[name]:<9} {fw:<6}: {r['seconds']:7.2f} s, {1e3 * r['seconds'] / args.batches:8.1f} ms/batch, "
-                      f"{r['img_s']:8.1f} img/s, mean loss {r['loss']:.4f}, {r['params']:,} params", flush=True)
+                      f"{r['img_s']:8.1f} img/s, mean loss {r['loss']:.4f}, {r['params']:,} params"
+                      + (f", other procs {other:.2f} cores" if other is not None else ""), flush=True)
             except Exception:  # report and continue; the benchmark never fails
                 print(f"  {TITLES[name]:<9} {fw:<6}: FAILED")
                 traceback.print_exc(file=sys.stdout)
@@ -259,7 +267,31 @@ def main(argv=None):
         fmt = lambda v, w, p: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
         print(f"{TITLES[name]:<10} | {fmt(lbv, 12, 1)} | {fmt(tv, 11, 1)} | {fmt(ratio, 6, 2)} | "
               f"{'>= ' + format(TARGETS[name], '.1f'):>7} | {status}")
+    if max(other_load, default=0.0) > 0.25:
+        print()
+        print(f"WARNING: other processes used up to {max(other_load):.2f} cores during the run; with "
+              f"{os.cpu_count()} cores the timings are unreliable (threads contend) - rerun on an idle machine.")
     return 0
+
+
+def _cpu_snapshot():
+    """(wall s, busy CPU s of the whole machine or None, CPU s of this process)."""
+    busy = None
+    try:
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    except (OSError, ValueError, IndexError):
+        pass
+    t = os.times()
+    return time.perf_counter(), busy, t.user + t.system
+
+
+def _other_cores(a, b):
+    """Average number of cores used by other processes between two snapshots."""
+    if a[1] is None or b[1] is None or b[0] <= a[0]:
+        return None
+    return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0]))
 
 
 if __name__ == "__main__":

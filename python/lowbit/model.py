@@ -388,6 +388,10 @@ class Sequential(Model):
             self._apply_compile()
             self._compiled_graph = self._graph
 
+    @property
+    def layers(self):
+        return list(self._stack)
+
     def _ensure(self):
         if self._graph is None and self._stack and self._stack[0].input_shape is not None:
             self.build()
