@@ -8,10 +8,12 @@ namespace py = pybind11;
 
 void register_graph(py::module_& m);
 void register_info(py::module_& m);
+void register_formats(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lowbit engine: ops, model graph, optimizers and the training loop (C++)";
   py::register_exception<lowbit::type_error>(m, "TypeError_", PyExc_TypeError);
   register_graph(m);
   register_info(m);
+  register_formats(m);
 }

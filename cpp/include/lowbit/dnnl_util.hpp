@@ -43,3 +43,48 @@ struct Workspace {
 };
 
 }  // namespace lowbit
+
+namespace lowbit {
+
+// A primitive may prefer a blocked layout (format_tag::any): Staged moves a plain user
+// tensor into the primitive's layout and back, or hands it through when the layouts
+// agree. Reorder primitives are cached per (from, to) pair, never built per step.
+class Staged {
+ public:
+  // memory in layout `want` holding the contents of `user`
+  dnnl::memory in(const dnnl::memory::desc& want, const dnnl::memory& user) {
+    if (want == user.get_desc()) return user;
+    auto m = ws_.get(want);
+    run(user, m);
+    return m;
+  }
+  // memory in layout `want` for a primitive to write; then call done(prim, user)
+  dnnl::memory out(const dnnl::memory::desc& want, const dnnl::memory& user) {
+    if (want == user.get_desc()) return user;
+    return ws_.get(want);
+  }
+  void done(const dnnl::memory& prim, const dnnl::memory& user) {
+    if (prim.get_data_handle() != user.get_data_handle()) run(prim, user);
+  }
+
+ private:
+  struct Entry {
+    dnnl::memory::desc from, to;
+    dnnl::reorder r;
+  };
+  std::vector<Entry> cache_;
+  Workspace ws_;
+  void run(const dnnl::memory& from, const dnnl::memory& to) {
+    auto fd = from.get_desc(), td = to.get_desc();
+    Entry* e = nullptr;
+    for (auto& c : cache_)
+      if (c.from == fd && c.to == td) e = &c;
+    if (!e) {
+      cache_.push_back({fd, td, dnnl::reorder(from, to)});
+      e = &cache_.back();
+    }
+    e->r.execute(cpu_stream(), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+  }
+};
+
+}  // namespace lowbit

@@ -14,14 +14,22 @@ struct Conv2D : Op {
   bool use_bias;
   std::string kinit, binit;
 
+  // Primitives choose their layouts (format_tag::any: blocked nChw16c kernels are
+  // several times faster than the im2col path of plain nchw); user tensors stay plain
+  // and Staged reorders at the boundary. The forward's staged src/weights are reused by
+  // the backward when the layouts agree.
   struct Prims {
-    memory::desc src, wei, bias, dst;
+    memory::desc src, wei, bias, dst;  // plain user layouts
     convolution_forward::primitive_desc fwd_pd;
+    convolution_backward_data::primitive_desc bd_pd;
+    convolution_backward_weights::primitive_desc bw_pd;
     convolution_forward fwd;
     convolution_backward_data bwd_data;
     convolution_backward_weights bwd_w;
   };
   std::map<int64_t, Prims> cache_;
+  Staged s_src_, s_wei_, s_dst_, s_ddst_, s_dwei_, s_dsrc_, s_bsrc_, s_bwei_;
+  memory fwd_src_, fwd_wei_;  // staged forward operands, kept for the backward
 
   Conv2D(const Config& cfg, const std::vector<Shape>& in) {
     kind = "conv2d";
@@ -62,42 +70,55 @@ struct Conv2D : Op {
     if (it != cache_.end()) return it->second;
     auto src = md({N, C, H, W}, tag::nchw);
     auto dst = md({N, O, ph.out, pw.out}, tag::nchw);
-    auto wei = groups == 1 ? md({O, C, kh, kw}, tag::oihw) : md({groups, O / groups, C / groups, kh, kw}, tag::goihw);
+    dims wd = groups == 1 ? dims{O, C, kh, kw} : dims{groups, O / groups, C / groups, kh, kw};
+    auto wei = md(wd, groups == 1 ? tag::oihw : tag::goihw);
     auto bias = use_bias ? md({O}, tag::x) : memory::desc();
+    auto a_src = md(src.dims(), tag::any), a_dst = md(dst.dims(), tag::any), a_wei = md(wd, tag::any);
     dims st{sh, sw}, dl{dh - 1, dw - 1}, pl{ph.lo, pw.lo}, pr{ph.hi, pw.hi};
     auto alg = algorithm::convolution_direct;
     convolution_forward::primitive_desc fpd(
-        convolution_forward::desc(prop_kind::forward_training, alg, src, wei, bias, dst, st, dl, pl, pr), cpu_engine());
+        convolution_forward::desc(prop_kind::forward_training, alg, a_src, a_wei, bias, a_dst, st, dl, pl, pr),
+        cpu_engine());
     convolution_backward_data::primitive_desc bdpd(
-        convolution_backward_data::desc(alg, src, wei, dst, st, dl, pl, pr), cpu_engine(), fpd);
+        convolution_backward_data::desc(alg, a_src, a_wei, a_dst, st, dl, pl, pr), cpu_engine(), fpd);
     convolution_backward_weights::primitive_desc bwpd(
-        convolution_backward_weights::desc(alg, src, wei, bias, dst, st, dl, pl, pr), cpu_engine(), fpd);
-    Prims pr_{src, wei, bias, dst, fpd, convolution_forward(fpd), convolution_backward_data(bdpd),
+        convolution_backward_weights::desc(alg, a_src, a_wei, bias, a_dst, st, dl, pl, pr), cpu_engine(), fpd);
+    Prims pr_{src, wei, bias, dst, fpd, bdpd, bwpd, convolution_forward(fpd), convolution_backward_data(bdpd),
               convolution_backward_weights(bwpd)};
     return cache_.emplace(N, std::move(pr_)).first->second;
   }
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
     auto& p = prims(src[0]->dim(0));
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.src, *src[0])},
-                                         {DNNL_ARG_WEIGHTS, mem(p.wei, params[0].value)},
-                                         {DNNL_ARG_DST, mem(p.dst, dst)}};
+    fwd_src_ = s_src_.in(p.fwd_pd.src_desc(), mem(p.src, *src[0]));
+    fwd_wei_ = s_wei_.in(p.fwd_pd.weights_desc(), mem(p.wei, params[0].value));
+    auto user_dst = mem(p.dst, dst);
+    auto d = s_dst_.out(p.fwd_pd.dst_desc(), user_dst);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, fwd_src_}, {DNNL_ARG_WEIGHTS, fwd_wei_}, {DNNL_ARG_DST, d}};
     if (use_bias) args.insert({DNNL_ARG_BIAS, mem(p.bias, params[1].value)});
     p.fwd.execute(cpu_stream(), args);
+    s_dst_.done(d, user_dst);
   }
 
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
                 const std::vector<Tensor*>& diff_src) override {
     auto& p = prims(src[0]->dim(0));
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.src, *src[0])},
-                                         {DNNL_ARG_DIFF_DST, mem(p.dst, diff_dst)},
-                                         {DNNL_ARG_DIFF_WEIGHTS, mem(p.wei, params[0].grad)}};
+    auto ddst_user = mem(p.dst, diff_dst);
+    auto ddst_w = s_ddst_.in(p.bw_pd.diff_dst_desc(), ddst_user);
+    auto bsrc = p.bw_pd.src_desc() == fwd_src_.get_desc() ? fwd_src_ : s_bsrc_.in(p.bw_pd.src_desc(), mem(p.src, *src[0]));
+    auto dwei_user = mem(p.wei, params[0].grad);
+    auto dwei = s_dwei_.out(p.bw_pd.diff_weights_desc(), dwei_user);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, bsrc}, {DNNL_ARG_DIFF_DST, ddst_w}, {DNNL_ARG_DIFF_WEIGHTS, dwei}};
     if (use_bias) args.insert({DNNL_ARG_DIFF_BIAS, mem(p.bias, params[1].grad)});
     p.bwd_w.execute(cpu_stream(), args);
-    if (diff_src[0])
-      p.bwd_data.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, mem(p.dst, diff_dst)},
-                                        {DNNL_ARG_WEIGHTS, mem(p.wei, params[0].value)},
-                                        {DNNL_ARG_DIFF_SRC, mem(p.src, *diff_src[0])}});
+    s_dwei_.done(dwei, dwei_user);
+    if (!diff_src[0]) return;
+    auto ddst_d = p.bd_pd.diff_dst_desc() == ddst_w.get_desc() ? ddst_w : s_ddst_.in(p.bd_pd.diff_dst_desc(), ddst_user);
+    auto wei = p.bd_pd.weights_desc() == fwd_wei_.get_desc() ? fwd_wei_ : s_bwei_.in(p.bd_pd.weights_desc(), mem(p.wei, params[0].value));
+    auto dsrc_user = mem(p.src, *diff_src[0]);
+    auto dsrc = s_dsrc_.out(p.bd_pd.diff_src_desc(), dsrc_user);
+    p.bwd_data.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, ddst_d}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});
+    s_dsrc_.done(dsrc, dsrc_user);
   }
 };
 

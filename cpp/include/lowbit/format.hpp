@@ -1,0 +1,70 @@
+// The one table of number formats. A Format maps float32 values onto its grid
+// (quantize) and gives the straight-through gradient rule used in the backward.
+//
+//   Float32                     identity
+//   MiniFloat(e, m, saturate)   IEEE-like: bias 2^(e-1)-1, top exponent reserved,
+//                               subnormals, round half to even; overflow -> inf, or
+//                               the largest finite (2 - 2^-m) 2^(2^e - 2 - bias) when
+//                               saturating. Float16 = (5, 10), BFloat16 = (8, 7).
+//   Fixed(bits, msb, rounding)  S4 quantclip: A = 2^msb, q = 2A / 2^bits, levels k q,
+//                               k in [-2^(bits-1), 2^(bits-1) - 1]; nearest (half even),
+//                               floor (the seed's floor(x/q)) or stochastic floor(x/q + u)
+//   Int(bits, symmetric)        uniform affine integer grid with a data-dependent scale
+//                               (S2 eq. 3.3-3.4), symmetric range +-(2^(b-1) - 1)
+//   Binary(scale, hysteresis)   sign(x) (sign(0) = +1) times 1, mean|x| or per-channel mean|x|
+//   Ternary(threshold)          {-a, 0, +a}; threshold 0.7 mean|x| by default (TWN)
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+
+enum class FormatKind { float32, minifloat, fixed, integer, binary, ternary };
+enum class Rounding { nearest, floor, stochastic };
+enum class Ste { identity, clipped, hardtanh, approx_sign, none };
+enum class ScaleMode { none, mean_abs, channel_mean_abs };
+enum class Calibration { minmax, percentile, mse };
+
+struct Format {
+  FormatKind kind = FormatKind::float32;
+  int bits = 32;
+  // minifloat
+  int exp_bits = 8, man_bits = 23;
+  bool saturate = false;
+  // fixed
+  int msb = 0;
+  bool msb_auto = false;  // chosen by calibration; until then msb holds the last choice
+  Rounding rounding = Rounding::nearest;
+  uint64_t seed = 0;      // stochastic rounding stream
+  // integer
+  bool symmetric = true, per_channel = false;
+  Calibration calibration = Calibration::minmax;
+  // binary / ternary
+  ScaleMode scale = ScaleMode::none;
+  float hysteresis = 0.f;
+  float threshold = -1.f;  // ternary: < 0 means 0.7 mean|x|
+  Ste ste = Ste::identity;
+
+  std::string repr() const;
+  void validate() const;  // throws std::invalid_argument naming the argument
+  float clip_value() const;  // |x| bound of the "clipped" STE for this format
+};
+
+// Per-tensor quantizer state kept across steps and saved with the weights:
+// hysteresis signs (binary latent weights) and stochastic-rounding counter.
+struct QuantState {
+  std::vector<int8_t> last_sign;
+  uint64_t counter = 0;
+};
+
+// y = Q(x) over n values laid out as `channels` rows (axis 0) for per-channel scales.
+void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t channels = 1,
+              QuantState* state = nullptr);
+// dx = STE(x, dy) for the format's gradient rule.
+void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n);
+
+// S4 Equation 11: MSB = ceil(log2(max |percentile limit|)).
+int msb_from_percentile(const float* x, int64_t n, double percentile);
+
+}  // namespace lowbit
