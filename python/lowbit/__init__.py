@@ -7,12 +7,12 @@
     model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
 """
 from . import _core
-from . import callbacks, datasets, layers, models, optimizers
+from . import callbacks, datasets, formats, layers, models, optimizers
 from .layers import Input
 from .model import Model, Sequential
 
 __version__ = "0.1.0"
-__all__ = ["Input", "Model", "Sequential", "callbacks", "datasets", "layers", "models", "optimizers",
+__all__ = ["Input", "Model", "Sequential", "callbacks", "datasets", "formats", "layers", "models", "optimizers",
            "build_info", "set_num_threads"]
 
 build_info = _core.build_info
