@@ -22,7 +22,9 @@ E pick(const std::string& what, const std::string& v, std::initializer_list<std:
   throw std::invalid_argument("format: unknown " + what + " '" + v + "' (expected " + names + ")");
 }
 
-Format from_dict(const py::dict& d) {
+}  // namespace
+
+Format format_from_dict(const py::dict& d) {
   Format f;
   auto get_s = [&](const char* k, const char* def) { return d.contains(k) ? d[k].cast<std::string>() : std::string(def); };
   auto get_i = [&](const char* k, int def) { return d.contains(k) ? d[k].cast<int>() : def; };
@@ -59,6 +61,8 @@ Format from_dict(const py::dict& d) {
   return f;
 }
 
+namespace {
+
 struct Quantizer {
   Format f;
   QuantState st;
@@ -68,7 +72,7 @@ struct Quantizer {
 
 void register_formats(py::module_& m) {
   py::class_<Quantizer>(m, "Quantizer", "A number format with its quantizer state.")
-      .def(py::init([](const py::dict& d) { return Quantizer{from_dict(d), {}}; }))
+      .def(py::init([](const py::dict& d) { return Quantizer{format_from_dict(d), {}}; }))
       .def_property_readonly("bits", [](const Quantizer& q) { return q.f.bits; })
       .def_property_readonly("msb", [](const Quantizer& q) { return q.f.msb; })
       .def("set_msb", [](Quantizer& q, int msb) {

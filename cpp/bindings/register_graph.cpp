@@ -14,6 +14,8 @@ using namespace lowbit;
 using farray = py::array_t<float, py::array::c_style>;
 using iarray = py::array_t<int64_t, py::array::c_style>;
 
+lowbit::Format format_from_dict(const py::dict& d);
+
 namespace {
 
 Config to_config(const py::dict& d) {
@@ -22,6 +24,11 @@ Config to_config(const py::dict& d) {
     std::string k = py::str(item.first);
     py::handle v = item.second;
     if (v.is_none()) continue;
+    if (k == "formats") {  // {role: format config dict}
+      for (auto f : v.cast<py::dict>())
+        if (!f.second.is_none()) c.formats[py::str(f.first)] = format_from_dict(f.second.cast<py::dict>());
+      continue;
+    }
     if (py::isinstance<py::bool_>(v)) c.ints[k] = {v.cast<bool>() ? 1 : 0};
     else if (py::isinstance<py::int_>(v)) c.ints[k] = {v.cast<int64_t>()};
     else if (py::isinstance<py::float_>(v)) c.floats[k] = v.cast<double>();

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import numbers
 
+from . import formats as _formats
+
 __all__ = [
     "Layer", "Input", "Conv2D", "Dense", "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D",
     "GlobalAveragePooling2D", "GlobalAvgPool2D", "BatchNormalization", "Activation", "ReLU", "Tanh",
     "Sigmoid", "HardTanh", "Softmax", "LRN", "LocalResponseNormalization", "Dropout", "Flatten",
-    "ZeroPadding2D", "Concatenate", "Add",
+    "ZeroPadding2D", "Concatenate", "Add", "QuantAct", "BinAct", "QuantizedReLU", "QuantizedConv2D",
+    "QuantizedDense",
 ]
+
+ROLES = ("weight", "input", "output", "grad", "accum")
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "hard_tanh", "softmax", "linear")
 INITIALIZERS = ("glorot_uniform", "he_normal", "he_uniform", "torch", "zeros", "ones")
@@ -49,6 +54,21 @@ def _initializer(i, name, layer):
     if i not in INITIALIZERS:
         raise ValueError(f"{layer}: unknown {name} {i!r} (expected one of {', '.join(INITIALIZERS)})")
     return i
+
+
+def _set_formats(layer, weight, input, output, grad, accum):
+    """Number formats per tensor role (None = fp32). Forward per S4: quantize input and
+    kernel -> op -> quantize output -> bias -> activation; grad_format applies to the
+    gradient passed backward and to the weight gradient."""
+    for role, f in zip(ROLES, (weight, input, output, grad, accum)):
+        f = _formats.get(f)
+        if role == "accum" and f is not None and not isinstance(f, _formats.Float32):
+            raise NotImplementedError(f"{layer.name}: accum_format={f!r}: only float32 accumulation is implemented")
+        setattr(layer, f"{role}_format", f)
+
+
+def _formats_cfg(layer):
+    return {r: getattr(layer, f"{r}_format").config() for r in ROLES if getattr(layer, f"{r}_format") is not None}
 
 
 class SymbolicTensor:
@@ -106,8 +126,10 @@ class _InputLayer(Layer):
 class Conv2D(Layer):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
                  activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 weight_format=None, input_format=None, output_format=None, grad_format=None, accum_format=None,
                  name=None, input_shape=None):
         super().__init__(name, input_shape)
+        _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format)
         if not isinstance(filters, numbers.Integral) or filters < 1:
             raise ValueError(f"{self.name}: expected filters >= 1, got {filters!r}")
         self.filters = int(filters)
@@ -124,14 +146,17 @@ class Conv2D(Layer):
     def ops(self):
         cfg = dict(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
                    dilation_rate=self.dilation_rate, groups=self.groups, use_bias=self.use_bias,
-                   kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
+                   kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer,
+                   formats=_formats_cfg(self))
         return [("conv2d", cfg)] + ([(self.activation, {})] if self.activation else [])
 
 
 class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", name=None, input_shape=None):
+                 bias_initializer="zeros", weight_format=None, input_format=None, output_format=None,
+                 grad_format=None, accum_format=None, name=None, input_shape=None):
         super().__init__(name, input_shape)
+        _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format)
         if not isinstance(units, numbers.Integral) or units < 1:
             raise ValueError(f"{self.name}: expected units >= 1, got {units!r}")
         self.units = int(units)
@@ -142,7 +167,7 @@ class Dense(Layer):
 
     def ops(self):
         cfg = dict(units=self.units, use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
-                   bias_initializer=self.bias_initializer)
+                   bias_initializer=self.bias_initializer, formats=_formats_cfg(self))
         return [("dense", cfg)] + ([(self.activation, {})] if self.activation else [])
 
 
@@ -305,3 +330,73 @@ class Concatenate(Layer):
 class Add(Layer):
     def ops(self):
         return [("add", {})]
+
+
+class QuantAct(Layer):
+    """y = format.quantize(x); the gradient is the format's straight-through rule."""
+
+    def __init__(self, format, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        self.format = _formats.get(format)
+        if self.format is None:
+            raise ValueError(f"{self.name}: expected a number format, got None")
+
+    def ops(self):
+        return [("quantize", {"formats": {"format": self.format.config()}})]
+
+
+class BinAct(QuantAct):
+    """S1's BinActLayer: x_b = sign(x) (times ||x||_1/n with scale="mean_abs");
+    backward dB/dx = 1{|x| <= 1} (ste="clipped")."""
+
+    def __init__(self, ste="clipped", scale=None, name=None, input_shape=None):
+        super().__init__(_formats.Binary(scale=scale, ste=ste), name, input_shape)
+
+
+class QuantizedReLU(Layer):
+    """S2 / QKeras quantized_relu(bits): clip(round(relu(x) 2^bits) / 2^bits, 0, 1 - 2^-bits),
+    gradient 1 on [0, 1] (ReLU's gradient times the clipped STE)."""
+
+    def __init__(self, bits, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        self.bits = int(bits)
+        self.format = _formats.Fixed(self.bits + 1, msb=0, ste="clipped")
+
+    def ops(self):
+        return [("relu", {}), ("quantize", {"formats": {"format": self.format.config()}})]
+
+
+def _s4_formats(resolutions, msbs, rounding, enabled, layer):
+    if not enabled:
+        return None, None, None
+    if len(resolutions) != 3 or len(msbs) != 3:
+        raise ValueError(f"{layer}: expected quantization_resolutions and quantization_msb as [w, i, o]")
+    return tuple(_formats.Fixed(b, msb=m, rounding=rounding) for b, m in zip(resolutions, msbs))
+
+
+class QuantizedConv2D(Conv2D):
+    """S4's QuantizedConv2D: kernel, input and output quantized with
+    x_q = floor(clip(x, -A, A) / q) q, A = 2^MSB, q = 2A / 2^n, resolutions written w-i-o
+    (e.g. [8, 6, 6]); the gradient of the floor is the identity."""
+
+    def __init__(self, filters, kernel_size, quantization_resolutions=(16, 16, 16), quantization_msb=(0, 0, 0),
+                 quantization_enabled=True, rounding="floor", **kwargs):
+        w, i, o = _s4_formats(quantization_resolutions, quantization_msb, rounding, quantization_enabled,
+                              "QuantizedConv2D")
+        super().__init__(filters, kernel_size, weight_format=w, input_format=i, output_format=o, **kwargs)
+        self.quantization_resolutions = list(quantization_resolutions)
+        self.quantization_msb = list(quantization_msb)
+        self.quantization_enabled = bool(quantization_enabled)
+
+
+class QuantizedDense(Dense):
+    """Dense with S4's kernel/input/output quantization (see QuantizedConv2D)."""
+
+    def __init__(self, units, quantization_resolutions=(16, 16, 16), quantization_msb=(0, 0, 0),
+                 quantization_enabled=True, rounding="floor", **kwargs):
+        w, i, o = _s4_formats(quantization_resolutions, quantization_msb, rounding, quantization_enabled,
+                              "QuantizedDense")
+        super().__init__(units, weight_format=w, input_format=i, output_format=o, **kwargs)
+        self.quantization_resolutions = list(quantization_resolutions)
+        self.quantization_msb = list(quantization_msb)
+        self.quantization_enabled = bool(quantization_enabled)

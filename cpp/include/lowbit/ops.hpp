@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "format.hpp"
 #include "tensor.hpp"
 
 namespace lowbit {
@@ -15,6 +16,7 @@ struct Config {
   std::map<std::string, std::vector<int64_t>> ints;
   std::map<std::string, double> floats;
   std::map<std::string, std::string> strs;
+  std::map<std::string, Format> formats;  // by tensor role: weight, input, output, grad
 
   bool has(const std::string& k) const { return ints.count(k) || floats.count(k) || strs.count(k); }
   int64_t i(const std::string& k, int64_t def) const;

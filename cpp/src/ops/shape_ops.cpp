@@ -127,11 +127,16 @@ std::unique_ptr<Op> make_batch_norm(const Config&, const std::vector<Shape>&);
 std::unique_ptr<Op> make_lrn(const Config&, const std::vector<Shape>&);
 std::unique_ptr<Op> make_activation(const std::string&, const Config&, const std::vector<Shape>&);
 std::unique_ptr<Op> make_dropout(const Config&, const std::vector<Shape>&);
+std::unique_ptr<Op> make_quantized(const std::string&, const Config&, const std::vector<Shape>&);
+std::unique_ptr<Op> make_quant_act(const Config&, const std::vector<Shape>&);
+bool has_formats(const Config&);
 
 // The one registry of op kinds (names as in the Python layer classes, snake_case).
 std::unique_ptr<Op> make_op(const std::string& k, const Config& c, const std::vector<Shape>& in) {
+  if ((k == "conv2d" || k == "dense") && has_formats(c)) return make_quantized(k, c, in);
   if (k == "conv2d") return make_conv2d(c, in);
   if (k == "dense") return make_dense(c, in);
+  if (k == "quantize") return make_quant_act(c, in);
   if (k == "max_pool2d" || k == "avg_pool2d" || k == "global_avg_pool2d") return make_pool2d(k, c, in);
   if (k == "batch_norm") return make_batch_norm(c, in);
   if (k == "lrn") return make_lrn(c, in);

@@ -1,0 +1,178 @@
+// Quantized layers: any conv2d/dense op with number formats per tensor role.
+//
+// Forward (S4's order):  x_q = Q_in(x),  w_q = Q_w(w),  z = op(x_q, w_q),
+//                        y = Q_out(z) + bias
+// Backward: straight-through estimators next to each quantizer:
+//   dz = STE_out(z, dy),  (dx_q, dw_q) = op_backward(dz),
+//   dw = Q_grad(STE_w(w, dw_q)),  dx = Q_grad(STE_in(x, dx_q)),  dbias = sum dy.
+// The inner op is built without bias and reads its kernel through a shared handle;
+// for each call the handle is pointed at the quantized copy, so the latent fp32
+// weights (what the optimizer updates) never change format.
+#include <optional>
+
+#include "lowbit/ops.hpp"
+
+namespace lowbit {
+
+std::unique_ptr<Op> make_conv2d(const Config&, const std::vector<Shape>&);
+std::unique_ptr<Op> make_dense(const Config&, const std::vector<Shape>&);
+
+namespace {
+
+struct Role {
+  std::optional<Format> f;
+  QuantState st;
+  explicit operator bool() const { return f.has_value(); }
+};
+
+Role role(const Config& c, const char* name) {
+  Role r;
+  auto it = c.formats.find(name);
+  if (it != c.formats.end() && it->second.kind != FormatKind::float32) r.f = it->second;
+  return r;
+}
+
+struct Quantized : Op {
+  std::unique_ptr<Op> inner;
+  Role w_, in_, out_, grad_;
+  bool use_bias;
+  std::string binit;
+  int64_t channels, w_rows, fan_in, fan_out;
+  Tensor wq_, xq_, z_, dz_, dxq_;
+
+  Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
+    kind = k;
+    Config c = cfg;
+    use_bias = cfg.i("use_bias", 1) != 0;
+    binit = cfg.s("bias_initializer", "zeros");
+    c.ints["use_bias"] = {0};
+    inner = k == "conv2d" ? make_conv2d(c, in) : make_dense(c, in);
+    w_ = role(cfg, "weight"), in_ = role(cfg, "input"), out_ = role(cfg, "output"), grad_ = role(cfg, "grad");
+    LB_CHECK(!cfg.formats.count("accum") || cfg.formats.at("accum").kind == FormatKind::float32, kind,
+             ": accum_format other than float32 is not supported yet");
+    out_shape = inner->out_shape;
+    macs = inner->macs;
+    const Shape& ks = inner->params[0].value.shape;
+    channels = out_shape[0];
+    w_rows = k == "conv2d" ? ks[0] : 1;  // per-output-channel rows of an OIHW kernel
+    fan_in = k == "conv2d" ? numel(ks) / ks[0] : ks[0];
+    fan_out = k == "conv2d" ? numel(ks) / ks[1] : ks[1];
+    params.push_back(inner->params[0]);  // shares storage with the inner op's kernel
+    if (use_bias) params.push_back({"bias", Tensor({channels}), Tensor({channels})});
+  }
+
+  void init_params(uint64_t seed) override {
+    inner->init_params(seed);
+    if (use_bias) init_tensor(params[1].value, binit, fan_in, fan_out, seed + 1);
+  }
+
+  void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
+    const Tensor* x = src[0];
+    if (in_) {
+      xq_.resize(x->shape);
+      quantize(*in_.f, x->data(), xq_.data(), x->size(), 1, &in_.st);
+      x = &xq_;
+    }
+    Tensor& latent = inner->params[0].value;
+    Tensor saved = latent;
+    if (w_) {
+      wq_.resize(latent.shape);
+      quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, ctx.training ? &w_.st : nullptr);
+      inner->params[0].value = wq_;
+    }
+    if (out_) {
+      z_.resize(dst.shape);
+      inner->forward({x}, z_, ctx);
+      quantize(*out_.f, z_.data(), dst.data(), dst.size(), 1, &out_.st);
+    } else {
+      inner->forward({x}, dst, ctx);
+    }
+    inner->params[0].value = saved;
+    if (use_bias) {
+      const int64_t N = dst.dim(0), S = numel(out_shape) / channels;
+      const float* b = params[1].value.data();
+      float* y = dst.data();
+#pragma omp parallel for schedule(static) if (N * channels * S > 65536)
+      for (int64_t nc = 0; nc < N * channels; ++nc)
+        for (int64_t s = 0; s < S; ++s) y[nc * S + s] += b[nc % channels];
+    }
+  }
+
+  void backward(const std::vector<const Tensor*>& src, const Tensor& dst, const Tensor& dy,
+                const std::vector<Tensor*>& diff_src) override {
+    const int64_t N = dy.dim(0), S = numel(out_shape) / channels;
+    if (use_bias) {
+      float* db = params[1].grad.data();
+      for (int64_t c = 0; c < channels; ++c) {
+        double acc = 0;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t s = 0; s < S; ++s) acc += dy.data()[(n * channels + c) * S + s];
+        db[c] = float(acc);
+      }
+    }
+    const Tensor* dz = &dy;
+    if (out_) {
+      dz_.resize(dy.shape);
+      ste_backward(*out_.f, z_.data(), dy.data(), dz_.data(), dy.size());
+      dz = &dz_;
+    }
+    const Tensor* x = in_ ? &xq_ : src[0];
+    Tensor* dx = diff_src[0];
+    if (dx && in_) {
+      dxq_.resize(src[0]->shape);
+      dx = &dxq_;
+    }
+    Tensor& latent = inner->params[0].value;
+    Tensor saved = latent;
+    if (w_) inner->params[0].value = wq_;
+    inner->backward({x}, dst, *dz, {dx});
+    inner->params[0].value = saved;
+    Param& k = inner->params[0];
+    if (w_) ste_backward(*w_.f, k.value.data(), k.grad.data(), k.grad.data(), k.grad.size());
+    if (grad_) {
+      quantize(*grad_.f, k.grad.data(), k.grad.data(), k.grad.size(), 1, &grad_.st);
+      if (use_bias) quantize(*grad_.f, params[1].grad.data(), params[1].grad.data(), channels, 1, &grad_.st);
+    }
+    if (!diff_src[0]) return;
+    if (in_) ste_backward(*in_.f, src[0]->data(), dxq_.data(), diff_src[0]->data(), dxq_.size());
+    if (grad_) quantize(*grad_.f, diff_src[0]->data(), diff_src[0]->data(), diff_src[0]->size(), 1, &grad_.st);
+  }
+};
+
+// QuantAct: y = Q(x), dy/dx by the format's STE (BinAct, QuantizedReLU's quantizer, ...).
+struct QuantAct : Op {
+  Format f;
+  QuantState st;
+  QuantAct(const Config& cfg, const std::vector<Shape>& in) {
+    kind = "quantize";
+    LB_CHECK(in.size() == 1, "QuantAct: expected 1 input, got ", in.size());
+    auto it = cfg.formats.find("format");
+    LB_CHECK(it != cfg.formats.end(), "QuantAct: missing format");
+    f = it->second;
+    out_shape = in[0];
+  }
+  void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
+    quantize(f, src[0]->data(), dst.data(), dst.size(), 1, &st);
+  }
+  void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& dy,
+                const std::vector<Tensor*>& dx) override {
+    if (dx[0]) ste_backward(f, src[0]->data(), dy.data(), dx[0]->data(), dy.size());
+  }
+};
+
+}  // namespace
+
+bool has_formats(const Config& c) {
+  for (auto& kv : c.formats)
+    if (kv.first != "format" && kv.second.kind != FormatKind::float32) return true;
+  return false;
+}
+
+std::unique_ptr<Op> make_quantized(const std::string& k, const Config& c, const std::vector<Shape>& in) {
+  return std::make_unique<Quantized>(k, c, in);
+}
+std::unique_ptr<Op> make_quant_act(const Config& c, const std::vector<Shape>& in) {
+  return std::make_unique<QuantAct>(c, in);
+}
+
+}  // namespace lowbit

@@ -1,0 +1,110 @@
+"""Quantized layers: S4's forward order and straight-through backward against numpy,
+finite differences where the quantizers are the identity (32 bits), BinAct,
+QuantizedReLU, grad formats."""
+import numpy as np
+import pytest
+
+import lowbit as lb
+from conftest import assert_close, finite_difference, fwd_bwd, np_conv2d, single
+from test_formats import np_fixed
+
+L, F = lb.layers, lb.formats
+
+
+def test_quantized_conv2d_forward_backward_match_numpy(rng):
+    res, msb = [8, 6, 6], [0, 1, 2]
+    layer = L.QuantizedConv2D(5, 3, quantization_resolutions=res, quantization_msb=msb, padding="same")
+    m = single(layer, (3, 6, 6))
+    w, b = m.get_weights()
+    b = rng.normal(size=5).astype(np.float32) * 0.1
+    m.set_weights([w, b])
+    x = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    wq = np_fixed(w, res[0], msb[0], "floor")
+    xq = np_fixed(x, res[1], msb[1], "floor")
+    pads = ((1, 1), (1, 1))
+    z = np_conv2d(xq, wq, None, (1, 1), pads)
+    ref = np_fixed(z.astype(np.float32), res[2], msb[2], "floor") + b[None, :, None, None]
+    dy = rng.normal(size=ref.shape).astype(np.float32)
+    y, dx, grads = fwd_bwd(m, x, dy)
+    assert_close(y, ref, what="y")
+    _, rdx, rdw, _ = np_conv2d(xq, wq, None, (1, 1), pads, dy=dy)  # identity STE everywhere
+    assert_close(dx, rdx, what="dx")
+    assert_close(grads[0], rdw, what="dkernel")
+    assert_close(grads[1], dy.sum((0, 2, 3)), what="dbias")
+    assert not np.array_equal(m.get_weights()[0], wq)  # latent weights stay fp32
+
+
+def test_quantization_disabled_is_plain_conv(rng):
+    a = single(L.QuantizedConv2D(3, 3, quantization_enabled=False), (2, 5, 5), seed=1)
+    b = single(L.Conv2D(3, 3), (2, 5, 5), seed=1)
+    x = rng.normal(size=(2, 2, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(a.predict(x), b.predict(x))
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (lambda f: L.Conv2D(4, 3, weight_format=f, input_format=f, output_format=f, grad_format=f), (2, 6, 6)),
+    (lambda f: L.Dense(5, weight_format=f, input_format=f, output_format=f, grad_format=f,
+                       bias_initializer="torch"), (7,)),
+])
+def test_identity_quantizers_pass_finite_differences(layer, shape, rng):
+    """With 32-bit quantizers the layer is the fp32 one: gradients match finite differences
+    and the unquantized layer exactly."""
+    f = F.Fixed(32, msb=4)
+    m = single(layer(f), shape, seed=2)
+    x = rng.normal(size=(3,) + shape).astype(np.float32)
+    dy = rng.normal(size=(3,) + m.output_shape).astype(np.float32)
+    finite_difference(m, x, dy)
+    plain = single(layer(None), shape, seed=2)
+    y, dx, g = fwd_bwd(m, x, dy)
+    y2, dx2, g2 = fwd_bwd(plain, x, dy)
+    assert_close(y, y2, rtol=1e-6)
+    assert_close(dx, dx2, rtol=1e-6)
+    for a, b in zip(g, g2):
+        assert_close(a, b, rtol=1e-6)
+
+
+def test_grad_format_quantizes_gradients_and_clipped_ste(rng):
+    g = F.Fixed(8, msb=-2)  # step 2^-9
+    m = single(L.Dense(4, grad_format=g, weight_format=F.Binary(), input_format=F.Fixed(4, msb=0, ste="clipped")),
+               (6,))
+    x = (rng.normal(size=(5, 6)) * 1.5).astype(np.float32)
+    dy = rng.normal(size=(5, 4)).astype(np.float32) * 0.1
+    y, dx, grads = fwd_bwd(m, x, dy)
+    step = 2.0 ** -9
+    for a in [dx, grads[0], grads[1]]:
+        assert np.allclose(a / step, np.round(a / step)), "gradient not on the grad_format grid"
+    assert np.all(dx[np.abs(x) > 1] == 0)  # clipped STE of the input quantizer (A = 2^0)
+    w = m.get_weights()[0]
+    xq = np_fixed(x, 4, 0, "nearest")
+    assert_close(y, xq @ np.where(w < 0, -1.0, 1.0) + m.get_weights()[1], what="binary dense")
+    dW = xq.T.astype(np.float64) @ dy
+    ref = np.clip(np.rint(dW / step), -128, 127) * step
+    ref = np.where(np.abs(w) <= 1, ref, 0)  # clipped STE of Binary
+    assert_close(grads[0], ref, rtol=1e-5, what="dkernel")
+
+
+def test_binact_and_quantized_relu(rng):
+    x = np.array([[-2.0, -0.5, 0.0, -0.0, 0.3, 1.0, 1.5, 0.96]], np.float32)
+    dy = np.ones_like(x)
+    m = single(L.BinAct(), (8,))
+    y, dx, _ = fwd_bwd(m, x, dy)
+    np.testing.assert_array_equal(y, [[-1, -1, 1, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(dx, [[0, 1, 1, 1, 1, 1, 0, 1]])
+    m = single(L.QuantizedReLU(2), (8,))
+    y, dx, _ = fwd_bwd(m, x, dy)
+    np.testing.assert_array_equal(y, [[0, 0, 0, 0, 0.25, 0.75, 0.75, 0.75]])  # clip to 1 - 2^-2
+    np.testing.assert_array_equal(dx, [[0, 0, 0, 0, 1, 1, 0, 1]])
+
+
+def test_binary_network_trains(rng):
+    """Latent fp32 weights learn through sign() with the clipped STE."""
+    (x, y), (xt, yt) = lb.datasets.fashion_mnist()
+    x, y = x[:6000], y[:6000]
+    m = lb.Sequential([
+        L.Conv2D(16, 5, input_shape=(1, 28, 28), weight_format=F.Binary(scale="channel_mean_abs")),
+        L.MaxPooling2D(2), L.BatchNormalization(), L.BinAct(),
+        L.Flatten(), L.Dense(10, activation="softmax")], seed=0)
+    m.compile(lb.optimizers.Adam(1e-3))
+    m.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    assert m.evaluate(xt[:2000], yt[:2000])["accuracy"] > 0.7
+    assert not set(np.unique(m.get_weights()[0])) <= {-1.0, 1.0}  # the latent weights are real-valued
