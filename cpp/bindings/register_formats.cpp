@@ -80,17 +80,18 @@ void register_formats(py::module_& m) {
         q.f.validate();
       })
       .def("__repr__", [](const Quantizer& q) { return q.f.repr(); })
-      .def("quantize", [](Quantizer& q, const farray& x, int64_t channels) {
+      .def("quantize", [](Quantizer& q, const farray& x, int64_t channels, bool track) {
         farray y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
         const float* src = x.data();
         float* dst = y.mutable_data();
         int64_t n = x.size();
         {
           py::gil_scoped_release nogil;
+          q.st.track = track;
           quantize(q.f, src, dst, n, channels, &q.st);
         }
         return y;
-      }, py::arg("x"), py::arg("channels") = 1)
+      }, py::arg("x"), py::arg("channels") = 1, py::arg("track") = false)
       .def("backward", [](Quantizer& q, const farray& x, const farray& dy) {
         if (x.size() != dy.size()) throw std::invalid_argument("backward: x and grad must have the same shape");
         farray dx(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));

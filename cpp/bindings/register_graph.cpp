@@ -136,6 +136,17 @@ void register_graph(py::module_& m) {
         std::memcpy(p.value.data(), a.data(), size_t(p.value.size()) * 4);
       })
       .def("init_params", &Graph::init_params, py::arg("seed"))
+      .def("set_loss_scaling", &Graph::set_loss_scaling, py::arg("dynamic"), py::arg("init"),
+           py::arg("growth_interval") = 2000)
+      .def_property_readonly("loss_scale", &Graph::loss_scale)
+      .def_property_readonly("skipped_steps", &Graph::skipped_steps)
+      .def("activation", [](Graph& g, int i) {
+        const Tensor& t = g.activation(i);
+        LB_CHECK(t.ptr, "activation: node ", i, " has not been computed");
+        farray a(t.shape);
+        std::memcpy(a.mutable_data(), t.data(), size_t(t.size()) * 4);
+        return a;
+      })
       .def("count_params", &Graph::count_params)
       .def_property("step", &Graph::step, &Graph::set_step)
       .def_property_readonly("learning_rate", &Graph::current_lr)
@@ -151,6 +162,9 @@ void register_graph(py::module_& m) {
         o.beta_2 = c.f("beta_2", 0.999);
         o.epsilon = c.f("epsilon", 1e-7);
         o.rho = c.f("rho", 0.95);
+        o.bop = c.i("bop", 0) != 0;
+        o.bop_gamma = c.f("bop_gamma", 1e-4);
+        o.bop_threshold = c.f("bop_threshold", 1e-8);
         ScheduleConfig s;
         Config sc = to_config(sched);
         s.name = sc.s("name", "constant");

@@ -62,7 +62,9 @@ class Format:
     def quantize(self, x, channels=1):
         """Values of ``x`` on this format's grid (float32, same shape)."""
         a = np.ascontiguousarray(x, dtype=np.float32)
-        return self._q.quantize(a, int(channels))
+        # Fixed(msb="auto") not yet calibrated: the array's own max |x| sets the MSB
+        track = bool(getattr(self, "msb_auto", False)) and not getattr(self, "_calibrated", False)
+        return self._q.quantize(a, int(channels), track)
 
     __call__ = quantize
 
@@ -76,6 +78,14 @@ class Format:
 
     def __repr__(self):
         return repr(self._q)
+
+    def __deepcopy__(self, memo):
+        """A fresh format with the same configuration (and its own quantizer state)."""
+        new = object.__new__(type(self))
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_q", "_config")})
+        new._config = dict(self._config)
+        new._q = _core.Quantizer(new._config)
+        return new
 
     def __eq__(self, other):
         return isinstance(other, Format) and type(self) is type(other) and self._config == other._config
@@ -159,6 +169,7 @@ class Fixed(Format):
         msb = msb_from_percentile(x, percentile)
         self._q.set_msb(msb)
         self._config["msb"] = msb
+        self._calibrated = True
         return msb
 
 

@@ -68,7 +68,24 @@ def _set_formats(layer, weight, input, output, grad, accum):
 
 
 def _formats_cfg(layer):
-    return {r: getattr(layer, f"{r}_format").config() for r in ROLES if getattr(layer, f"{r}_format") is not None}
+    """Formats from the model's precision, overridden by those set on the layer."""
+    out = {r: f.config() for r, f in getattr(layer, "_precision_formats", {}).items()}
+    out.update({r: getattr(layer, f"{r}_format").config() for r in ROLES if getattr(layer, f"{r}_format") is not None})
+    return out
+
+
+def _activation_ops(layer):
+    act = getattr(layer, "_precision_activation", None) or layer.activation
+    return [(act, {})] if act and act != "linear" else []
+
+
+def _constraint(c, layer):
+    if c is None:
+        return 0.0
+    from .constraints import WeightClip
+    if not isinstance(c, WeightClip):
+        raise TypeError(f"{layer}: expected kernel_constraint=lb.constraints.weight_clip(c), got {c!r}")
+    return c.clip_value
 
 
 class SymbolicTensor:
@@ -127,9 +144,11 @@ class Conv2D(Layer):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
                  activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  weight_format=None, input_format=None, output_format=None, grad_format=None, accum_format=None,
-                 name=None, input_shape=None):
+                 kernel_constraint=None, name=None, input_shape=None):
         super().__init__(name, input_shape)
         _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format)
+        self.kernel_constraint = kernel_constraint
+        self._kernel_clip = _constraint(kernel_constraint, self.name)
         if not isinstance(filters, numbers.Integral) or filters < 1:
             raise ValueError(f"{self.name}: expected filters >= 1, got {filters!r}")
         self.filters = int(filters)
@@ -147,16 +166,18 @@ class Conv2D(Layer):
         cfg = dict(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
                    dilation_rate=self.dilation_rate, groups=self.groups, use_bias=self.use_bias,
                    kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer,
-                   formats=_formats_cfg(self))
-        return [("conv2d", cfg)] + ([(self.activation, {})] if self.activation else [])
+                   formats=_formats_cfg(self), kernel_clip=self._kernel_clip)
+        return [("conv2d", cfg)] + _activation_ops(self)
 
 
 class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", weight_format=None, input_format=None, output_format=None,
-                 grad_format=None, accum_format=None, name=None, input_shape=None):
+                 grad_format=None, accum_format=None, kernel_constraint=None, name=None, input_shape=None):
         super().__init__(name, input_shape)
         _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format)
+        self.kernel_constraint = kernel_constraint
+        self._kernel_clip = _constraint(kernel_constraint, self.name)
         if not isinstance(units, numbers.Integral) or units < 1:
             raise ValueError(f"{self.name}: expected units >= 1, got {units!r}")
         self.units = int(units)
@@ -167,8 +188,8 @@ class Dense(Layer):
 
     def ops(self):
         cfg = dict(units=self.units, use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
-                   bias_initializer=self.bias_initializer, formats=_formats_cfg(self))
-        return [("dense", cfg)] + ([(self.activation, {})] if self.activation else [])
+                   bias_initializer=self.bias_initializer, formats=_formats_cfg(self), kernel_clip=self._kernel_clip)
+        return [("dense", cfg)] + _activation_ops(self)
 
 
 class _Pool(Layer):

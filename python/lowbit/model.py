@@ -19,7 +19,9 @@ import time
 import numpy as np
 
 from . import _core
+from . import formats as _formats
 from . import optimizers as _optimizers
+from . import precision as _precision
 from .callbacks import Callback, History
 from .layers import Layer, SymbolicTensor, _InputLayer
 
@@ -81,6 +83,8 @@ class Model:
         self.stop_training = False
         self._graph = None
         self._compiled = None
+        self._precision = None
+        self._calibrated = False
         self._epochs_done = 0
         if inputs is not None:
             self._build_from(inputs, outputs)
@@ -137,7 +141,8 @@ class Model:
             layers.append((layer, nodes))
         g.set_output(node_of[id(outputs)])
         g.init_params(self.seed)
-        self._graph, self._layers = g, layers
+        self._graph, self._layers, self._io = g, layers, (inputs, outputs)
+        self._layer_inputs = {id(t.layer): [node_of[id(u)] for u in t.inputs] for t in order if t.inputs}
         self.input_shape = tuple(inputs.layer.input_shape)
         self.output_shape = tuple(g.node_shape(g.output))
 
@@ -211,9 +216,13 @@ class Model:
                 self._graph.step = int(z["step"])
 
     # ----- training -----------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss="categorical_crossentropy", metrics=None):
+    def compile(self, optimizer="rmsprop", loss="categorical_crossentropy", metrics=None, precision=None):
         """``loss``: 'categorical_crossentropy' (fused with a final softmax, computed from
-        logits; without a final softmax the outputs are taken as logits) or 'mse'."""
+        logits; without a final softmax the outputs are taken as logits) or 'mse'.
+        ``precision``: a preset name ('fp32', 'fp16', 'bf16', 'fixed16', 'fixed8', 'int8',
+        'binary', 'w1a8', 'fw16bw32', 'fw16bw16') or an ``lb.Precision`` - see
+        ``lowbit.precision``. Changing the precision rebuilds the engine graph; weights are
+        kept, optimizer state starts afresh."""
         if not isinstance(loss, str) or loss.lower() not in _LOSS_ALIASES:
             raise ValueError(f"compile: unknown loss {loss!r} (expected one of {', '.join(LOSSES)})")
         for m in metrics or []:
@@ -221,12 +230,77 @@ class Model:
                 raise ValueError(f"compile: unknown metric {m!r} (only 'accuracy' is supported)")
         opt = _optimizers.get(optimizer)
         self._compiled = (opt, _LOSS_ALIASES[loss.lower()])
+        self._precision = _precision.get(precision)
+        self._calibrated = False
+        self._assign_precision()
         if self._graph is not None:
-            self._apply_compile()
+            self._rebuild()
 
     def _apply_compile(self):
         opt, loss = self._compiled
         self._graph.compile(loss, opt.config(), opt.schedule.config())
+        ls = self._precision.loss_scale if self._precision else None
+        if ls == "dynamic":
+            self._graph.set_loss_scaling(True, 2.0 ** 15)
+        elif ls is not None:
+            self._graph.set_loss_scaling(False, float(ls))
+        self._compiled_graph = self._graph
+
+    # ----- precision ----------------------------------------------------------------
+    def _kernel_layers(self):
+        return [layer for layer in self.layers if hasattr(layer, "weight_format")]
+
+    def _assign_precision(self):
+        ks = self._kernel_layers()
+        for i, layer in enumerate(ks):
+            layer._precision_formats = self._precision.formats_for(i, len(ks)) if self._precision else {}
+            quantized = bool(layer._precision_formats) and not (self._precision.exempt_last and i == len(ks) - 1)
+            layer._precision_activation = self._precision.activation if quantized else None
+
+    def _rebuild(self):
+        """Rebuild the engine graph from the layers (after a format change), keeping weights."""
+        weights, step = self.get_weights(), self._graph.step
+        self._build_from(*self._io)
+        self.set_weights(weights)
+        self._graph.step = step
+        if self._compiled is not None:
+            self._apply_compile()
+
+    def calibrate(self, x, percentile=None):
+        """Choose the MSB of every ``Fixed(msb="auto")`` format of the model's precision
+        from data (S4 Eq. 11): percentiles of each layer's kernel, input and output in a
+        float32 forward pass over ``x`` (a few hundred samples suffice)."""
+        p = self._precision
+        if p is None:
+            return {}
+        pct = p.calibration_percentile if percentile is None else float(percentile)
+        ks = self._kernel_layers()
+        saved = {id(layer): layer._precision_formats for layer in ks}
+        for layer in ks:
+            layer._precision_formats = {}
+        self._rebuild()  # float32 graph for the statistics
+        g = self._graph
+        g.forward(as_input(x, "calibrate: x"), False)
+        chosen = {}
+        for layer, nodes in self._layers:
+            fm = saved.get(id(layer))
+            if not fm:
+                continue
+            data = {"weight": lambda: g.get_param(nodes[0], 0),
+                    "input": lambda: g.activation(self._layer_inputs[id(layer)][0]),
+                    "output": lambda: g.activation(nodes[0])}
+            for role, f in fm.items():
+                if isinstance(f, _formats.Fixed) and f.msb_auto and role in data:
+                    chosen[(layer.name, role)] = f.calibrate(data[role](), pct)
+        for layer in ks:
+            layer._precision_formats = saved[id(layer)]
+        self._rebuild()
+        self._calibrated = True
+        return chosen
+
+    def _maybe_calibrate(self, x):
+        if self._precision is not None and self._precision.needs_calibration and not self._calibrated:
+            self.calibrate(x[:256])
 
     def _prepare(self, x, y, what):
         x = as_input(x, f"{what}: x")
@@ -256,9 +330,9 @@ class Model:
         x, y = self._prepare(x, y, "fit")
         if len(x) == 0:
             raise ValueError("fit: x is empty")
-        if self._graph is not None and getattr(self, "_compiled_graph", None) is not self._graph:
+        self._maybe_calibrate(x)
+        if getattr(self, "_compiled_graph", None) is not self._graph:
             self._apply_compile()
-            self._compiled_graph = self._graph
         val = None
         if validation_data is not None:
             vx, vy = validation_data[:2]
@@ -313,14 +387,15 @@ class Model:
             raise ValueError("evaluate: call compile() first")
         batch_size = _batch_size(batch_size, "evaluate")
         x, y = self._prepare(x, y, "evaluate")
-        if self._graph is not None and getattr(self, "_compiled_graph", None) is not self._graph:
+        self._maybe_calibrate(x)
+        if getattr(self, "_compiled_graph", None) is not self._graph:
             self._apply_compile()
-            self._compiled_graph = self._graph
         return dict(self._graph.evaluate(x, y, batch_size))
 
     def predict(self, x, batch_size=256):
         batch_size = _batch_size(batch_size, "predict")
         x, _ = self._prepare(x, None, "predict")
+        self._maybe_calibrate(x)
         return self._graph.predict(x, batch_size)
 
     def compute_gradients(self, x, y):
@@ -329,9 +404,9 @@ class Model:
         if self._compiled is None:
             raise ValueError("compute_gradients: call compile() first")
         x, y = self._prepare(x, y, "compute_gradients")
+        self._maybe_calibrate(x)
         if getattr(self, "_compiled_graph", None) is not self._graph:
             self._apply_compile()
-            self._compiled_graph = self._graph
         loss = self._graph.compute_gradients(x, y)
         return loss, [self._graph.get_grad(n, k) for n, k in self._param_slots()]
 
@@ -386,7 +461,6 @@ class Sequential(Model):
         self._build_from(inp, t)
         if self._compiled is not None:
             self._apply_compile()
-            self._compiled_graph = self._graph
 
     @property
     def layers(self):
@@ -406,3 +480,6 @@ class Sequential(Model):
     def compile(self, *a, **k):
         self._ensure()
         super().compile(*a, **k)
+
+    def _kernel_layers(self):
+        return [layer for layer in self._stack if hasattr(layer, "weight_format")]

@@ -5,7 +5,7 @@ Defaults follow Keras. ``weight_decay`` is the coupled L2 term of PyTorch's SGD/
 """
 from __future__ import annotations
 
-__all__ = ["Optimizer", "SGD", "Adam", "Adadelta", "RMSprop", "get",
+__all__ = ["Optimizer", "SGD", "Adam", "Adadelta", "RMSprop", "Bop", "get",
            "Schedule", "StepDecay", "MultiStepDecay", "ExponentialDecay", "CosineDecay"]
 
 
@@ -151,3 +151,23 @@ def get(opt):
     if isinstance(opt, str) and opt.lower() in _BY_NAME:
         return _BY_NAME[opt.lower()]()
     raise ValueError(f"unknown optimizer {opt!r} (expected one of {', '.join(_BY_NAME)} or an Optimizer)")
+
+
+class Bop(Optimizer):
+    """Binary optimizer (Helwegen et al. 2019) for weights read through a Binary format:
+    m = (1 - gamma) m + gamma g; flip w where |m| > threshold and sign(m) = sign(w).
+    Every other parameter is updated by ``fp_optimizer`` (as Larq's CaseOptimizer)."""
+    name = "bop"
+
+    def __init__(self, threshold=1e-8, gamma=1e-4, fp_optimizer=None):
+        fp = get(fp_optimizer or "adam")
+        if not 0 < float(gamma) <= 1:
+            raise ValueError(f"Bop: expected gamma in (0, 1], got {gamma}")
+        if float(threshold) < 0:
+            raise ValueError(f"Bop: expected threshold >= 0, got {threshold}")
+        self.fp_optimizer, self.threshold, self.gamma = fp, float(threshold), float(gamma)
+        self.schedule = fp.schedule
+        self.hyper = {}
+
+    def config(self):
+        return dict(self.fp_optimizer.config(), bop=1, bop_gamma=self.gamma, bop_threshold=self.threshold)

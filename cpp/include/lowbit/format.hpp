@@ -53,9 +53,15 @@ struct Format {
 
 // Per-tensor quantizer state kept across steps and saved with the weights:
 // hysteresis signs (binary latent weights) and stochastic-rounding counter.
+// Fixed(msb="auto") is dynamic fixed point (Courbariaux et al. 2014): while `track` is
+// set (training), each call takes MSB = ceil(log2(max|x|)) of the tensor at hand, so
+// nothing saturates; otherwise the last tracked MSB (or the calibrated one) is used.
 struct QuantState {
+  static constexpr int kUnset = -1000;
   std::vector<int8_t> last_sign;
   uint64_t counter = 0;
+  int msb = kUnset;
+  bool track = false;
 };
 
 // y = Q(x) over n values laid out as `channels` rows (axis 0) for per-channel scales.

@@ -53,6 +53,16 @@ class Graph {
   void forward_batch(const float* x, int64_t n, bool training, float* out);
   void backward_batch(const float* diff_out, float* diff_x);
 
+  // Loss scaling (mixed precision): the loss gradient is multiplied by `scale` before the
+  // backward and the parameter gradients divided by it before the update. Dynamic: a step
+  // whose gradients overflow is skipped and the scale halved; after `growth_interval`
+  // good steps it doubles (as PyTorch's GradScaler).
+  void set_loss_scaling(bool dynamic, double init, int64_t growth_interval = 2000);
+  double loss_scale() const { return loss_scale_; }
+  int64_t skipped_steps() const { return skipped_; }
+  // activations of node i after the last forward (calibration)
+  const Tensor& activation(int i) const { return act_.at(size_t(i)); }
+
   std::string loss_name() const { return loss_; }
   double current_lr() const { return lr_; }
   uint64_t step() const { return step_; }
@@ -66,6 +76,10 @@ class Graph {
   ScheduleConfig sched_;
   double base_lr_ = 0, lr_ = 0;
   uint64_t step_ = 0, seed_ = 0;
+  bool dynamic_scale_ = false;
+  double loss_scale_ = 1.0;
+  int64_t growth_interval_ = 2000, good_steps_ = 0, skipped_ = 0;
+  bool unscale_and_check(const std::vector<Param*>& ps);
   std::vector<Tensor> act_, grad_;
   std::vector<char> grad_set_;
   std::vector<Tensor> scratch_;

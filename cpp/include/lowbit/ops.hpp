@@ -30,6 +30,8 @@ struct Param {
   std::string name;  // Keras names: kernel, bias, gamma, beta, moving_mean, moving_variance
   Tensor value, grad;
   bool trainable = true;
+  float clip = 0.f;     // > 0: clip the latent value to [-clip, clip] after each step (weight_clip)
+  bool binary = false;  // the op reads it through a Binary format (Bop updates it)
 };
 
 // Per-step information the ops may need (dropout masks are a function of seed+step).

@@ -12,6 +12,10 @@ struct OptimConfig {
   double lr = 0.01, momentum = 0.0, weight_decay = 0.0;
   bool nesterov = false;
   double beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7, rho = 0.95;
+  // Bop (Helwegen et al. 2019) for parameters read through a Binary format:
+  //   m = (1 - gamma) m + gamma g;  w = -w where |m| > threshold and sign(m) = sign(w)
+  bool bop = false;
+  double bop_gamma = 1e-4, bop_threshold = 1e-8;
 };
 
 struct ScheduleConfig {

@@ -163,7 +163,16 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       return;
     }
     case FormatKind::fixed: {
-      const double q = std::ldexp(1.0, f.msb + 1 - f.bits);
+      int msb = f.msb;
+      if (f.msb_auto && st) {
+        if (st->track) {
+          float amax = 0.f;
+          for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+          if (amax > 0.f && std::isfinite(amax)) st->msb = std::min(127, std::max(-126, int(std::ceil(std::log2(double(amax))))));
+        }
+        if (st->msb != QuantState::kUnset) msb = st->msb;
+      }
+      const double q = std::ldexp(1.0, msb + 1 - f.bits);
       const double kmin = -std::ldexp(1.0, f.bits - 1), kmax = std::ldexp(1.0, f.bits - 1) - 1;
       const uint64_t stream = st ? st->counter++ : 0;
 #pragma omp parallel for schedule(static) if (n > 65536)

@@ -250,8 +250,13 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
     std::swap(grad_[size_t(from)], loss_grad_);  // buffers swap, nothing is copied or freed
     LB_CHECK(std::isfinite(l), "fit: the loss became ", l, " at step ", step_,
              " (diverged: lower the learning rate, or check the data)");
+    if (loss_scale_ != 1.0) {
+      const float sc = float(loss_scale_);
+      float* gd = grad_[size_t(from)].data();
+      for (int64_t e = 0, m = grad_[size_t(from)].size(); e < m; ++e) gd[e] *= sc;
+    }
     run_backward(from, false);
-    opt_->step(ps, lr_);
+    if (unscale_and_check(ps)) opt_->step(ps, lr_);
     ++step_;
     loss_sum += l * double(nb);
     hits_sum += hits;
@@ -265,6 +270,43 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
   m.loss = loss_sum / double(m.seen);
   m.accuracy = double(hits_sum) / double(m.seen);
   return m;
+}
+
+void Graph::set_loss_scaling(bool dynamic, double init, int64_t growth_interval) {
+  LB_CHECK(init > 0 && std::isfinite(init), "loss scaling: expected a positive finite scale, got ", init);
+  LB_CHECK(growth_interval >= 1, "loss scaling: expected growth_interval >= 1, got ", growth_interval);
+  dynamic_scale_ = dynamic;
+  loss_scale_ = init;
+  growth_interval_ = growth_interval;
+  good_steps_ = skipped_ = 0;
+}
+
+// Divide the gradients by the loss scale; with dynamic scaling, report (false) and
+// shrink the scale when any gradient overflowed, so the step is skipped.
+bool Graph::unscale_and_check(const std::vector<Param*>& ps) {
+  if (loss_scale_ == 1.0 && !dynamic_scale_) return true;
+  bool finite = true;
+  for (auto* p : ps) {
+    const float* g = p->grad.data();
+    for (int64_t i = 0, n = p->grad.size(); i < n && finite; ++i) finite = std::isfinite(g[i]);
+  }
+  if (!finite) {
+    LB_CHECK(dynamic_scale_, "fit: gradients overflowed with a static loss scale of ", loss_scale_);
+    loss_scale_ = std::max(loss_scale_ * 0.5, 1.0 / 65536.0);
+    good_steps_ = 0;
+    ++skipped_;
+    return false;
+  }
+  const float inv = float(1.0 / loss_scale_);
+  for (auto* p : ps) {
+    float* g = p->grad.data();
+    for (int64_t i = 0, n = p->grad.size(); i < n; ++i) g[i] *= inv;
+  }
+  if (dynamic_scale_ && ++good_steps_ >= growth_interval_) {
+    loss_scale_ = std::min(loss_scale_ * 2.0, 16777216.0);
+    good_steps_ = 0;
+  }
+  return true;
 }
 
 Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch) {

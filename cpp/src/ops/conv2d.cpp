@@ -55,6 +55,7 @@ struct Conv2D : Op {
     binit = cfg.s("bias_initializer", "zeros");
     out_shape = {O, ph.out, pw.out};
     params.push_back({"kernel", Tensor({O, C / groups, kh, kw}), Tensor({O, C / groups, kh, kw})});
+    params[0].clip = float(cfg.f("kernel_clip", 0.0));
     if (use_bias) params.push_back({"bias", Tensor({O}), Tensor({O})});
     macs = O * ph.out * pw.out * (C / groups) * kh * kw;
   }

@@ -32,6 +32,7 @@ struct Dense : Op {
     binit = cfg.s("bias_initializer", "zeros");
     out_shape = {M};
     params.push_back({"kernel", Tensor({K, M}), Tensor({K, M})});
+    params[0].clip = float(cfg.f("kernel_clip", 0.0));
     if (use_bias) params.push_back({"bias", Tensor({M}), Tensor({M})});
     macs = K * M;
   }

@@ -58,6 +58,8 @@ struct Quantized : Op {
     fan_in = k == "conv2d" ? numel(ks) / ks[0] : ks[0];
     fan_out = k == "conv2d" ? numel(ks) / ks[1] : ks[1];
     params.push_back(inner->params[0]);  // shares storage with the inner op's kernel
+    params[0].binary = w_ && w_.f->kind == FormatKind::binary;
+    params[0].clip = float(cfg.f("kernel_clip", 0.0));
     if (use_bias) params.push_back({"bias", Tensor({channels}), Tensor({channels})});
   }
 
@@ -67,6 +69,7 @@ struct Quantized : Op {
   }
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
+    in_.st.track = w_.st.track = out_.st.track = ctx.training;
     const Tensor* x = src[0];
     if (in_) {
       xq_.resize(x->shape);
@@ -77,7 +80,7 @@ struct Quantized : Op {
     Tensor saved = latent;
     if (w_) {
       wq_.resize(latent.shape);
-      quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, ctx.training ? &w_.st : nullptr);
+      quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, &w_.st);
       inner->params[0].value = wq_;
     }
     if (out_) {
@@ -129,6 +132,7 @@ struct Quantized : Op {
     inner->params[0].value = saved;
     Param& k = inner->params[0];
     if (w_) ste_backward(*w_.f, k.value.data(), k.grad.data(), k.grad.data(), k.grad.size());
+    grad_.st.track = true;
     if (grad_) {
       quantize(*grad_.f, k.grad.data(), k.grad.data(), k.grad.size(), 1, &grad_.st);
       if (use_bias) quantize(*grad_.f, params[1].grad.data(), params[1].grad.data(), channels, 1, &grad_.st);
@@ -151,7 +155,8 @@ struct QuantAct : Op {
     f = it->second;
     out_shape = in[0];
   }
-  void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
+  void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
+    st.track = ctx.training;
     quantize(f, src[0]->data(), dst.data(), dst.size(), 1, &st);
   }
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& dy,

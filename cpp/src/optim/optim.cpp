@@ -88,10 +88,18 @@ LB_CLONES void rmsprop(float* w, const float* g, float* a, int64_t n, float lr, 
   }
 }
 
+void bop(float* w, const float* g, float* m, int64_t n, float gamma, float tau) {
+  for (int64_t i = 0; i < n; ++i) {
+    m[i] = (1 - gamma) * m[i] + gamma * g[i];
+    if (std::fabs(m[i]) > tau && ((m[i] > 0) == (w[i] > 0))) w[i] = -w[i];
+  }
+}
+
 }  // namespace
 
 void Optimizer::step(const std::vector<Param*>& params, double lr_d) {
-  const int slots = cfg.name == "sgd" ? (cfg.momentum > 0 ? 1 : 0) : cfg.name == "rmsprop" ? 1 : 2;
+  // slots per parameter: at least one for Bop's moving average
+  const int slots = std::max(cfg.bop ? 1 : 0, cfg.name == "sgd" ? (cfg.momentum > 0 ? 1 : 0) : cfg.name == "rmsprop" ? 1 : 2);
   if (state.size() != params.size()) {
     state.assign(params.size(), {});
     for (size_t k = 0; k < params.size(); ++k)
@@ -109,7 +117,9 @@ void Optimizer::step(const std::vector<Param*>& params, double lr_d) {
     float *w = p.value.data(), *g = p.grad.data();
     const int64_t n = p.value.size();
     auto& st = state[k];
-    if (cfg.name == "sgd")
+    if (cfg.bop && p.binary)
+      bop(w, g, st[0].data(), n, float(cfg.bop_gamma), float(cfg.bop_threshold));
+    else if (cfg.name == "sgd")
       sgd(w, g, slots ? st[0].data() : nullptr, n, lr, float(cfg.momentum), wd, cfg.nesterov);
     else if (cfg.name == "adam")
       adam(w, g, st[0].data(), st[1].data(), n, lr, float(cfg.beta_1), float(cfg.beta_2), c1, c2, eps, wd);
@@ -117,6 +127,8 @@ void Optimizer::step(const std::vector<Param*>& params, double lr_d) {
       adadelta(w, g, st[0].data(), st[1].data(), n, lr, float(cfg.rho), eps, wd);
     else
       rmsprop(w, g, st[0].data(), n, lr, float(cfg.rho), eps, wd);
+    if (p.clip > 0)  // weight_clip constraint on the latent weights
+      for (int64_t i = 0; i < n; ++i) w[i] = std::min(std::max(w[i], -p.clip), p.clip);
   }
 }
 
