@@ -112,3 +112,27 @@ def test_lenet_precisions_fashion_mnist():
     assert abs(acc["fp16"] - acc["fp32"]) <= 0.01
     assert acc["fixed8"] >= acc["fp32"] - 0.02
     assert acc["binary"] >= 0.75
+
+
+def test_quantization_state_saved_and_restored(tmp_path, rng):
+    """Calibrated and tracked MSBs and hysteresis signs travel with the weights: a fresh
+    model loading the file predicts exactly as the trained one."""
+    def build():
+        m = lb.Sequential([L.Conv2D(4, 3, activation="relu", input_shape=(1, 8, 8),
+                                    weight_format=F.Binary(hysteresis=0.1)),
+                           L.Flatten(), L.Dense(10, activation="softmax")], seed=0)
+        m.compile(lb.optimizers.Adam(1e-2), precision=lb.Precision(input=F.Fixed(8, msb="auto"),
+                                                                   output=F.Fixed(8, msb="auto")))
+        return m
+    x = rng.uniform(size=(128, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    m = build()
+    m.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    m.save_weights(tmp_path / "q.npz")
+    m2 = build()
+    m2.load_weights(tmp_path / "q.npz")
+    np.testing.assert_array_equal(m2.predict(x), m.predict(x))
+    conv = m._layers[0][1][0]
+    s1, s2 = m._graph.get_quant_state(conv), m2._graph.get_quant_state(conv)
+    assert [a[0] for a in s1] == [a[0] for a in s2] and len(s1[0][2]) == 36  # hysteresis signs of 4x1x3x3
+    np.testing.assert_array_equal(s1[0][2], s2[0][2])

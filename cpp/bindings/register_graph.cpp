@@ -135,6 +135,30 @@ void register_graph(py::module_& m) {
                  shape_str(p.value.shape), ", got ", shape_str(s));
         std::memcpy(p.value.data(), a.data(), size_t(p.value.size()) * 4);
       })
+      .def("get_quant_state", [](Graph& g, int i) {
+        py::list r;
+        auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
+        if (n.op)
+          for (auto* st : n.op->quant_states()) {
+            py::array_t<int8_t> signs(py::ssize_t(st->last_sign.size()));
+            std::memcpy(signs.mutable_data(), st->last_sign.data(), st->last_sign.size());
+            r.append(py::make_tuple(st->msb, st->counter, signs));
+          }
+        return r;
+      }, "Quantizer states of node i: (tracked msb, stochastic counter, hysteresis signs) per role.")
+      .def("set_quant_state", [](Graph& g, int i, const py::list& states) {
+        auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
+        auto sts = n.op ? n.op->quant_states() : std::vector<QuantState*>{};
+        LB_CHECK(sts.size() == states.size(), "load_weights: node ", i, " has ", sts.size(),
+                 " quantizer states, the file has ", states.size());
+        for (size_t k = 0; k < sts.size(); ++k) {
+          auto t = states[k].cast<py::tuple>();
+          sts[k]->msb = t[0].cast<int>();
+          sts[k]->counter = t[1].cast<uint64_t>();
+          auto a = t[2].cast<py::array_t<int8_t, py::array::c_style>>();
+          sts[k]->last_sign.assign(a.data(), a.data() + a.size());
+        }
+      })
       .def("init_params", &Graph::init_params, py::arg("seed"))
       .def("set_loss_scaling", &Graph::set_loss_scaling, py::arg("dynamic"), py::arg("init"),
            py::arg("growth_interval") = 2000)

@@ -192,6 +192,7 @@ class Model:
             raise FileNotFoundError(f"save_weights: folder {folder} does not exist")
         arrays = {f"w{i:04d}": w for i, w in enumerate(self.get_weights())}
         arrays["step"] = np.array(self._graph.step, dtype=np.uint64)
+        arrays.update(self._quant_state_arrays())
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lowbit-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -214,6 +215,46 @@ class Model:
             self.set_weights([z[k] for k in keys])
             if "step" in z.files:
                 self._graph.step = int(z["step"])
+            self._load_quant_state(z)
+
+    # Quantization state saved beside the weights: per kernel layer the calibrated MSB of
+    # each Fixed format, and per engine node the quantizers' tracked MSB, stochastic
+    # rounding counter and hysteresis signs.
+    def _quant_state_arrays(self):
+        out = {}
+        for i, layer in enumerate(self._kernel_layers()):
+            for role, f in getattr(layer, "_precision_formats", {}).items():
+                if isinstance(f, _formats.Fixed) and getattr(f, "_calibrated", False):
+                    out[f"qmsb_{i}_{role}"] = np.array(f.msb, np.int32)
+        for _, nodes in self._layers:
+            for n in nodes:
+                for k, (msb, counter, signs) in enumerate(self._graph.get_quant_state(n)):
+                    out[f"qs_{n}_{k}"] = np.array([msb, counter], np.int64)
+                    out[f"qh_{n}_{k}"] = signs
+        return out
+
+    def _load_quant_state(self, z):
+        changed = False
+        for i, layer in enumerate(self._kernel_layers()):
+            for role, f in getattr(layer, "_precision_formats", {}).items():
+                key = f"qmsb_{i}_{role}"
+                if key in z.files and isinstance(f, _formats.Fixed):
+                    msb = int(z[key])
+                    changed |= f.msb != msb or not getattr(f, "_calibrated", False)
+                    f._q.set_msb(msb)
+                    f._config["msb"], f._calibrated = msb, True
+        if changed:  # the engine's formats carry the static MSB: rebuild with the loaded ones
+            self._rebuild()
+            self._calibrated = True
+        for _, nodes in self._layers:
+            for n in nodes:
+                k, states = 0, []
+                while f"qs_{n}_{k}" in z.files:
+                    msb, counter = (int(v) for v in z[f"qs_{n}_{k}"])
+                    states.append((msb, counter, z[f"qh_{n}_{k}"]))
+                    k += 1
+                if states:
+                    self._graph.set_quant_state(n, states)
 
     # ----- training -----------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss="categorical_crossentropy", metrics=None, precision=None):

@@ -54,6 +54,8 @@ struct Op {
   // written (not accumulated) into params[k].grad.
   virtual void backward(const std::vector<const Tensor*>& src, const Tensor& dst,
                         const Tensor& diff_dst, const std::vector<Tensor*>& diff_src) = 0;
+  // Quantizer state kept across steps (saved with the weights), in a fixed order.
+  virtual std::vector<QuantState*> quant_states() { return {}; }
   // Initialise parameters deterministically from a seed.
   virtual void init_params(uint64_t /*seed*/) {}
   int64_t count_params() const {

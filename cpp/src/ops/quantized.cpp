@@ -63,6 +63,8 @@ struct Quantized : Op {
     if (use_bias) params.push_back({"bias", Tensor({channels}), Tensor({channels})});
   }
 
+  std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
+
   void init_params(uint64_t seed) override {
     inner->init_params(seed);
     if (use_bias) init_tensor(params[1].value, binit, fan_in, fan_out, seed + 1);
@@ -155,6 +157,7 @@ struct QuantAct : Op {
     f = it->second;
     out_shape = in[0];
   }
+  std::vector<QuantState*> quant_states() override { return {&st}; }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     st.track = ctx.training;
     quantize(f, src[0]->data(), dst.data(), dst.size(), 1, &st);
