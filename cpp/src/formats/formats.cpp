@@ -6,6 +6,7 @@
 #include "lowbit/check.hpp"
 #include "lowbit/format.hpp"
 #include "lowbit/rng.hpp"
+#include "lowbit/simd.hpp"
 
 namespace lowbit {
 
@@ -59,6 +60,23 @@ void int_grid(const float* x, float* y, int64_t n, double s, double zp, double k
     double k = std::min(std::max(std::nearbyint(double(x[i]) / s) + zp, kmin), kmax);
     y[i] = float((k - zp) * s);
   }
+}
+
+LB_CLONES float max_abs(const float* x, int64_t n) {
+  float m = 0.f;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+
+// Fixed point with nearest/floor rounding in float arithmetic: scaling by the power of
+// two 1/q is exact and every k up to 2^24 is a float, so this equals the double path
+// for bits <= 24 and vectorises.
+LB_CLONES void fixed_f32(const float* x, float* y, int64_t n, float inv_q, float q, float kmin, float kmax,
+                         bool floor_mode) {
+  if (floor_mode)
+    for (int64_t i = 0; i < n; ++i) y[i] = std::min(std::max(std::floor(x[i] * inv_q), kmin), kmax) * q;
+  else
+    for (int64_t i = 0; i < n; ++i) y[i] = std::min(std::max(std::nearbyint(x[i] * inv_q), kmin), kmax) * q;
 }
 
 double abs_percentile(const float* x, int64_t n, double p) {
@@ -166,15 +184,23 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       int msb = f.msb;
       if (f.msb_auto && st) {
         if (st->track) {
-          float amax = 0.f;
-          for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+          const float amax = max_abs(x, n);
           if (amax > 0.f && std::isfinite(amax)) st->msb = std::min(127, std::max(-126, int(std::ceil(std::log2(double(amax))))));
         }
         if (st->msb != QuantState::kUnset) msb = st->msb;
       }
       const double q = std::ldexp(1.0, msb + 1 - f.bits);
       const double kmin = -std::ldexp(1.0, f.bits - 1), kmax = std::ldexp(1.0, f.bits - 1) - 1;
-      const uint64_t stream = st ? st->counter++ : 0;
+      const uint64_t stream = st && f.rounding == Rounding::stochastic ? st->counter++ : 0;
+      const double inv_q = std::ldexp(1.0, f.bits - 1 - msb);
+      if (f.rounding != Rounding::stochastic && f.bits <= 24 && inv_q < 1e38 && q > 1e-38) {
+        const int64_t chunk = 16384;  // parallel over chunks, each a vectorised loop
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
+          fixed_f32(x + c * chunk, y + c * chunk, std::min(chunk, n - c * chunk), float(inv_q), float(q), float(kmin),
+                    float(kmax), f.rounding == Rounding::floor);
+        return;
+      }
 #pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t i = 0; i < n; ++i) {
         double v = double(x[i]) / q, k;

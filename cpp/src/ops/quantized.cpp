@@ -116,14 +116,15 @@ struct Quantized : Op {
       }
     }
     const Tensor* dz = &dy;
-    if (out_) {
+    if (out_ && out_.f->ste != Ste::identity) {  // identity: dz is dy itself, no copy
       dz_.resize(dy.shape);
       ste_backward(*out_.f, z_.data(), dy.data(), dz_.data(), dy.size());
       dz = &dz_;
     }
     const Tensor* x = in_ ? &xq_ : src[0];
     Tensor* dx = diff_src[0];
-    if (dx && in_) {
+    const bool in_ste = in_ && in_.f->ste != Ste::identity;
+    if (dx && in_ste) {
       dxq_.resize(src[0]->shape);
       dx = &dxq_;
     }
@@ -133,14 +134,14 @@ struct Quantized : Op {
     inner->backward({x}, dst, *dz, {dx});
     inner->params[0].value = saved;
     Param& k = inner->params[0];
-    if (w_) ste_backward(*w_.f, k.value.data(), k.grad.data(), k.grad.data(), k.grad.size());
+    if (w_ && w_.f->ste != Ste::identity) ste_backward(*w_.f, k.value.data(), k.grad.data(), k.grad.data(), k.grad.size());
     grad_.st.track = true;
     if (grad_) {
       quantize(*grad_.f, k.grad.data(), k.grad.data(), k.grad.size(), 1, &grad_.st);
       if (use_bias) quantize(*grad_.f, params[1].grad.data(), params[1].grad.data(), channels, 1, &grad_.st);
     }
     if (!diff_src[0]) return;
-    if (in_) ste_backward(*in_.f, src[0]->data(), dxq_.data(), diff_src[0]->data(), dxq_.size());
+    if (in_ste) ste_backward(*in_.f, src[0]->data(), dxq_.data(), diff_src[0]->data(), dxq_.size());
     if (grad_) quantize(*grad_.f, diff_src[0]->data(), diff_src[0]->data(), diff_src[0]->size(), 1, &grad_.st);
   }
 };

@@ -8,12 +8,8 @@
 #include <cmath>
 
 #include "lowbit/optim.hpp"
+#include "lowbit/simd.hpp"
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define LB_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LB_CLONES
-#endif
 
 namespace lowbit {
 
