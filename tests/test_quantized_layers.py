@@ -108,3 +108,21 @@ def test_binary_network_trains(rng):
     m.fit(x, y, batch_size=64, epochs=2, verbose=0)
     assert m.evaluate(xt[:2000], yt[:2000])["accuracy"] > 0.7
     assert not set(np.unique(m.get_weights()[0])) <= {-1.0, 1.0}  # the latent weights are real-valued
+
+
+def test_int_activation_running_range(rng):
+    """Int activations: per-batch scale in training, an EMA (0.99) of max|x| at inference."""
+    m = single(L.Dense(3, input_format=F.Int(8)), (4,))
+    m.compile(lb.optimizers.SGD(1e-9), "mse")
+    xs = [rng.normal(size=(8, 4)).astype(np.float32) * s for s in (1.0, 3.0)]
+    for x in xs:
+        m.fit(x, np.zeros((8, 3), np.float32), batch_size=8, epochs=1, verbose=0)
+    node = m._layers[0][1][0]
+    running = m._graph.get_quant_state(node)[1][3]  # the input role
+    a0, a1 = (np.abs(x).max() for x in xs)
+    assert running == pytest.approx(0.99 * a0 + 0.01 * a1, rel=1e-6)
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    s = running / 127
+    xq = np.clip(np.rint(x / s), -127, 127) * s
+    k, b = m.get_weights()
+    np.testing.assert_allclose(m.predict(x), xq @ k + b, rtol=1e-5, atol=1e-6)

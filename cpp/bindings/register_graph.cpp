@@ -142,10 +142,10 @@ void register_graph(py::module_& m) {
           for (auto* st : n.op->quant_states()) {
             py::array_t<int8_t> signs(py::ssize_t(st->last_sign.size()));
             std::memcpy(signs.mutable_data(), st->last_sign.data(), st->last_sign.size());
-            r.append(py::make_tuple(st->msb, st->counter, signs));
+            r.append(py::make_tuple(st->msb, st->counter, signs, st->running_amax));
           }
         return r;
-      }, "Quantizer states of node i: (tracked msb, stochastic counter, hysteresis signs) per role.")
+      }, "Quantizer states of node i: (tracked msb, stochastic counter, hysteresis signs, running max|x|) per role.")
       .def("set_quant_state", [](Graph& g, int i, const py::list& states) {
         auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
         auto sts = n.op ? n.op->quant_states() : std::vector<QuantState*>{};
@@ -157,6 +157,7 @@ void register_graph(py::module_& m) {
           sts[k]->counter = t[1].cast<uint64_t>();
           auto a = t[2].cast<py::array_t<int8_t, py::array::c_style>>();
           sts[k]->last_sign.assign(a.data(), a.data() + a.size());
+          if (t.size() > 3) sts[k]->running_amax = t[3].cast<float>();
         }
       })
       .def("init_params", &Graph::init_params, py::arg("seed"))

@@ -219,7 +219,7 @@ class Model:
 
     # Quantization state saved beside the weights: per kernel layer the calibrated MSB of
     # each Fixed format, and per engine node the quantizers' tracked MSB, stochastic
-    # rounding counter and hysteresis signs.
+    # rounding counter, hysteresis signs and running activation range (Int).
     def _quant_state_arrays(self):
         out = {}
         for i, layer in enumerate(self._kernel_layers()):
@@ -228,9 +228,10 @@ class Model:
                     out[f"qmsb_{i}_{role}"] = np.array(f.msb, np.int32)
         for _, nodes in self._layers:
             for n in nodes:
-                for k, (msb, counter, signs) in enumerate(self._graph.get_quant_state(n)):
+                for k, (msb, counter, signs, running) in enumerate(self._graph.get_quant_state(n)):
                     out[f"qs_{n}_{k}"] = np.array([msb, counter], np.int64)
                     out[f"qh_{n}_{k}"] = signs
+                    out[f"qr_{n}_{k}"] = np.array(running, np.float32)
         return out
 
     def _load_quant_state(self, z):
@@ -251,7 +252,7 @@ class Model:
                 k, states = 0, []
                 while f"qs_{n}_{k}" in z.files:
                     msb, counter = (int(v) for v in z[f"qs_{n}_{k}"])
-                    states.append((msb, counter, z[f"qh_{n}_{k}"]))
+                    states.append((msb, counter, z[f"qh_{n}_{k}"], float(z[f"qr_{n}_{k}"])))
                     k += 1
                 if states:
                     self._graph.set_quant_state(n, states)

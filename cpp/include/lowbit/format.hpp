@@ -62,6 +62,10 @@ struct QuantState {
   uint64_t counter = 0;
   int msb = kUnset;
   bool track = false;
+  // Int activations: a running (EMA, momentum 0.99) max |x| tracked in training and used
+  // for the scale at inference; weights (is_weight) always use their own statistics.
+  float running_amax = -1.f;
+  bool is_weight = false;
 };
 
 // y = Q(x) over n values laid out as `channels` rows (axis 0) for per-channel scales.

@@ -30,6 +30,12 @@ double minifloat_max(int e, int m) {
   return (2.0 - std::ldexp(1.0, -m)) * std::ldexp(1.0, emax);
 }
 
+LB_CLONES float max_abs(const float* x, int64_t n) {
+  float m = 0.f;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+
 // Round to the (e, m) grid: the exponent of |x| (clamped at emin for subnormals) fixes
 // the spacing 2^(E - m); scaling by a power of two is exact, so one nearbyint (half to
 // even in the default rounding mode) is the only rounding.
@@ -62,12 +68,6 @@ void int_grid(const float* x, float* y, int64_t n, double s, double zp, double k
   }
 }
 
-LB_CLONES float max_abs(const float* x, int64_t n) {
-  float m = 0.f;
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
-  return m;
-}
-
 // Fixed point with nearest/floor rounding in float arithmetic: scaling by the power of
 // two 1/q is exact and every k up to 2^24 is a float, so this equals the double path
 // for bits <= 24 and vectorises.
@@ -88,13 +88,18 @@ double abs_percentile(const float* x, int64_t n, double p) {
   return a[size_t(k)];
 }
 
-void quantize_int(const Format& f, const float* x, float* y, int64_t n) {
+void quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantState* st = nullptr) {
   if (n == 0) return;
   if (f.symmetric) {
     const double qmax = std::ldexp(1.0, f.bits - 1) - 1;
-    double amax = 0;
-    for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(double(x[i])));
+    double amax = max_abs(x, n);
     if (f.calibration == Calibration::percentile) amax = abs_percentile(x, n, 99.99);
+    if (st && !st->is_weight) {
+      if (st->track)
+        st->running_amax = st->running_amax < 0 ? float(amax) : 0.99f * st->running_amax + 0.01f * float(amax);
+      else if (st->running_amax >= 0)
+        amax = st->running_amax;
+    }
     if (f.calibration == Calibration::mse && amax > 0) {
       // choose the clipping range among 100 candidates by the quantization MSE
       std::vector<float> tmp(static_cast<size_t>(n));
@@ -216,7 +221,7 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       return;
     }
     case FormatKind::integer: {
-      if (!f.per_channel || channels <= 1) return quantize_int(f, x, y, n);
+      if (!f.per_channel || channels <= 1) return quantize_int(f, x, y, n, st);
       const int64_t inner = n / channels;
       for (int64_t c = 0; c < channels; ++c) quantize_int(f, x + c * inner, y + c * inner, inner);
       return;

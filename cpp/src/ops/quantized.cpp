@@ -48,6 +48,7 @@ struct Quantized : Op {
     c.ints["use_bias"] = {0};
     inner = k == "conv2d" ? make_conv2d(c, in) : make_dense(c, in);
     w_ = role(cfg, "weight"), in_ = role(cfg, "input"), out_ = role(cfg, "output"), grad_ = role(cfg, "grad");
+    w_.st.is_weight = true;
     LB_CHECK(!cfg.formats.count("accum") || cfg.formats.at("accum").kind == FormatKind::float32, kind,
              ": accum_format other than float32 is not supported yet");
     out_shape = inner->out_shape;
