@@ -126,3 +126,38 @@ def test_int_activation_running_range(rng):
     xq = np.clip(np.rint(x / s), -127, 127) * s
     k, b = m.get_weights()
     np.testing.assert_allclose(m.predict(x), xq @ k + b, rtol=1e-5, atol=1e-6)
+
+
+def _np_accumulate(pairs, q):
+    acc = np.float32(0)
+    for a, b in pairs:
+        acc = q(np.float32(acc + np.float32(a) * np.float32(b)))
+    return acc
+
+
+@pytest.mark.parametrize("fmt", [F.Float16(), F.MiniFloat(4, 3), F.Fixed(10, msb=3)])
+def test_accum_format_rounds_every_partial_sum(fmt, rng):
+    q = lambda v: fmt.quantize(np.array([v], np.float32))[0]
+    m = single(L.Dense(3, accum_format=fmt, use_bias=False), (6,))
+    x = rng.normal(size=(2, 6)).astype(np.float32)
+    k = m.get_weights()[0]
+    ref = np.array([[_np_accumulate(zip(x[n], k[:, j]), q) for j in range(3)] for n in range(2)])
+    np.testing.assert_array_equal(m.predict(x), ref)
+    m = single(L.Conv2D(2, 3, padding="same", strides=2, accum_format=fmt, use_bias=False), (2, 5, 5))
+    x = rng.normal(size=(1, 2, 5, 5)).astype(np.float32)
+    w = m.get_weights()[0]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros((1, 2, 3, 3), np.float32)
+    for o in range(2):
+        for i in range(3):
+            for j in range(3):
+                pairs = [(xp[0, c, 2 * i + a, 2 * j + b], w[o, c, a, b]) for c in range(2) for a in range(3)
+                         for b in range(3) if 0 <= 2 * i + a - 1 < 5 and 0 <= 2 * j + b - 1 < 5]
+                ref[0, o, i, j] = _np_accumulate(pairs, q)
+    np.testing.assert_array_equal(m.predict(x), ref)
+    # a wide accumulator reproduces the fp32 layer; gradients flow (fp32 backward)
+    wide = single(L.Conv2D(2, 3, accum_format=F.MiniFloat(8, 23, saturate=False)), (2, 5, 5), seed=4)
+    plain = single(L.Conv2D(2, 3), (2, 5, 5), seed=4)
+    assert_close(wide.predict(x), plain.predict(x), rtol=1e-6)
+    with pytest.raises(ValueError, match="accum_format"):
+        L.Dense(3, accum_format=F.Binary())

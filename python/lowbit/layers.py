@@ -59,11 +59,14 @@ def _initializer(i, name, layer):
 def _set_formats(layer, weight, input, output, grad, accum):
     """Number formats per tensor role (None = fp32). Forward per S4: quantize input and
     kernel -> op -> quantize output -> bias -> activation; grad_format applies to the
-    gradient passed backward and to the weight gradient."""
+    gradient passed backward and to the weight gradient; accum_format rounds every partial
+    sum of the forward dot products (a simulation: one rounding per MAC, so slow; the
+    backward accumulates in fp32)."""
     for role, f in zip(ROLES, (weight, input, output, grad, accum)):
         f = _formats.get(f)
-        if role == "accum" and f is not None and not isinstance(f, _formats.Float32):
-            raise NotImplementedError(f"{layer.name}: accum_format={f!r}: only float32 accumulation is implemented")
+        if role == "accum" and f is not None and not isinstance(f, (_formats.MiniFloat, _formats.Fixed,
+                                                                     _formats.Float32)):
+            raise ValueError(f"{layer.name}: accum_format must be a float or fixed-point format, got {f!r}")
         setattr(layer, f"{role}_format", f)
 
 

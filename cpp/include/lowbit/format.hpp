@@ -71,6 +71,8 @@ struct QuantState {
 // y = Q(x) over n values laid out as `channels` rows (axis 0) for per-channel scales.
 void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t channels = 1,
               QuantState* state = nullptr);
+// One value onto a MiniFloat or static Fixed grid (accumulator simulation).
+float quantize_one(const Format& f, float x);
 // dx = STE(x, dy) for the format's gradient rule.
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n);
 

@@ -270,6 +270,20 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
   }
 }
 
+float quantize_one(const Format& f, float x) {
+  if (f.kind == FormatKind::minifloat) {
+    const int bias = (1 << (f.exp_bits - 1)) - 1;
+    return round_minifloat(x, f.exp_bits, f.man_bits, f.saturate, minifloat_max(f.exp_bits, f.man_bits), 1 - bias);
+  }
+  if (f.kind == FormatKind::fixed) {
+    const double q = std::ldexp(1.0, f.msb + 1 - f.bits);
+    const double kmax = std::ldexp(1.0, f.bits - 1) - 1;
+    double k = f.rounding == Rounding::floor ? std::floor(double(x) / q) : std::nearbyint(double(x) / q);
+    return float(std::min(std::max(k, -kmax - 1), kmax) * q);
+  }
+  return x;
+}
+
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n) {
   switch (f.ste) {
     case Ste::identity:

@@ -39,6 +39,52 @@ struct Quantized : Op {
   std::string binit;
   int64_t channels, w_rows, fan_in, fan_out;
   Tensor wq_, xq_, z_, dz_, dxq_;
+  std::optional<Format> accum_;
+  struct {
+    int64_t C = 0, H = 0, W = 0, kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, groups = 1;
+    Pad1 ph{0, 0, 0}, pw{0, 0, 0};
+  } geo_;
+
+  // The op's forward with every partial sum rounded to accum_format: acc = Q(acc + x w),
+  // products exact in fp32, summed in the order of the kernel's (c, i, j) loop. A
+  // simulation of a narrow accumulator (slow: one rounding per multiply-accumulate).
+  void accumulate_forward(const Tensor& x, const Tensor& w, Tensor& z) const {
+    const Format& fa = *accum_;
+    const int64_t N = x.dim(0);
+    if (kind == "dense") {
+      const int64_t K = w.dim(0), M = w.dim(1);
+#pragma omp parallel for schedule(static)
+      for (int64_t nm = 0; nm < N * M; ++nm) {
+        const int64_t n = nm / M, m = nm % M;
+        float acc = 0.f;
+        for (int64_t k = 0; k < K; ++k) acc = quantize_one(fa, acc + x.data()[n * K + k] * w.data()[k * M + m]);
+        z.data()[nm] = acc;
+      }
+      return;
+    }
+    const auto& g = geo_;
+    const int64_t O = w.dim(0), Cg = w.dim(1), OH = g.ph.out, OW = g.pw.out, Og = O / g.groups;
+#pragma omp parallel for schedule(static)
+    for (int64_t no = 0; no < N * O; ++no) {
+      const int64_t n = no / O, o = no % O, c0 = (o / Og) * Cg;
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          float acc = 0.f;
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t i = 0; i < g.kh; ++i) {
+              const int64_t ih = oh * g.sh - g.ph.lo + i * g.dh;
+              if (ih < 0 || ih >= g.H) continue;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const int64_t iw = ow * g.sw - g.pw.lo + j * g.dw;
+                if (iw < 0 || iw >= g.W) continue;
+                acc = quantize_one(fa, acc + x.data()[((n * g.C + c0 + c) * g.H + ih) * g.W + iw] *
+                                                 w.data()[((o * Cg + c) * g.kh + i) * g.kw + j]);
+              }
+            }
+          z.data()[(no * OH + oh) * OW + ow] = acc;
+        }
+    }
+  }
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -49,8 +95,24 @@ struct Quantized : Op {
     inner = k == "conv2d" ? make_conv2d(c, in) : make_dense(c, in);
     w_ = role(cfg, "weight"), in_ = role(cfg, "input"), out_ = role(cfg, "output"), grad_ = role(cfg, "grad");
     w_.st.is_weight = true;
-    LB_CHECK(!cfg.formats.count("accum") || cfg.formats.at("accum").kind == FormatKind::float32, kind,
-             ": accum_format other than float32 is not supported yet");
+    auto acc = role(cfg, "accum");
+    if (acc) {
+      LB_CHECK(acc.f->kind == FormatKind::minifloat || (acc.f->kind == FormatKind::fixed && !acc.f->msb_auto), kind,
+               ": accum_format must be a float format (MiniFloat/Float16/BFloat16) or a Fixed with a given msb");
+      accum_ = *acc.f;
+      if (k == "conv2d") {
+        LB_CHECK(in[0].size() == 3, "Conv2D: expected input shape (C, H, W)");
+        geo_.C = in[0][0], geo_.H = in[0][1], geo_.W = in[0][2];
+        auto ks = cfg.iv("kernel_size", 2, {0, 0}), st = cfg.iv("strides", 2, {1, 1}),
+             dl = cfg.iv("dilation_rate", 2, {1, 1});
+        std::string mode = cfg.ints.count("padding") ? "explicit" : cfg.s("padding", "valid");
+        auto p = cfg.iv("padding", 2, {0, 0});
+        geo_.kh = ks[0], geo_.kw = ks[1], geo_.sh = st[0], geo_.sw = st[1], geo_.dh = dl[0], geo_.dw = dl[1];
+        geo_.groups = cfg.i("groups", 1);
+        geo_.ph = pad1(mode, p[0], geo_.H, geo_.kh, geo_.sh, geo_.dh, "Conv2D");
+        geo_.pw = pad1(mode, p[1], geo_.W, geo_.kw, geo_.sw, geo_.dw, "Conv2D");
+      }
+    }
     out_shape = inner->out_shape;
     macs = inner->macs;
     const Shape& ks = inner->params[0].value.shape;
@@ -86,13 +148,11 @@ struct Quantized : Op {
       quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, &w_.st);
       inner->params[0].value = wq_;
     }
-    if (out_) {
-      z_.resize(dst.shape);
-      inner->forward({x}, z_, ctx);
-      quantize(*out_.f, z_.data(), dst.data(), dst.size(), 1, &out_.st);
-    } else {
-      inner->forward({x}, dst, ctx);
-    }
+    Tensor& zt = out_ ? z_ : dst;
+    if (out_) z_.resize(dst.shape);
+    if (accum_) accumulate_forward(*x, inner->params[0].value, zt);
+    else inner->forward({x}, zt, ctx);
+    if (out_) quantize(*out_.f, z_.data(), dst.data(), dst.size(), 1, &out_.st);
     inner->params[0].value = saved;
     if (use_bias) {
       const int64_t N = dst.dim(0), S = numel(out_shape) / channels;
