@@ -62,4 +62,8 @@ struct Tensor {
   int64_t capacity = 0;
 };
 
+// Sum over the batch and spatial axes of an (N, C, S) row-major array: the bias
+// gradient of conv (S = H*W) and dense (S = 1) layers. Eigen reduces in float with SIMD.
+void channel_sums(const float* dy, int64_t N, int64_t C, int64_t S, float* out);
+
 }  // namespace lowbit

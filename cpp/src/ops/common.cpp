@@ -1,3 +1,4 @@
+#include <Eigen/Core>
 #include <cmath>
 
 #include "lowbit/dnnl_util.hpp"
@@ -13,6 +14,13 @@ dnnl::engine& cpu_engine() {
 dnnl::stream& cpu_stream() {
   static dnnl::stream s(cpu_engine());
   return s;
+}
+
+void channel_sums(const float* dy, int64_t N, int64_t C, int64_t S, float* out) {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<Eigen::VectorXf> o(out, C);
+  o.setZero();
+  for (int64_t n = 0; n < N; ++n) o += Eigen::Map<const Mat>(dy + n * C * S, C, S).rowwise().sum();
 }
 
 std::string shape_str(const Shape& s) {

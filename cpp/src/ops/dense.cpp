@@ -72,13 +72,7 @@ struct Dense : Op {
     p.bwd_w.execute(cpu_stream(), {{DNNL_ARG_SRC, mem(p.src_t, *src[0])},
                                    {DNNL_ARG_WEIGHTS, mem(p.dst, diff_dst)},
                                    {DNNL_ARG_DST, mem(p.wei, params[0].grad)}});
-    if (use_bias) {
-      float* db = params[1].grad.data();
-      const float* dy = diff_dst.data();
-      for (int64_t m = 0; m < M; ++m) db[m] = 0.f;
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t m = 0; m < M; ++m) db[m] += dy[n * M + m];
-    }
+    if (use_bias) channel_sums(diff_dst.data(), N, M, 1, params[1].grad.data());
     if (diff_src[0])
       p.bwd_data.execute(cpu_stream(), {{DNNL_ARG_SRC, mem(p.dst, diff_dst)},
                                         {DNNL_ARG_WEIGHTS, mem(p.wei_t, params[0].value)},

@@ -167,15 +167,7 @@ struct Quantized : Op {
   void backward(const std::vector<const Tensor*>& src, const Tensor& dst, const Tensor& dy,
                 const std::vector<Tensor*>& diff_src) override {
     const int64_t N = dy.dim(0), S = numel(out_shape) / channels;
-    if (use_bias) {
-      float* db = params[1].grad.data();
-      for (int64_t c = 0; c < channels; ++c) {
-        double acc = 0;
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t s = 0; s < S; ++s) acc += dy.data()[(n * channels + c) * S + s];
-        db[c] = float(acc);
-      }
-    }
+    if (use_bias) channel_sums(dy.data(), N, channels, S, params[1].grad.data());
     const Tensor* dz = &dy;
     if (out_ && out_.f->ste != Ste::identity) {  // identity: dz is dy itself, no copy
       dz_.resize(dy.shape);
