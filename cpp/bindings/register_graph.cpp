@@ -83,6 +83,13 @@ Targets check_y(Graph& g, const py::object& y, int64_t n, const char* what) {
   return t;
 }
 
+// (n, *output shape) float32 array for the model's outputs
+farray output_array(Graph& g, int64_t n) {
+  Shape s{n};
+  for (auto d : g.nodes()[size_t(g.output())].out_shape) s.push_back(d);
+  return farray(s);
+}
+
 py::dict metrics(const Metrics& m) {
   py::dict d;
   d["loss"] = m.loss;
@@ -228,9 +235,7 @@ void register_graph(py::module_& m) {
       })
       .def("predict", [](Graph& g, const farray& x, int64_t batch) {
         int64_t n = check_x(g, x, "predict");
-        Shape s{n};
-        for (auto d : g.nodes()[size_t(g.output())].out_shape) s.push_back(d);
-        farray out(s);
+        farray out = output_array(g, n);
         float* o = out.mutable_data();
         {
           py::gil_scoped_release nogil;
@@ -246,9 +251,7 @@ void register_graph(py::module_& m) {
       })
       .def("forward", [](Graph& g, const farray& x, bool training) {
         int64_t n = check_x(g, x, "forward");
-        Shape s{n};
-        for (auto d : g.nodes()[size_t(g.output())].out_shape) s.push_back(d);
-        farray out(s);
+        farray out = output_array(g, n);
         float* o = out.mutable_data();
         {
           py::gil_scoped_release nogil;
@@ -257,6 +260,12 @@ void register_graph(py::module_& m) {
         return out;
       }, py::arg("x"), py::arg("training") = false)
       .def("backward", [](Graph& g, const farray& dy, std::vector<int64_t> x_shape) {
+        LB_CHECK(!x_shape.empty() && dy.ndim() >= 1 && dy.shape(0) == x_shape[0] &&
+                     dy.size() == dy.shape(0) * numel(g.nodes()[size_t(g.output())].out_shape) &&
+                     numel(Shape(x_shape.begin() + 1, x_shape.end())) == numel(g.nodes()[0].out_shape),
+                 "backward: dy must have the output's shape and x_shape the input's, for the last forward batch");
+        LB_CHECK(g.nodes().size() > 0 && dy.size() == g.activation(g.output()).size(),
+                 "backward: dy does not match the last forward batch");
         farray dx(x_shape);
         float* o = dx.mutable_data();
         {
