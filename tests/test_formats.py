@@ -192,9 +192,10 @@ def test_ternary_twn(rng):
     (F.Binary(ste="hardtanh"), lambda x: (np.abs(x) <= 1) * 1.0),
     (F.Ternary(ste="none"), lambda x: np.zeros_like(x)),
     (F.Float16(), lambda x: np.ones_like(x)),
+    (F.MiniFloat(4, 3, ste="clipped"), lambda x: (np.abs(x) <= 240.0) * 1.0),
 ])
 def test_straight_through_gradients(fmt, rule, rng):
-    x = np.concatenate([rng.normal(size=500) * 1.5, [0.0, 1.0, -1.0, 2.0, -2.0, 2.0001]]).astype(np.float32)
+    x = np.concatenate([rng.normal(size=500) * 1.5, [0.0, 1.0, -1.0, 2.0, -2.0, 2.0001, 240.0, 241.0, -250.0]]).astype(np.float32)
     g = rng.normal(size=x.shape).astype(np.float32)
     np.testing.assert_allclose(fmt.backward(x, g), g * rule(x.astype(np.float64)), rtol=1e-6, atol=1e-7)
 

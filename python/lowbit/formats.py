@@ -106,12 +106,13 @@ class MiniFloat(Format):
     (1 + e + m bits). ``saturate`` clips overflow to the largest finite value
     :math:`(2 - 2^{-m})\,2^{2^e - 2 - bias}` instead of inf."""
 
-    def __init__(self, exp_bits, man_bits, saturate=True):
+    def __init__(self, exp_bits, man_bits, saturate=True, ste="identity"):
         e = _int_arg(exp_bits, "exp_bits", "MiniFloat", 2, 8)
         m = _int_arg(man_bits, "man_bits", "MiniFloat", 0, 23)
         self.exp_bits, self.man_bits, self.saturate = e, m, bool(saturate)
         self.bits = 1 + e + m
-        super().__init__(kind="minifloat", bits=min(self.bits, 32), exp_bits=e, man_bits=m, saturate=int(bool(saturate)))
+        super().__init__(kind="minifloat", bits=min(self.bits, 32), exp_bits=e, man_bits=m, saturate=int(bool(saturate)),
+                         ste=_ste(ste, "MiniFloat"))
 
     @property
     def max(self):
@@ -122,15 +123,15 @@ class MiniFloat(Format):
 class Float16(MiniFloat):
     """IEEE binary16: round half to even, overflow to inf, subnormals (numpy.float16)."""
 
-    def __init__(self):
-        super().__init__(5, 10, saturate=False)
+    def __init__(self, ste="identity"):
+        super().__init__(5, 10, saturate=False, ste=ste)
 
 
 class BFloat16(MiniFloat):
     """bfloat16: float32's exponent, 7 mantissa bits, round half to even."""
 
-    def __init__(self):
-        super().__init__(8, 7, saturate=False)
+    def __init__(self, ste="identity"):
+        super().__init__(8, 7, saturate=False, ste=ste)
 
 
 class Fixed(Format):
