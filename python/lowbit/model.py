@@ -36,8 +36,6 @@ _LOSS_ALIASES = {"categorical_crossentropy": "categorical_crossentropy",
 
 def as_input(x, what="x"):
     """Convert ``x`` by the documented rule: real numbers -> C-contiguous float32, finite."""
-    if isinstance(x, (list, tuple)) and len(x) and isinstance(x[0], np.ndarray) and x[0].ndim >= 1 and len(x) < 8:
-        raise TypeError(f"{what}: expected one array (models with several inputs are not trainable yet)")
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{what}: expected a real numeric array, got dtype {a.dtype}")
@@ -150,7 +148,7 @@ class Model:
     def layers(self):
         return [layer for layer, _ in self._layers] if self._graph else []
 
-    def _require_built(self, x=None):
+    def _require_built(self):
         if self._graph is None:
             raise ValueError(f"{self.name}: the model is not built (give the first layer an input_shape)")
 
@@ -515,7 +513,7 @@ class Sequential(Model):
     def _build_lazily(self, shape):
         self.build(shape)
 
-    def _require_built(self, x=None):
+    def _require_built(self):
         self._ensure()
         super()._require_built()
 
