@@ -221,3 +221,14 @@ def test_identity_at_32_bits_and_reprs():
 def test_invalid_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_float16_and_bfloat16_on_random_bit_patterns(rng):
+    """Every exponent of float32, both signs, NaN excluded: fp16 against numpy, bf16
+    against the bit-level reference."""
+    x = rng.integers(0, 2 ** 32, size=200000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = x[~np.isnan(x)]
+    with np.errstate(over="ignore"):
+        ref = x.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(F.Float16().quantize(x).view(np.uint32), ref.view(np.uint32))
+    np.testing.assert_array_equal(F.BFloat16().quantize(x).view(np.uint32), np_bfloat16(x).view(np.uint32))

@@ -7,7 +7,7 @@
     model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
 """
 from . import _core
-from . import callbacks, constraints, datasets, formats, layers, models, optimizers, precision
+from . import callbacks, constraints, datasets, formats, layers, models, optimizers, plots, precision
 from .layers import Input
 from .model import Model, Sequential
 from .precision import Precision

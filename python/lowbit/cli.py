@@ -44,6 +44,32 @@ def cmd_train(a):
     return 0
 
 
+def cmd_compare(a):
+    """Train the same model, seed and data at several precisions: a table and a plot."""
+    import lowbit as lb
+    (x, y), (xt, yt) = _load(a.dataset, a.data_root)
+    if a.limit:
+        x, y = x[:a.limit], y[:a.limit]
+    build = {"lenet": lb.models.lenet, "simple_cnn": lb.models.simple_cnn}[a.model]
+    runs, rows = {}, []
+    for p in a.precisions.split(","):
+        model = build(input_shape=x.shape[1:], num_classes=int(max(y.max(), yt.max())) + 1, seed=a.seed)
+        model.compile(lb.optimizers.Adam(a.lr), a.loss, metrics=["accuracy"], precision=p)
+        h = model.fit(x, y, batch_size=a.batch_size, epochs=a.epochs, validation_data=(xt, yt), seed=a.seed,
+                      verbose=1 if a.verbose else 0)
+        runs[p] = h
+        t = sum(h.history["epoch_time"]) / len(h.history["epoch_time"])
+        rows.append((p, h.history["val_accuracy"][-1], h.history["val_loss"][-1], t, len(x) / t))
+    print(f"{'precision':<10} {'test_acc':>8} {'test_loss':>9} {'s/epoch':>8} {'img/s':>7}")
+    for p, acc, loss, t, ips in rows:
+        print(f"{p:<10} {acc * 100:>7.2f}% {loss:>9.4f} {t:>8.1f} {ips:>7.0f}")
+    if a.plot:
+        from .plots import plot_histories
+        plot_histories(runs, path=a.plot, title=f"{a.model} on {a.dataset}: loss and accuracy per precision")
+        print(f"plot written to {a.plot}")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="lowbit", description="Reduced-precision CNN training on a C++ engine.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -60,11 +86,24 @@ def main(argv=None):
     t.add_argument("--limit", type=int, default=0, help="use only the first N training images")
     t.add_argument("--save", default=None, help="write the trained weights (.npz) here")
     t.add_argument("--quiet", dest="verbose", action="store_false")
+    c = sub.add_parser("compare", help="train one model at several precisions: table and loss/accuracy plot")
+    c.add_argument("--precisions", default="fp32,fp16,bf16,fixed16,fixed8,binary")
+    c.add_argument("--plot", default=None, help="write the loss/accuracy plot here (PNG/SVG/PDF)")
+    for arg, kw in [("--model", dict(choices=["lenet", "simple_cnn"], default="lenet")),
+                    ("--dataset", dict(choices=["fashion_mnist", "mnist", "cifar10", "digits"], default="fashion_mnist")),
+                    ("--data-root", dict(default=None)), ("--epochs", dict(type=int, default=2)),
+                    ("--batch-size", dict(type=int, default=128)), ("--lr", dict(type=float, default=1e-3)),
+                    ("--loss", dict(choices=["categorical_crossentropy", "mse"], default="categorical_crossentropy")),
+                    ("--seed", dict(type=int, default=0)), ("--limit", dict(type=int, default=0))]:
+        c.add_argument(arg, **kw)
+    c.add_argument("--quiet", dest="verbose", action="store_false")
     sub.add_parser("info", help="engine build and CPU features")
     a = p.parse_args(argv)
     try:
         if a.cmd == "train":
             return cmd_train(a)
+        if a.cmd == "compare":
+            return cmd_compare(a)
         import lowbit as lb
         for k, v in lb.build_info().items():
             print(f"{k}: {v}")

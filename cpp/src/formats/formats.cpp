@@ -1,6 +1,7 @@
 // Quantizers and their straight-through gradients (see format.hpp for the table).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "lowbit/check.hpp"
@@ -54,6 +55,30 @@ inline float round_minifloat(float x, int e, int m, bool sat, double maxv, int e
     if (q > maxv) q = sat ? maxv : std::numeric_limits<double>::infinity();
   }
   return float(std::copysign(q, double(x)));
+}
+
+// The same rounding, vectorisable, on float32 bit patterns: in the target's normal range
+// round-half-to-even to m mantissa bits is an integer add on the bits (a carry moves into
+// the exponent as it should); below 2^emin the grid spacing is the fixed 2^(emin - m).
+LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, int m, bool sat, float maxv, int emin) {
+  const uint32_t drop = uint32_t(23 - m);
+  const uint32_t half = drop ? (1u << (drop - 1)) - 1 : 0, mask = drop ? ~((1u << drop) - 1) : ~0u;
+  const float min_normal = std::ldexp(1.0f, emin);
+  const double sub_scale = std::ldexp(1.0, m - emin), sub_step = std::ldexp(1.0, emin - m);
+  const float big = sat ? maxv : std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i], a = std::fabs(v);
+    float r;
+    if (a >= min_normal) {
+      uint32_t u;
+      std::memcpy(&u, &a, 4);
+      u = (u + half + ((u >> drop) & 1u)) & mask;
+      std::memcpy(&r, &u, 4);
+    } else {  // target subnormals, zeros and NaN
+      r = a != a ? a : float(std::nearbyint(double(a) * sub_scale) * sub_step);
+    }
+    y[i] = std::copysign(r > maxv ? big : r, v);
+  }
 }
 
 // Integer grid k*s, k in [kmin, kmax], from one scale (and zero point).
@@ -180,9 +205,12 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       return;
     case FormatKind::minifloat: {
       const int bias = (1 << (f.exp_bits - 1)) - 1;
-      const double maxv = minifloat_max(f.exp_bits, f.man_bits);
+      const float maxv = float(minifloat_max(f.exp_bits, f.man_bits));
+      const int64_t chunk = 16384;
 #pragma omp parallel for schedule(static) if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) y[i] = round_minifloat(x[i], f.exp_bits, f.man_bits, f.saturate, maxv, 1 - bias);
+      for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
+        minifloat_f32(x + c * chunk, y + c * chunk, std::min(chunk, n - c * chunk), f.man_bits, f.saturate, maxv,
+                      1 - bias);
       return;
     }
     case FormatKind::fixed: {
