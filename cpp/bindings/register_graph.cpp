@@ -83,6 +83,18 @@ Targets check_y(Graph& g, const py::object& y, int64_t n, const char* what) {
   return t;
 }
 
+ScheduleConfig to_schedule(const py::dict& d) {
+  ScheduleConfig s;
+  Config sc = to_config(d);
+  s.name = sc.s("name", "constant");
+  s.gamma = sc.f("gamma", 0.1);
+  s.step_size = sc.i("step_size", 30);
+  if (sc.ints.count("milestones")) s.milestones = sc.ints["milestones"];
+  s.t_max = sc.i("t_max", 1);
+  s.min_lr = sc.f("min_lr", 0.0);
+  return s;
+}
+
 // (n, *output shape) float32 array for the model's outputs
 farray output_array(Graph& g, int64_t n) {
   Shape s{n};
@@ -100,6 +112,9 @@ py::dict metrics(const Metrics& m) {
 }  // namespace
 
 void register_graph(py::module_& m) {
+  m.def("scheduled_lr", [](const py::dict& sched, double lr, int64_t epoch) {
+    return scheduled_lr(to_schedule(sched), lr, epoch);
+  }, py::arg("schedule"), py::arg("learning_rate"), py::arg("epoch"), "The engine's learning rate of an epoch.");
   py::class_<Graph>(m, "Graph", "A model graph: Input, then ops in topological order.")
       .def(py::init<>())
       .def("add_input", [](Graph& g, std::vector<int64_t> shape) { return g.add_input(shape); })
@@ -197,14 +212,7 @@ void register_graph(py::module_& m) {
         o.bop = c.i("bop", 0) != 0;
         o.bop_gamma = c.f("bop_gamma", 1e-4);
         o.bop_threshold = c.f("bop_threshold", 1e-8);
-        ScheduleConfig s;
-        Config sc = to_config(sched);
-        s.name = sc.s("name", "constant");
-        s.gamma = sc.f("gamma", 0.1);
-        s.step_size = sc.i("step_size", 30);
-        if (sc.ints.count("milestones")) s.milestones = sc.ints["milestones"];
-        s.t_max = sc.i("t_max", 1);
-        s.min_lr = sc.f("min_lr", 0.0);
+        ScheduleConfig s = to_schedule(sched);
         scheduled_lr(s, o.lr, 0);  // validates the schedule name
         g.compile(loss, o, s);
       })

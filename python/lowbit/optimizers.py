@@ -19,19 +19,9 @@ class Schedule:
         return {"name": self.name}
 
     def __call__(self, epoch):
-        """The learning rate of a 0-based ``epoch`` (computed by the engine; mirrored here)."""
-        import math
-        c, lr = self.config(), self.initial_learning_rate
-        if self.name == "step":
-            return lr * c["gamma"] ** (epoch // c["step_size"])
-        if self.name == "multistep":
-            return lr * c["gamma"] ** sum(epoch >= m for m in c["milestones"])
-        if self.name == "exponential":
-            return lr * c["gamma"] ** epoch
-        if self.name == "cosine":
-            e = min(epoch, c["t_max"]) / max(c["t_max"], 1)
-            return c["min_lr"] + (lr - c["min_lr"]) * 0.5 * (1 + math.cos(math.pi * e))
-        return lr
+        """The learning rate of a 0-based ``epoch``, as the engine computes it."""
+        from . import _core
+        return _core.scheduled_lr(self.config(), self.initial_learning_rate, int(epoch))
 
 
 class StepDecay(Schedule):
