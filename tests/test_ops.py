@@ -83,7 +83,7 @@ def test_global_avg_pool(rng):
     finite_difference(m, x, dy)
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 5), (6,)])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (6,), (32, 3, 4)])  # C = 32: channel-blocked kernels
 def test_batchnorm_train_and_inference(shape, rng):
     m = single(L.BatchNormalization(momentum=0.9, epsilon=1e-3), shape)
     C = shape[0]

@@ -16,13 +16,17 @@ struct BatchNorm : Op {
   int64_t C, S;  // channels, spatial size per channel
   float eps, momentum;
   Tensor mean_, var_;  // batch statistics kept for backward
+  // The primitives run on a channel-blocked layout (nChw16c) when C is a multiple of 16:
+  // oneDNN's plain-layout kernel is several times slower. Staged reorders at the boundary.
   struct Prims {
-    memory::desc data, stat;
+    memory::desc plain, data, stat;  // user layout, primitive layout, statistics
     batch_normalization_forward::primitive_desc fwd_pd;
     batch_normalization_forward fwd, infer;
     batch_normalization_backward bwd;
   };
   std::map<int64_t, Prims> cache_;
+  Staged s_src_, s_dst_, s_ddst_, s_dsrc_;
+  memory fwd_src_;
 
   BatchNorm(const Config& cfg, const std::vector<Shape>& in) {
     kind = "batch_norm";
@@ -52,7 +56,8 @@ struct BatchNorm : Op {
   Prims& prims(int64_t N) {
     auto it = cache_.find(N);
     if (it != cache_.end()) return it->second;
-    auto data = in_.size() == 3 ? md({N, C, in_[1], in_[2]}, tag::nchw) : md({N, C}, tag::nc);
+    auto plain = in_.size() == 3 ? md({N, C, in_[1], in_[2]}, tag::nchw) : md({N, C}, tag::nc);
+    auto data = in_.size() == 3 && C % 16 == 0 ? md({N, C, in_[1], in_[2]}, tag::nChw16c) : plain;
     auto stat = md({C}, tag::x);
     auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
     batch_normalization_forward::primitive_desc fpd(
@@ -63,26 +68,31 @@ struct BatchNorm : Op {
         cpu_engine());
     batch_normalization_backward::primitive_desc bpd(
         batch_normalization_backward::desc(prop_kind::backward, data, data, eps, flags), cpu_engine(), fpd);
-    Prims p{data, stat, fpd, batch_normalization_forward(fpd), batch_normalization_forward(ipd),
+    Prims p{plain, data, stat, fpd, batch_normalization_forward(fpd), batch_normalization_forward(ipd),
             batch_normalization_backward(bpd)};
     return cache_.emplace(N, std::move(p)).first->second;
   }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     const int64_t N = src[0]->dim(0);
     auto& p = prims(N);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.data, *src[0])},
-                                         {DNNL_ARG_DST, mem(p.data, dst)},
+    fwd_src_ = s_src_.in(p.data, mem(p.plain, *src[0]));
+    auto user_dst = mem(p.plain, dst);
+    auto d = s_dst_.out(p.data, user_dst);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, fwd_src_},
+                                         {DNNL_ARG_DST, d},
                                          {DNNL_ARG_SCALE, mem(p.stat, params[0].value)},
                                          {DNNL_ARG_SHIFT, mem(p.stat, params[1].value)}};
     if (!ctx.training) {
       args.insert({DNNL_ARG_MEAN, mem(p.stat, params[2].value)});
       args.insert({DNNL_ARG_VARIANCE, mem(p.stat, params[3].value)});
       p.infer.execute(cpu_stream(), args);
+      s_dst_.done(d, user_dst);
       return;
     }
     args.insert({DNNL_ARG_MEAN, mem(p.stat, mean_)});
     args.insert({DNNL_ARG_VARIANCE, mem(p.stat, var_)});
     p.fwd.execute(cpu_stream(), args);
+    s_dst_.done(d, user_dst);
     if (!ctx.update_stats) return;
     const int64_t m = N * S;
     const float unbias = m > 1 ? float(m) / float(m - 1) : 1.f;
@@ -101,15 +111,20 @@ struct BatchNorm : Op {
       scratch.resize(src[0]->shape);
       dx = &scratch;
     }
-    p.bwd.execute(cpu_stream(), {{DNNL_ARG_SRC, mem(p.data, *src[0])},
+    // the forward's staged src is still valid: the backward follows its own forward
+    auto bsrc = fwd_src_.get_desc() == p.data ? fwd_src_ : s_src_.in(p.data, mem(p.plain, *src[0]));
+    auto user_dx = mem(p.plain, *dx);
+    auto ddx = s_dsrc_.out(p.data, user_dx);
+    p.bwd.execute(cpu_stream(), {{DNNL_ARG_SRC, bsrc},
                                  {DNNL_ARG_MEAN, mem(p.stat, mean_)},
                                  {DNNL_ARG_VARIANCE, mem(p.stat, var_)},
-                                 {DNNL_ARG_DIFF_DST, mem(p.data, diff_dst)},
+                                 {DNNL_ARG_DIFF_DST, s_ddst_.in(p.data, mem(p.plain, diff_dst))},
                                  {DNNL_ARG_SCALE, mem(p.stat, params[0].value)},
                                  {DNNL_ARG_SHIFT, mem(p.stat, params[1].value)},
-                                 {DNNL_ARG_DIFF_SRC, mem(p.data, *dx)},
+                                 {DNNL_ARG_DIFF_SRC, ddx},
                                  {DNNL_ARG_DIFF_SCALE, mem(p.stat, params[0].grad)},
                                  {DNNL_ARG_DIFF_SHIFT, mem(p.stat, params[1].grad)}});
+    s_dsrc_.done(ddx, user_dx);
     params[2].grad.zero();
     params[3].grad.zero();
   }
