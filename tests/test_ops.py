@@ -317,3 +317,40 @@ def test_batchnorm_lrn_avgpool_match_torch(rng):
     assert_close(dx, xt.grad.numpy(), rtol=3e-4, what="dx")
     assert_close(grads[0], g.grad.numpy(), what="dgamma")
     assert_close(grads[1], b.grad.numpy(), what="dbeta")
+
+
+def _residual_block(seed=0):
+    """16-channel residual block: activations stay channel-blocked between conv, BN, ReLU
+    and Add; the input (NCHW) joins a blocked branch in the first Add (mixed layouts)."""
+    inp = lb.Input((16, 6, 6))
+    h = L.Conv2D(16, 3, padding="same", use_bias=False)(inp)
+    h = L.ReLU()(L.BatchNormalization(epsilon=1e-5)(h))
+    a = L.Add()([h, inp])                      # blocked + NCHW
+    g = L.Conv2D(16, 3, padding="same", use_bias=False)(a)
+    g = L.BatchNormalization(epsilon=1e-5)(g)
+    out = L.ReLU()(L.Add()([g, h]))            # h fans out: gradients from two consumers
+    pooled = L.MaxPooling2D(2)(out)            # needs NCHW
+    return lb.Model(inp, pooled, seed=seed)
+
+
+def test_blocked_layout_dag_matches_torch_and_finite_differences(rng):
+    m = _residual_block(seed=3)
+    x = rng.normal(size=(4, 16, 6, 6)).astype(np.float32)
+    dy = rng.normal(size=(4, 16, 3, 3)).astype(np.float32)
+    finite_difference(m, x, dy, h=1e-3, rtol=5e-2)
+    if torch is None:
+        pytest.skip("torch not installed")
+    import torch.nn.functional as F
+    y, dx, grads = fwd_bwd(m, x, dy)
+    w = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in m.get_weights()]
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    h = F.relu(F.batch_norm(F.conv2d(xt, w[0], padding=1), None, None, w[1], w[2], training=True, eps=1e-5))
+    a = h + xt
+    g = F.batch_norm(F.conv2d(a, w[5], padding=1), None, None, w[6], w[7], training=True, eps=1e-5)
+    t = F.max_pool2d(F.relu(g + h), 2)
+    t.backward(torch.tensor(dy, dtype=torch.float64))
+    assert_close(y, t.detach().numpy(), what="y")
+    assert_close(dx, xt.grad.numpy(), rtol=3e-4, what="dx")
+    for got, ref, name in [(grads[0], w[0], "conv1"), (grads[1], w[1], "gamma1"), (grads[5], w[5], "conv2"),
+                           (grads[6], w[6], "gamma2"), (grads[7], w[7], "beta2")]:
+        assert_close(got, ref.grad.numpy(), rtol=3e-4, what=name)

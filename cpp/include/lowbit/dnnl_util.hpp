@@ -18,6 +18,13 @@ using dims = dnnl::memory::dims;
 
 inline dnnl::memory::desc md(const dims& d, tag t) { return dnnl::memory::desc(d, dt::f32, t); }
 
+// The memory descriptor of a tensor as stored: nChw16c when blocked, else plain.
+inline dnnl::memory::desc user_md(const Tensor& t) {
+  dims d(t.shape.begin(), t.shape.end());
+  if (t.blocked) return md(d, tag::nChw16c);
+  return md(d, d.size() == 4 ? tag::nchw : d.size() == 3 ? tag::abc : d.size() == 2 ? tag::ab : tag::a);
+}
+
 // A memory object over a tensor's storage (no copy).
 inline dnnl::memory mem(const dnnl::memory::desc& d, const Tensor& t) {
   return dnnl::memory(d, cpu_engine(), const_cast<float*>(t.data()));
@@ -66,6 +73,8 @@ class Staged {
   void done(const dnnl::memory& prim, const dnnl::memory& user) {
     if (prim.get_data_handle() != user.get_data_handle()) run(prim, user);
   }
+  // copy between two layouts of the same data (cached reorder)
+  void copy(const dnnl::memory& from, const dnnl::memory& to) { run(from, to); }
 
  private:
   struct Entry {

@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 
+#include "dnnl_util.hpp"
 #include "ops.hpp"
 #include "optim.hpp"
 
@@ -61,7 +62,7 @@ class Graph {
   double loss_scale() const { return loss_scale_; }
   int64_t skipped_steps() const { return skipped_; }
   // activations of node i after the last forward (calibration)
-  const Tensor& activation(int i) const { return act_.at(size_t(i)); }
+  const Tensor& activation(int i) { return plain(act_.at(size_t(i))); }
 
   std::string loss_name() const { return loss_; }
   double current_lr() const { return lr_; }
@@ -82,7 +83,14 @@ class Graph {
   bool unscale_and_check(const std::vector<Param*>& ps);
   std::vector<Tensor> act_, grad_;
   std::vector<char> grad_set_;
-  std::vector<Tensor> scratch_;
+  std::vector<Tensor> scratch_, dplain_;
+  // layouts: NCHW copies of blocked inputs for ops that need NCHW, what each op saw
+  std::vector<std::vector<Tensor>> plain_in_;
+  std::vector<std::vector<const Tensor*>> used_src_;
+  Staged relayout_;
+  Tensor plain_out_;
+  void to_layout(const Tensor& from, Tensor& to, bool blocked);
+  const Tensor& plain(const Tensor& t);  // t itself, or an NCHW copy in plain_out_
   Tensor batch_x_, loss_grad_;
 
   Shape with_batch(const Shape& s, int64_t n) const;

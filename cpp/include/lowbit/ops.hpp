@@ -54,6 +54,10 @@ struct Op {
   // written (not accumulated) into params[k].grad.
   virtual void backward(const std::vector<const Tensor*>& src, const Tensor& dst,
                         const Tensor& diff_dst, const std::vector<Tensor*>& diff_src) = 0;
+  // Whether the op takes channel-blocked inputs (and gradients in the same layout). Its
+  // forward is called with dst.blocked = true as a permission; it clears the flag when it
+  // writes NCHW. Elementwise ops keep their input's layout.
+  virtual bool accepts_blocked() const { return false; }
   // Quantizer state kept across steps (saved with the weights), in a fixed order.
   virtual std::vector<QuantState*> quant_states() { return {}; }
   // Initialise parameters deterministically from a seed.

@@ -14,6 +14,8 @@ namespace lowbit {
 
 using Shape = std::vector<int64_t>;
 
+inline bool can_block(const Shape& s) { return s.size() == 4 && s[1] % 16 == 0; }
+
 inline int64_t numel(const Shape& s) {
   int64_t n = 1;
   for (auto d : s) n *= d;
@@ -26,6 +28,10 @@ struct Tensor {
   Shape shape;
   std::shared_ptr<float> owner;  // null when borrowed
   float* ptr = nullptr;
+  // Channel-blocked storage (oneDNN nChw16c) of a 4-D tensor with C % 16 == 0: the
+  // executor lets it flow between ops that accept it (conv, batch norm, elementwise)
+  // and converts to NCHW for every other op and at the API boundary.
+  bool blocked = false;
 
   Tensor() = default;
   explicit Tensor(Shape s) { resize(std::move(s)); }

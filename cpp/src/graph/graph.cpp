@@ -84,18 +84,48 @@ bool Graph::fused_softmax_ce() const {
   return loss_ == "categorical_crossentropy" && nodes_[size_t(output_)].kind == "softmax";
 }
 
+void Graph::to_layout(const Tensor& from, Tensor& to, bool blocked) {
+  to.resize(from.shape);
+  to.blocked = blocked;
+  if (from.blocked == blocked) {
+    std::memcpy(to.data(), from.data(), size_t(from.size()) * 4);
+    return;
+  }
+  relayout_.copy(mem(user_md(from), from), mem(user_md(to), to));
+}
+
+const Tensor& Graph::plain(const Tensor& t) {
+  if (!t.blocked) return t;
+  to_layout(t, plain_out_, false);
+  return plain_out_;
+}
+
 void Graph::run_forward(const Tensor& x, const StepContext& ctx) {
   const int64_t n = x.dim(0);
   act_.resize(nodes_.size());
+  plain_in_.resize(nodes_.size());
+  used_src_.resize(nodes_.size());
   act_[size_t(input_)] = Tensor::borrow(const_cast<float*>(x.data()), x.shape);
-  std::vector<const Tensor*> src;
   for (int i = 0; i <= output_; ++i) {
     auto& node = nodes_[size_t(i)];
     if (!node.op) continue;
-    src.clear();
-    for (int j : node.inputs) src.push_back(&act_[size_t(j)]);
+    const bool accepts = node.op->accepts_blocked();
+    bool mixed = false;  // several inputs (Add) must share one layout
+    for (int j : node.inputs) mixed |= act_[size_t(j)].blocked != act_[size_t(node.inputs[0])].blocked;
+    auto& used = used_src_[size_t(i)];
+    used.clear();
+    plain_in_[size_t(i)].resize(node.inputs.size());
+    for (size_t k = 0; k < node.inputs.size(); ++k) {
+      const Tensor* t = &act_[size_t(node.inputs[k])];
+      if (t->blocked && (!accepts || mixed)) {
+        to_layout(*t, plain_in_[size_t(i)][k], false);
+        t = &plain_in_[size_t(i)][k];
+      }
+      used.push_back(t);
+    }
     act_[size_t(i)].resize(with_batch(node.out_shape, n));
-    node.op->forward(src, act_[size_t(i)], ctx);
+    act_[size_t(i)].blocked = accepts;  // permission; the op clears it when it writes NCHW
+    node.op->forward(used, act_[size_t(i)], ctx);
   }
 }
 
@@ -106,31 +136,47 @@ void Graph::run_backward(int from, bool want_input_grad) {
   grad_.resize(nodes_.size());
   grad_set_.assign(nodes_.size(), 0);
   grad_set_[size_t(from)] = 1;
-  std::vector<const Tensor*> src;
   std::vector<Tensor*> dsrc;
   std::vector<int> pending;
+  std::vector<char> taken_v;
+  grad_[size_t(from)].blocked = act_[size_t(from)].blocked;
   for (int i = from; i >= 0; --i) {
     auto& node = nodes_[size_t(i)];
     if (!node.op || !grad_set_[size_t(i)]) continue;
-    src.clear(), dsrc.clear(), pending.assign(node.inputs.size(), 0);
+    const auto& src = used_src_[size_t(i)];
+    dsrc.clear(), pending.assign(node.inputs.size(), 0), taken_v.assign(node.inputs.size(), 0);
     if (scratch_.size() < node.inputs.size()) scratch_.resize(node.inputs.size());
+    if (dplain_.size() < node.inputs.size()) dplain_.resize(node.inputs.size());
     for (size_t k = 0; k < node.inputs.size(); ++k) {
       int j = node.inputs[k];
-      src.push_back(&act_[size_t(j)]);
       if (j == input_ && !want_input_grad) {
         dsrc.push_back(nullptr);
         continue;
       }
       bool taken = grad_set_[size_t(j)];
       for (size_t q = 0; q < k; ++q) taken |= node.inputs[q] == j;
+      taken_v[k] = taken;
+      const Tensor& a = act_[size_t(j)];
+      if (src[k] != &a) {  // the op saw an NCHW copy: its gradient comes back NCHW
+        dplain_[k].resize(a.shape);
+        dplain_[k].blocked = false;
+        pending[k] = 3;
+        dsrc.push_back(&dplain_[k]);
+        continue;
+      }
       Tensor& t = taken ? scratch_[k] : grad_[size_t(j)];
-      t.resize(act_[size_t(j)].shape);
+      t.resize(a.shape);
+      t.blocked = a.blocked;
       pending[k] = taken ? 2 : 1;
       dsrc.push_back(&t);
     }
     node.op->backward(src, act_[size_t(i)], grad_[size_t(i)], dsrc);
     for (size_t k = 0; k < node.inputs.size(); ++k) {
       int j = node.inputs[k];
+      if (pending[k] == 3) {  // back to the producer's layout
+        to_layout(dplain_[k], taken_v[k] ? scratch_[k] : grad_[size_t(j)], act_[size_t(j)].blocked);
+        pending[k] = taken_v[k] ? 2 : 1;
+      }
       if (pending[k] == 2) {
         float* g = grad_[size_t(j)].data();
         const float* s = scratch_[k].data();
@@ -341,7 +387,7 @@ void Graph::predict(const float* x, int64_t n, int64_t batch, float* out) {
     const int64_t nb = std::min(batch, n - b0);
     Tensor xb = Tensor::borrow(const_cast<float*>(x + b0 * inner), with_batch(in, nb));
     run_forward(xb, StepContext{0, 0, false, false});
-    std::memcpy(out + b0 * K, act_[size_t(output_)].data(), size_t(nb * K) * 4);
+    std::memcpy(out + b0 * K, plain(act_[size_t(output_)]).data(), size_t(nb * K) * 4);
   }
 }
 
@@ -364,14 +410,15 @@ void Graph::forward_batch(const float* x, int64_t n, bool training, float* out) 
   batch_x_.resize(with_batch(in, n));
   std::memcpy(batch_x_.data(), x, size_t(batch_x_.size()) * 4);
   run_forward(batch_x_, StepContext{seed_, step_, training, false});
-  std::memcpy(out, act_[size_t(output_)].data(), size_t(act_[size_t(output_)].size()) * 4);
+  std::memcpy(out, plain(act_[size_t(output_)]).data(), size_t(act_[size_t(output_)].size()) * 4);
 }
 
 void Graph::backward_batch(const float* diff_out, float* diff_x) {
   LB_CHECK(!act_.empty() && act_[size_t(output_)].ptr, "backward: call forward first");
   grad_.resize(nodes_.size());
-  grad_[size_t(output_)].resize(act_[size_t(output_)].shape);
-  std::memcpy(grad_[size_t(output_)].data(), diff_out, size_t(act_[size_t(output_)].size()) * 4);
+  const Tensor& y = act_[size_t(output_)];
+  Tensor d = Tensor::borrow(const_cast<float*>(diff_out), y.shape);
+  to_layout(d, grad_[size_t(output_)], y.blocked);
   run_backward(output_, true);
   const Tensor& gx = grad_[size_t(input_)];
   if (grad_set_[size_t(input_)]) std::memcpy(diff_x, gx.data(), size_t(gx.size()) * 4);

@@ -47,6 +47,8 @@ struct BatchNorm : Op {
     var_.resize({C});
     macs = 2 * numel(in_);
   }
+  bool accepts_blocked() const override { return true; }
+
   void init_params(uint64_t) override {
     init_tensor(params[0].value, "ones", 0, 0, 0);
     params[1].value.zero();
@@ -75,8 +77,9 @@ struct BatchNorm : Op {
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     const int64_t N = src[0]->dim(0);
     auto& p = prims(N);
-    fwd_src_ = s_src_.in(p.data, mem(p.plain, *src[0]));
-    auto user_dst = mem(p.plain, dst);
+    fwd_src_ = s_src_.in(p.data, mem(user_md(*src[0]), *src[0]));
+    dst.blocked = dst.blocked && p.data != p.plain;  // emit the blocked layout it computes in
+    auto user_dst = mem(user_md(dst), dst);
     auto d = s_dst_.out(p.data, user_dst);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, fwd_src_},
                                          {DNNL_ARG_DST, d},
@@ -109,16 +112,17 @@ struct BatchNorm : Op {
     Tensor* dx = diff_src[0];
     if (!dx) {  // the primitive always writes diff_src
       scratch.resize(src[0]->shape);
+      scratch.blocked = src[0]->blocked;
       dx = &scratch;
     }
     // the forward's staged src is still valid: the backward follows its own forward
-    auto bsrc = fwd_src_.get_desc() == p.data ? fwd_src_ : s_src_.in(p.data, mem(p.plain, *src[0]));
-    auto user_dx = mem(p.plain, *dx);
+    auto bsrc = fwd_src_.get_desc() == p.data ? fwd_src_ : s_src_.in(p.data, mem(user_md(*src[0]), *src[0]));
+    auto user_dx = mem(user_md(*dx), *dx);
     auto ddx = s_dsrc_.out(p.data, user_dx);
     p.bwd.execute(cpu_stream(), {{DNNL_ARG_SRC, bsrc},
                                  {DNNL_ARG_MEAN, mem(p.stat, mean_)},
                                  {DNNL_ARG_VARIANCE, mem(p.stat, var_)},
-                                 {DNNL_ARG_DIFF_DST, s_ddst_.in(p.data, mem(p.plain, diff_dst))},
+                                 {DNNL_ARG_DIFF_DST, s_ddst_.in(p.data, mem(user_md(diff_dst), diff_dst))},
                                  {DNNL_ARG_SCALE, mem(p.stat, params[0].value)},
                                  {DNNL_ARG_SHIFT, mem(p.stat, params[1].value)},
                                  {DNNL_ARG_DIFF_SRC, ddx},

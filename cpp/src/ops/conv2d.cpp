@@ -60,6 +60,8 @@ struct Conv2D : Op {
     macs = O * ph.out * pw.out * (C / groups) * kh * kw;
   }
 
+  bool accepts_blocked() const override { return true; }
+
   void init_params(uint64_t seed) override {
     int64_t rf = kh * kw;
     init_tensor(params[0].value, kinit, C / groups * rf, O / groups * rf, seed);
@@ -91,9 +93,11 @@ struct Conv2D : Op {
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
     auto& p = prims(src[0]->dim(0));
-    fwd_src_ = s_src_.in(p.fwd_pd.src_desc(), mem(p.src, *src[0]));
+    fwd_src_ = s_src_.in(p.fwd_pd.src_desc(), mem(user_md(*src[0]), *src[0]));
     fwd_wei_ = s_wei_.in(p.fwd_pd.weights_desc(), mem(p.wei, params[0].value));
-    auto user_dst = mem(p.dst, dst);
+    // write the primitive's blocked dst straight into dst when the executor allows it
+    dst.blocked = dst.blocked && can_block(dst.shape) && p.fwd_pd.dst_desc() == md(p.dst.dims(), tag::nChw16c);
+    auto user_dst = mem(user_md(dst), dst);
     auto d = s_dst_.out(p.fwd_pd.dst_desc(), user_dst);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, fwd_src_}, {DNNL_ARG_WEIGHTS, fwd_wei_}, {DNNL_ARG_DST, d}};
     if (use_bias) args.insert({DNNL_ARG_BIAS, mem(p.bias, params[1].value)});
@@ -104,9 +108,9 @@ struct Conv2D : Op {
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
                 const std::vector<Tensor*>& diff_src) override {
     auto& p = prims(src[0]->dim(0));
-    auto ddst_user = mem(p.dst, diff_dst);
+    auto ddst_user = mem(user_md(diff_dst), diff_dst);
     auto ddst_w = s_ddst_.in(p.bw_pd.diff_dst_desc(), ddst_user);
-    auto bsrc = p.bw_pd.src_desc() == fwd_src_.get_desc() ? fwd_src_ : s_bsrc_.in(p.bw_pd.src_desc(), mem(p.src, *src[0]));
+    auto bsrc = p.bw_pd.src_desc() == fwd_src_.get_desc() ? fwd_src_ : s_bsrc_.in(p.bw_pd.src_desc(), mem(user_md(*src[0]), *src[0]));
     auto dwei_user = mem(p.wei, params[0].grad);
     auto dwei = s_dwei_.out(p.bw_pd.diff_weights_desc(), dwei_user);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, bsrc}, {DNNL_ARG_DIFF_DST, ddst_w}, {DNNL_ARG_DIFF_WEIGHTS, dwei}};
@@ -116,7 +120,7 @@ struct Conv2D : Op {
     if (!diff_src[0]) return;
     auto ddst_d = p.bd_pd.diff_dst_desc() == ddst_w.get_desc() ? ddst_w : s_ddst_.in(p.bd_pd.diff_dst_desc(), ddst_user);
     auto wei = p.bd_pd.weights_desc() == fwd_wei_.get_desc() ? fwd_wei_ : s_bwei_.in(p.bd_pd.weights_desc(), mem(p.wei, params[0].value));
-    auto dsrc_user = mem(p.src, *diff_src[0]);
+    auto dsrc_user = mem(user_md(*diff_src[0]), *diff_src[0]);
     auto dsrc = s_dsrc_.out(p.bd_pd.diff_src_desc(), dsrc_user);
     p.bwd_data.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, ddst_d}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});
     s_dsrc_.done(dsrc, dsrc_user);

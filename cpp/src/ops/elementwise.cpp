@@ -82,7 +82,9 @@ struct Activation : Op {
     }
     out_shape = in[0];
   }
+  bool accepts_blocked() const override { return true; }  // elementwise: any layout
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
+    dst.blocked = src[0]->blocked;
     act_fwd(a, src[0]->data(), dst.data(), dst.size(), lo, hi);
   }
   void backward(const std::vector<const Tensor*>& src, const Tensor& dst, const Tensor& dy,
@@ -149,7 +151,9 @@ struct Dropout : Op {
     for (int64_t i = 0; i < n; ++i) y[i] = uniform01(c.seed, s, uint64_t(i)) < rate ? 0.f : x[i] * scale;
   }
   StepContext last_;
+  bool accepts_blocked() const override { return true; }  // the mask is per stored element
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
+    dst.blocked = src[0]->blocked;
     if (!ctx.training || rate == 0.f) {
       std::memcpy(dst.data(), src[0]->data(), size_t(dst.size()) * 4);
       last_ = ctx;

@@ -101,7 +101,9 @@ struct Add : Op {
       LB_CHECK(s == in[0], "Add: expected inputs of equal shape, got ", shape_str(in[0]), " and ", shape_str(s));
     out_shape = in[0];
   }
+  bool accepts_blocked() const override { return true; }  // the executor gives equal layouts
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
+    dst.blocked = src[0]->blocked;
     const int64_t n = dst.size();
     float* y = dst.data();
     std::memcpy(y, src[0]->data(), size_t(n) * 4);
