@@ -354,3 +354,18 @@ def test_blocked_layout_dag_matches_torch_and_finite_differences(rng):
     for got, ref, name in [(grads[0], w[0], "conv1"), (grads[1], w[1], "gamma1"), (grads[5], w[5], "conv2"),
                            (grads[6], w[6], "gamma2"), (grads[7], w[7], "beta2")]:
         assert_close(got, ref.grad.numpy(), rtol=3e-4, what=name)
+
+
+def test_pooling_on_blocked_layout(rng):
+    """BN (16 channels) hands a channel-blocked tensor to the pools: same results as NCHW."""
+    for pool, ref_fn in [(L.GlobalAveragePooling2D(), lambda z: z.mean((2, 3))),
+                         (L.AveragePooling2D(2, padding="same"), None)]:
+        m = single([L.BatchNormalization(epsilon=1e-3), pool], (16, 5, 3))
+        x = rng.normal(size=(3, 16, 5, 3)).astype(np.float32)
+        dy = rng.normal(size=(3,) + m.output_shape).astype(np.float32)
+        y, dx, _ = fwd_bwd(m, x, dy)
+        z = np_batchnorm_train(x, np.ones(16), np.zeros(16), 1e-3, np.zeros_like(x))[0]
+        pads = (same_pad(5, 2, 2), same_pad(3, 2, 2))
+        ref = ref_fn(z) if ref_fn else np_pool(z, (2, 2), (2, 2), pads, "avg")
+        assert_close(y, ref, what=type(pool).__name__)
+        finite_difference(m, x, dy, rtol=3e-2)

@@ -44,10 +44,14 @@ struct Pool2D : Op {
     out_shape = k == "global_avg_pool2d" ? Shape{C} : Shape{C, ph.out, pw.out};
     macs = 0;  // comparisons and additions, no multiply-accumulates
   }
-  Prims& prims(int64_t N) {
-    auto it = cache_.find(N);
+  // Pools in the layout its input comes in: NCHW, or nChw16c straight from a conv/BN
+  // (the output then stays blocked; for the global pool (N, C, 1, 1) both are (N, C)).
+  Prims& prims(int64_t N, bool blocked) {
+    const int64_t key = N * 2 + (blocked ? 1 : 0);
+    auto it = cache_.find(key);
     if (it != cache_.end()) return it->second;
-    auto src = md({N, C, H, W}, tag::nchw), dst = md({N, C, ph.out, pw.out}, tag::nchw);
+    const tag t = blocked ? tag::nChw16c : tag::nchw;
+    auto src = md({N, C, H, W}, t), dst = md({N, C, ph.out, pw.out}, t);
     dims st{sh, sw}, kr{kh, kw}, pl{ph.lo, pw.lo}, pr{ph.hi, pw.hi};
     pooling_forward::primitive_desc fpd(
         pooling_forward::desc(prop_kind::forward_training, alg, src, dst, st, kr, pl, pr), cpu_engine());
@@ -55,10 +59,12 @@ struct Pool2D : Op {
         pooling_forward::desc(prop_kind::forward_inference, alg, src, dst, st, kr, pl, pr), cpu_engine());
     pooling_backward::primitive_desc bpd(pooling_backward::desc(alg, src, dst, st, kr, pl, pr), cpu_engine(), fpd);
     Prims p{src, dst, fpd, pooling_forward(fpd), pooling_forward(ipd), pooling_backward(bpd)};
-    return cache_.emplace(N, std::move(p)).first->second;
+    return cache_.emplace(key, std::move(p)).first->second;
   }
+  bool accepts_blocked() const override { return true; }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
-    auto& p = prims(src[0]->dim(0));
+    auto& p = prims(src[0]->dim(0), src[0]->blocked);
+    dst.blocked = src[0]->blocked && dst.ndim() == 4;
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.src, *src[0])}, {DNNL_ARG_DST, mem(p.dst, dst)}};
     if (ctx.training) {
       if (alg == algorithm::pooling_max) args.insert({DNNL_ARG_WORKSPACE, ws_.get(p.fwd_pd.workspace_desc())});
@@ -70,7 +76,7 @@ struct Pool2D : Op {
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
                 const std::vector<Tensor*>& diff_src) override {
     if (!diff_src[0]) return;
-    auto& p = prims(src[0]->dim(0));
+    auto& p = prims(src[0]->dim(0), src[0]->blocked);
     std::unordered_map<int, memory> args{{DNNL_ARG_DIFF_DST, mem(p.dst, diff_dst)},
                                          {DNNL_ARG_DIFF_SRC, mem(p.src, *diff_src[0])}};
     if (alg == algorithm::pooling_max) args.insert({DNNL_ARG_WORKSPACE, ws_.get(p.fwd_pd.workspace_desc())});
