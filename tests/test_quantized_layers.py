@@ -161,3 +161,24 @@ def test_accum_format_rounds_every_partial_sum(fmt, rng):
     assert_close(wide.predict(x), plain.predict(x), rtol=1e-6)
     with pytest.raises(ValueError, match="accum_format"):
         L.Dense(3, accum_format=F.Binary())
+
+
+def test_quantized_conv_on_blocked_layout(rng):
+    """16 channels: BN hands a channel-blocked tensor to a quantized conv with bias; its
+    output (16 filters) stays blocked. Same numbers as the NCHW reference."""
+    from conftest import np_batchnorm_train
+    f = dict(weight_format=F.Fixed(8, msb=0), input_format=F.Fixed(8, msb=2), output_format=F.Fixed(8, msb=3))
+    m = single([L.BatchNormalization(epsilon=1e-3), L.Conv2D(16, 3, padding="same", bias_initializer="torch", **f)],
+               (16, 5, 5))
+    x = rng.normal(size=(2, 16, 5, 5)).astype(np.float32)
+    dy = rng.normal(size=(2, 16, 5, 5)).astype(np.float32)
+    y, dx, grads = fwd_bwd(m, x, dy)
+    _, _, _, _, k, b = m.get_weights()
+    z = np_batchnorm_train(x, np.ones(16), np.zeros(16), 1e-3, np.zeros_like(x))[0].astype(np.float32)
+    xq, wq = np_fixed(z, 8, 2, "nearest"), np_fixed(k, 8, 0, "nearest")
+    pads = ((1, 1), (1, 1))
+    ref = np_fixed(np_conv2d(xq, wq, None, (1, 1), pads).astype(np.float32), 8, 3, "nearest") + b[None, :, None, None]
+    assert_close(y, ref, rtol=1e-5, what="y")
+    _, _, rdw, _ = np_conv2d(xq, wq, None, (1, 1), pads, dy=dy)
+    assert_close(grads[4], rdw, what="dkernel")
+    assert_close(grads[5], dy.sum((0, 2, 3)), what="dbias")

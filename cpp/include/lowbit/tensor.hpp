@@ -71,5 +71,8 @@ struct Tensor {
 // Sum over the batch and spatial axes of an (N, C, S) row-major array: the bias
 // gradient of conv (S = H*W) and dense (S = 1) layers. Eigen reduces in float with SIMD.
 void channel_sums(const float* dy, int64_t N, int64_t C, int64_t S, float* out);
+// The same for a channel-blocked (nChw16c) tensor, and the matching bias addition.
+void channel_sums_blocked(const float* dy, int64_t N, int64_t C, int64_t S, float* out);
+void add_channel_bias(float* y, const float* b, int64_t N, int64_t C, int64_t S, bool blocked);
 
 }  // namespace lowbit

@@ -23,6 +23,30 @@ void channel_sums(const float* dy, int64_t N, int64_t C, int64_t S, float* out) 
   for (int64_t n = 0; n < N; ++n) o += Eigen::Map<const Mat>(dy + n * C * S, C, S).rowwise().sum();
 }
 
+void channel_sums_blocked(const float* dy, int64_t N, int64_t C, int64_t S, float* out) {
+  using Blk = Eigen::Matrix<float, Eigen::Dynamic, 16, Eigen::RowMajor>;
+  const int64_t CB = C / 16;
+  Eigen::Map<Eigen::VectorXf>(out, C).setZero();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t cb = 0; cb < CB; ++cb)
+      Eigen::Map<Eigen::Matrix<float, 1, 16>>(out + cb * 16) +=
+          Eigen::Map<const Blk>(dy + (n * CB + cb) * S * 16, S, 16).colwise().sum();
+}
+
+void add_channel_bias(float* y, const float* b, int64_t N, int64_t C, int64_t S, bool blocked) {
+  if (blocked) {  // nChw16c: element (n, cb, s, c16)
+    const int64_t CB = C / 16;
+#pragma omp parallel for schedule(static) if (N * C * S > 65536)
+    for (int64_t nb = 0; nb < N * CB; ++nb)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t c = 0; c < 16; ++c) y[(nb * S + s) * 16 + c] += b[(nb % CB) * 16 + c];
+    return;
+  }
+#pragma omp parallel for schedule(static) if (N * C * S > 65536)
+  for (int64_t nc = 0; nc < N * C; ++nc)
+    for (int64_t s = 0; s < S; ++s) y[nc * S + s] += b[nc % C];
+}
+
 std::string shape_str(const Shape& s) {
   std::string r = "(";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);

@@ -127,6 +127,9 @@ struct Quantized : Op {
   }
 
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
+  // Activation quantizers are per tensor, so they work on any layout; the accumulator
+  // simulation indexes NCHW.
+  bool accepts_blocked() const override { return kind == "conv2d" && !accum_; }
 
   void init_params(uint64_t seed) override {
     inner->init_params(seed);
@@ -135,9 +138,11 @@ struct Quantized : Op {
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     in_.st.track = w_.st.track = out_.st.track = ctx.training;
+    const bool may_block = dst.blocked;  // the executor's permission
     const Tensor* x = src[0];
     if (in_) {
       xq_.resize(x->shape);
+      xq_.blocked = x->blocked;
       quantize(*in_.f, x->data(), xq_.data(), x->size(), 1, &in_.st);
       x = &xq_;
     }
@@ -150,27 +155,30 @@ struct Quantized : Op {
     }
     Tensor& zt = out_ ? z_ : dst;
     if (out_) z_.resize(dst.shape);
+    zt.blocked = may_block && !accum_;
     if (accum_) accumulate_forward(*x, inner->params[0].value, zt);
     else inner->forward({x}, zt, ctx);
-    if (out_) quantize(*out_.f, z_.data(), dst.data(), dst.size(), 1, &out_.st);
-    inner->params[0].value = saved;
-    if (use_bias) {
-      const int64_t N = dst.dim(0), S = numel(out_shape) / channels;
-      const float* b = params[1].value.data();
-      float* y = dst.data();
-#pragma omp parallel for schedule(static) if (N * channels * S > 65536)
-      for (int64_t nc = 0; nc < N * channels; ++nc)
-        for (int64_t s = 0; s < S; ++s) y[nc * S + s] += b[nc % channels];
+    if (out_) {
+      quantize(*out_.f, z_.data(), dst.data(), dst.size(), 1, &out_.st);
+      dst.blocked = z_.blocked;
     }
+    inner->params[0].value = saved;
+    if (use_bias)
+      add_channel_bias(dst.data(), params[1].value.data(), dst.dim(0), channels, numel(out_shape) / channels,
+                       dst.blocked);
   }
 
   void backward(const std::vector<const Tensor*>& src, const Tensor& dst, const Tensor& dy,
                 const std::vector<Tensor*>& diff_src) override {
     const int64_t N = dy.dim(0), S = numel(out_shape) / channels;
-    if (use_bias) channel_sums(dy.data(), N, channels, S, params[1].grad.data());
+    if (use_bias) {
+      if (dy.blocked) channel_sums_blocked(dy.data(), N, channels, S, params[1].grad.data());
+      else channel_sums(dy.data(), N, channels, S, params[1].grad.data());
+    }
     const Tensor* dz = &dy;
     if (out_ && out_.f->ste != Ste::identity) {  // identity: dz is dy itself, no copy
       dz_.resize(dy.shape);
+      dz_.blocked = dy.blocked;
       ste_backward(*out_.f, z_.data(), dy.data(), dz_.data(), dy.size());
       dz = &dz_;
     }
@@ -179,6 +187,7 @@ struct Quantized : Op {
     const bool in_ste = in_ && in_.f->ste != Ste::identity;
     if (dx && in_ste) {
       dxq_.resize(src[0]->shape);
+      dxq_.blocked = src[0]->blocked;
       dx = &dxq_;
     }
     Tensor& latent = inner->params[0].value;
