@@ -342,6 +342,13 @@ class Model:
         if self._precision is not None and self._precision.needs_calibration and not self._calibrated:
             self.calibrate(x[:256])
 
+    def _ready(self, x):
+        """Before a run over ``x``: calibrate auto-MSB formats once, and hand the
+        optimizer and loss to a graph that was (re)built since compile()."""
+        self._maybe_calibrate(x)
+        if getattr(self, "_compiled_graph", None) is not self._graph:
+            self._apply_compile()
+
     def _prepare(self, x, y, what):
         x = as_input(x, f"{what}: x")
         if self._graph is None:
@@ -370,9 +377,7 @@ class Model:
         x, y = self._prepare(x, y, "fit")
         if len(x) == 0:
             raise ValueError("fit: x is empty")
-        self._maybe_calibrate(x)
-        if getattr(self, "_compiled_graph", None) is not self._graph:
-            self._apply_compile()
+        self._ready(x)
         val = None
         if validation_data is not None:
             vx, vy = validation_data[:2]
@@ -427,9 +432,7 @@ class Model:
             raise ValueError("evaluate: call compile() first")
         batch_size = _batch_size(batch_size, "evaluate")
         x, y = self._prepare(x, y, "evaluate")
-        self._maybe_calibrate(x)
-        if getattr(self, "_compiled_graph", None) is not self._graph:
-            self._apply_compile()
+        self._ready(x)
         return dict(self._graph.evaluate(x, y, batch_size))
 
     def predict(self, x, batch_size=256):
@@ -444,9 +447,7 @@ class Model:
         if self._compiled is None:
             raise ValueError("compute_gradients: call compile() first")
         x, y = self._prepare(x, y, "compute_gradients")
-        self._maybe_calibrate(x)
-        if getattr(self, "_compiled_graph", None) is not self._graph:
-            self._apply_compile()
+        self._ready(x)
         loss = self._graph.compute_gradients(x, y)
         return loss, [self._graph.get_grad(n, k) for n, k in self._param_slots()]
 

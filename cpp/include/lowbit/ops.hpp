@@ -82,4 +82,11 @@ struct Pad1 {
 Pad1 pad1(const std::string& mode, int64_t explicit_pad, int64_t n, int64_t k, int64_t s, int64_t d,
           const char* op);
 
+// Conv2D's geometry from its Keras arguments, checked: the one parser of them.
+struct ConvGeometry {
+  int64_t C, H, W, O, kh, kw, sh, sw, dh, dw, groups;
+  Pad1 ph, pw;
+};
+ConvGeometry conv_geometry(const Config& cfg, const std::vector<Shape>& in);
+
 }  // namespace lowbit

@@ -163,7 +163,6 @@ void Format::validate() const {
 }
 
 std::string Format::repr() const {
-  std::string s;
   switch (kind) {
     case FormatKind::float32: return "Float32()";
     case FormatKind::minifloat:
@@ -185,7 +184,7 @@ std::string Format::repr() const {
       return str("Ternary(threshold=", threshold < 0 ? std::string("None") : std::to_string(threshold), ", ste='",
                  ste_name(ste), "')");
   }
-  return s;
+  return "";
 }
 
 float Format::clip_value() const {

@@ -105,6 +105,27 @@ Pad1 pad1(const std::string& mode, int64_t explicit_pad, int64_t n, int64_t k, i
   return p;
 }
 
+ConvGeometry conv_geometry(const Config& cfg, const std::vector<Shape>& in) {
+  LB_CHECK(in.size() == 1, "Conv2D: expected 1 input, got ", in.size());
+  LB_CHECK(in[0].size() == 3, "Conv2D: expected input shape (C, H, W), got ", shape_str(in[0]));
+  ConvGeometry g;
+  g.C = in[0][0], g.H = in[0][1], g.W = in[0][2];
+  g.O = cfg.i("filters", 0);
+  LB_CHECK(g.O >= 1, "Conv2D: expected filters >= 1, got ", g.O);
+  auto k = cfg.iv("kernel_size", 2, {0, 0});
+  auto s = cfg.iv("strides", 2, {1, 1});
+  auto d = cfg.iv("dilation_rate", 2, {1, 1});
+  g.kh = k[0], g.kw = k[1], g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
+  g.groups = cfg.i("groups", 1);
+  LB_CHECK(g.groups >= 1 && g.C % g.groups == 0 && g.O % g.groups == 0, "Conv2D: groups=", g.groups,
+           " must divide input channels ", g.C, " and filters ", g.O);
+  std::string mode = cfg.ints.count("padding") ? "explicit" : cfg.s("padding", "valid");
+  auto p = cfg.iv("padding", 2, {0, 0});
+  g.ph = pad1(mode, p[0], g.H, g.kh, g.sh, g.dh, "Conv2D");
+  g.pw = pad1(mode, p[1], g.W, g.kw, g.sw, g.dw, "Conv2D");
+  return g;
+}
+
 void init_tensor(Tensor& t, const std::string& how, int64_t fan_in, int64_t fan_out, uint64_t seed) {
   const int64_t n = t.size();
   float* w = t.data();

@@ -33,23 +33,9 @@ struct Conv2D : Op {
 
   Conv2D(const Config& cfg, const std::vector<Shape>& in) {
     kind = "conv2d";
-    LB_CHECK(in.size() == 1, "Conv2D: expected 1 input, got ", in.size());
-    LB_CHECK(in[0].size() == 3, "Conv2D: expected input shape (C, H, W), got ", shape_str(in[0]));
-    C = in[0][0], H = in[0][1], W = in[0][2];
-    O = cfg.i("filters", 0);
-    LB_CHECK(O >= 1, "Conv2D: expected filters >= 1, got ", O);
-    auto k = cfg.iv("kernel_size", 2, {0, 0});
-    auto s = cfg.iv("strides", 2, {1, 1});
-    auto d = cfg.iv("dilation_rate", 2, {1, 1});
-    kh = k[0], kw = k[1], sh = s[0], sw = s[1], dh = d[0], dw = d[1];
-    groups = cfg.i("groups", 1);
-    LB_CHECK(groups >= 1 && C % groups == 0 && O % groups == 0, "Conv2D: groups=", groups,
-             " must divide input channels ", C, " and filters ", O);
-    std::string mode = cfg.s("padding", "valid");
-    auto p = cfg.iv("padding", 2, {0, 0});
-    if (cfg.ints.count("padding")) mode = "explicit";
-    ph = pad1(mode, p[0], H, kh, sh, dh, "Conv2D");
-    pw = pad1(mode, p[1], W, kw, sw, dw, "Conv2D");
+    const ConvGeometry g = conv_geometry(cfg, in);
+    C = g.C, H = g.H, W = g.W, O = g.O, kh = g.kh, kw = g.kw, sh = g.sh, sw = g.sw, dh = g.dh, dw = g.dw;
+    groups = g.groups, ph = g.ph, pw = g.pw;
     use_bias = cfg.i("use_bias", 1) != 0;
     kinit = cfg.s("kernel_initializer", "glorot_uniform");
     binit = cfg.s("bias_initializer", "zeros");

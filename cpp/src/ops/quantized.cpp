@@ -40,10 +40,7 @@ struct Quantized : Op {
   int64_t channels, w_rows, fan_in, fan_out;
   Tensor wq_, xq_, z_, dz_, dxq_;
   std::optional<Format> accum_;
-  struct {
-    int64_t C = 0, H = 0, W = 0, kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, groups = 1;
-    Pad1 ph{0, 0, 0}, pw{0, 0, 0};
-  } geo_;
+  ConvGeometry geo_{};
 
   // The op's forward with every partial sum rounded to accum_format: acc = Q(acc + x w),
   // products exact in fp32, summed in the order of the kernel's (c, i, j) loop. A
@@ -100,18 +97,7 @@ struct Quantized : Op {
       LB_CHECK(acc.f->kind == FormatKind::minifloat || (acc.f->kind == FormatKind::fixed && !acc.f->msb_auto), kind,
                ": accum_format must be a float format (MiniFloat/Float16/BFloat16) or a Fixed with a given msb");
       accum_ = *acc.f;
-      if (k == "conv2d") {
-        LB_CHECK(in[0].size() == 3, "Conv2D: expected input shape (C, H, W)");
-        geo_.C = in[0][0], geo_.H = in[0][1], geo_.W = in[0][2];
-        auto ks = cfg.iv("kernel_size", 2, {0, 0}), st = cfg.iv("strides", 2, {1, 1}),
-             dl = cfg.iv("dilation_rate", 2, {1, 1});
-        std::string mode = cfg.ints.count("padding") ? "explicit" : cfg.s("padding", "valid");
-        auto p = cfg.iv("padding", 2, {0, 0});
-        geo_.kh = ks[0], geo_.kw = ks[1], geo_.sh = st[0], geo_.sw = st[1], geo_.dh = dl[0], geo_.dw = dl[1];
-        geo_.groups = cfg.i("groups", 1);
-        geo_.ph = pad1(mode, p[0], geo_.H, geo_.kh, geo_.sh, geo_.dh, "Conv2D");
-        geo_.pw = pad1(mode, p[1], geo_.W, geo_.kw, geo_.sw, geo_.dw, "Conv2D");
-      }
+      if (k == "conv2d") geo_ = conv_geometry(cfg, in);
     }
     out_shape = inner->out_shape;
     macs = inner->macs;
