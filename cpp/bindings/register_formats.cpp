@@ -43,6 +43,8 @@ Format format_from_dict(const py::dict& d) {
   f.rounding = pick<Rounding>("rounding", get_s("rounding", "nearest"),
                               {{"nearest", Rounding::nearest}, {"floor", Rounding::floor},
                                {"stochastic", Rounding::stochastic}});
+  f.overflow = pick<Overflow>("overflow", get_s("overflow", "saturate"),
+                              {{"saturate", Overflow::saturate}, {"wrap", Overflow::wrap}});
   f.seed = d.contains("seed") ? d["seed"].cast<uint64_t>() : 0;
   f.symmetric = get_i("symmetric", 1) != 0;
   f.per_channel = get_i("per_channel", 0) != 0;
@@ -99,6 +101,8 @@ void register_formats(py::module_& m) {
         return dx;
       })
       .def("reset_state", [](Quantizer& q) { q.st = QuantState{}; })
+      .def_property_readonly("step", [](const Quantizer& q) { return q.st.step; },
+                             "grid step(s) of the last quantize call (integer-grid formats)")
       .def_property("last_sign",
                     [](const Quantizer& q) { return py::array_t<int8_t>(py::ssize_t(q.st.last_sign.size()), q.st.last_sign.data()); },
                     [](Quantizer& q, const py::array_t<int8_t, py::array::c_style>& a) {

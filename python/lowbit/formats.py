@@ -48,6 +48,12 @@ def _ste(ste, cls):
     return ste
 
 
+def _overflow(o, cls):
+    if o not in ("saturate", "wrap"):
+        raise ValueError(f"{cls}: unknown overflow {o!r} (expected 'saturate' or 'wrap')")
+    return o
+
+
 class Format:
     """Base class: ``quantize(x)``, ``backward(x, grad)``, ``bits``, ``config()``."""
     bits = 32
@@ -75,6 +81,11 @@ class Format:
         if a.shape != g.shape:
             raise ValueError(f"{type(self).__name__}.backward: x has shape {a.shape} but grad {g.shape}")
         return self._q.backward(a, g)
+
+    @property
+    def last_step(self):
+        """Grid step(s) of the last ``quantize`` call (Fixed q, Int s, Binary/Ternary scale)."""
+        return list(self._q.step)
 
     def __repr__(self):
         return repr(self._q)
@@ -138,9 +149,12 @@ class Fixed(Format):
     r"""Two's-complement fixed point (S4's quantclip). ``msb``: :math:`A = 2^{msb}`;
     ``frac_bits=f`` is the Q-format spelling, msb = bits - 1 - f; ``msb="auto"``
     takes the MSB from calibration (S4 Eq. 11; until calibrated it is 0).
-    ``rounding``: ``nearest`` (half to even), ``floor`` (the seed's), ``stochastic``."""
+    ``rounding``: ``nearest`` (half to even), ``floor`` (the seed's), ``stochastic``.
+    ``overflow``: ``saturate`` clips k to :math:`[-2^{b-1}, 2^{b-1}-1]`; ``wrap`` keeps the
+    low ``bits`` bits as two's complement does (what an accumulator register does)."""
 
-    def __init__(self, bits, msb=None, frac_bits=None, rounding="nearest", ste="identity", seed=0):
+    def __init__(self, bits, msb=None, frac_bits=None, rounding="nearest", ste="identity", seed=0,
+                 overflow="saturate"):
         b = _int_arg(bits, "bits", "Fixed", 1, 32)
         if msb is not None and frac_bits is not None:
             raise ValueError("Fixed: give msb or frac_bits, not both")
@@ -154,8 +168,9 @@ class Fixed(Format):
         if rounding not in ("nearest", "floor", "stochastic"):
             raise ValueError(f"Fixed: unknown rounding {rounding!r} (expected nearest, floor, stochastic)")
         self.bits, self.rounding, self.msb_auto = b, rounding, auto
+        self.overflow = _overflow(overflow, "Fixed")
         super().__init__(kind="fixed", bits=b, msb=msb, msb_auto=int(auto), rounding=rounding, ste=_ste(ste, "Fixed"),
-                         seed=int(seed))
+                         seed=int(seed), overflow=self.overflow)
 
     @property
     def msb(self):
@@ -177,15 +192,20 @@ class Fixed(Format):
 class Int(Format):
     """Uniform integer quantization: symmetric range :math:`\\pm(2^{b-1}-1)\\,s` with
     s from max|x| (``minmax``), the 99.99th percentile of |x| (``percentile``) or the
-    clipping that minimises the squared error (``mse``); asymmetric uses a zero point."""
+    clipping that minimises the squared error (``mse``); asymmetric uses a zero point.
+    As ``accum_format``, ``Int(bits)`` is an integer accumulator register of ``bits`` bits
+    holding :math:`\\sum k_x k_w` of the layer's integer-grid input and weight, with
+    ``overflow="saturate"`` or ``"wrap"`` at every add (an accumulator-width study, cf. A2Q)."""
 
-    def __init__(self, bits, symmetric=True, per_channel=False, calibration="minmax", ste="identity"):
+    def __init__(self, bits, symmetric=True, per_channel=False, calibration="minmax", ste="identity",
+                 overflow="saturate"):
         b = _int_arg(bits, "bits", "Int", 2, 32)
         if calibration not in ("minmax", "percentile", "mse"):
             raise ValueError(f"Int: unknown calibration {calibration!r} (expected minmax, percentile, mse)")
         self.bits = b
+        self.overflow = _overflow(overflow, "Int")
         super().__init__(kind="int", bits=b, symmetric=int(bool(symmetric)), per_channel=int(bool(per_channel)),
-                         calibration=calibration, ste=_ste(ste, "Int"))
+                         calibration=calibration, ste=_ste(ste, "Int"), overflow=self.overflow)
 
 
 class Binary(Format):

@@ -18,7 +18,7 @@ __all__ = [
     "QuantizedDense",
 ]
 
-ROLES = ("weight", "input", "output", "grad", "accum")
+ROLES = ("weight", "input", "output", "grad", "accum", "grad_accum")
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "hard_tanh", "softmax", "linear")
 INITIALIZERS = ("glorot_uniform", "he_normal", "he_uniform", "torch", "zeros", "ones")
@@ -56,17 +56,25 @@ def _initializer(i, name, layer):
     return i
 
 
-def _set_formats(layer, weight, input, output, grad, accum):
+def _set_formats(layer, weight, input, output, grad, accum, grad_accum):
     """Number formats per tensor role (None = fp32). Forward per S4: quantize input and
     kernel -> op -> quantize output -> bias -> activation; grad_format applies to the
-    gradient passed backward and to the weight gradient; accum_format rounds every partial
-    sum of the forward dot products (a simulation: one rounding per MAC, so slow; the
-    backward accumulates in fp32)."""
-    for role, f in zip(ROLES, (weight, input, output, grad, accum)):
+    gradient passed backward and to the weight gradient.
+
+    ``accum_format`` puts every partial sum of the forward dot products on its grid
+    (MiniFloat/Float16/BFloat16: one rounding per fused multiply-add; Fixed(bits, msb);
+    Int(bits): an integer register over the integer-grid input and weight, saturating or
+    wrapping); ``grad_accum_format`` (float or Fixed) does the same for the backward dot
+    products - input gradient, weight gradient and bias gradient. Without it the backward
+    accumulates in fp32. The order of the terms is fixed (cpp/include/lowbit/accumulate.hpp).
+    A simulation: one rounding per multiply-add, so slow - for studies on small data."""
+    allowed = {"accum": (_formats.MiniFloat, _formats.Fixed, _formats.Int, _formats.Float32),
+               "grad_accum": (_formats.MiniFloat, _formats.Fixed, _formats.Float32)}
+    for role, f in zip(ROLES, (weight, input, output, grad, accum, grad_accum)):
         f = _formats.get(f)
-        if role == "accum" and f is not None and not isinstance(f, (_formats.MiniFloat, _formats.Fixed,
-                                                                     _formats.Float32)):
-            raise ValueError(f"{layer.name}: accum_format must be a float or fixed-point format, got {f!r}")
+        if role in allowed and f is not None and not isinstance(f, allowed[role]):
+            kinds = "a float, Fixed or Int" if role == "accum" else "a float or Fixed"
+            raise ValueError(f"{layer.name}: {role}_format must be {kinds} format, got {f!r}")
         setattr(layer, f"{role}_format", f)
 
 
@@ -147,9 +155,9 @@ class Conv2D(Layer):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
                  activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  weight_format=None, input_format=None, output_format=None, grad_format=None, accum_format=None,
-                 kernel_constraint=None, name=None, input_shape=None):
+                 grad_accum_format=None, kernel_constraint=None, name=None, input_shape=None):
         super().__init__(name, input_shape)
-        _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format)
+        _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format, grad_accum_format)
         self.kernel_constraint = kernel_constraint
         self._kernel_clip = _constraint(kernel_constraint, self.name)
         if not isinstance(filters, numbers.Integral) or filters < 1:
@@ -176,9 +184,10 @@ class Conv2D(Layer):
 class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", weight_format=None, input_format=None, output_format=None,
-                 grad_format=None, accum_format=None, kernel_constraint=None, name=None, input_shape=None):
+                 grad_format=None, accum_format=None, grad_accum_format=None, kernel_constraint=None, name=None,
+                 input_shape=None):
         super().__init__(name, input_shape)
-        _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format)
+        _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format, grad_accum_format)
         self.kernel_constraint = kernel_constraint
         self._kernel_clip = _constraint(kernel_constraint, self.name)
         if not isinstance(units, numbers.Integral) or units < 1:

@@ -31,11 +31,16 @@ __all__ = ["Precision", "PRESETS", "get"]
 
 class Precision:
     """Formats per tensor role. Each argument is a Format (copied per layer, so that
-    per-layer state such as a calibrated MSB stays per layer) or None for float32."""
+    per-layer state such as a calibrated MSB stays per layer) or None for float32.
+    ``accum`` / ``grad_accum``: accumulator formats of the forward / backward dot products
+    (see ``lb.layers.Conv2D``); an ``Int`` accumulator applies to the layers whose input and
+    weight are on integer grids (an exempt first layer keeps an fp32 accumulator)."""
 
     def __init__(self, weight=None, input=None, output=None, grad=None, exempt_first=False, exempt_last=False,
-                 loss_scale=None, name="custom", calibration_percentile=99.99, activation=None):
-        self.roles = {"weight": F.get(weight), "input": F.get(input), "output": F.get(output), "grad": F.get(grad)}
+                 loss_scale=None, name="custom", calibration_percentile=99.99, activation=None, accum=None,
+                 grad_accum=None):
+        self.roles = {"weight": F.get(weight), "input": F.get(input), "output": F.get(output), "grad": F.get(grad),
+                      "accum": F.get(accum), "grad_accum": F.get(grad_accum)}
         self.exempt_first, self.exempt_last = bool(exempt_first), bool(exempt_last)
         if loss_scale not in (None, "dynamic") and not (isinstance(loss_scale, (int, float)) and loss_scale > 0):
             raise ValueError(f"Precision: loss_scale must be None, 'dynamic' or a positive number, got {loss_scale!r}")
@@ -54,6 +59,10 @@ class Precision:
         out = {r: copy.deepcopy(f) for r, f in self.roles.items() if f is not None}
         if self.exempt_first and index == 0:
             out.pop("input", None)
+        integer_grid = (F.Fixed, F.Int, F.Binary, F.Ternary)
+        if isinstance(out.get("accum"), F.Int) and not all(
+                isinstance(out.get(r), integer_grid) for r in ("input", "weight")):
+            out.pop("accum")
         return out
 
     @property

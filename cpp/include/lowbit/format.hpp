@@ -13,6 +13,20 @@
 //                               (S2 eq. 3.3-3.4), symmetric range +-(2^(b-1) - 1)
 //   Binary(scale, hysteresis)   sign(x) (sign(0) = +1) times 1, mean|x| or per-channel mean|x|
 //   Ternary(threshold)          {-a, 0, +a}; threshold 0.7 mean|x| by default (TWN)
+//
+// Overflow of Fixed (and of every integer accumulator): `saturate` clips k to
+// [-2^(bits-1), 2^(bits-1) - 1]; `wrap` keeps the low `bits` bits of k as two's
+// complement does (k -> ((k + 2^(bits-1)) mod 2^bits) - 2^(bits-1)).
+//
+// Accumulators (accum_format, grad_accum_format on conv/dense; see accumulate.hpp):
+//   MiniFloat / Float16 / BFloat16  acc = round(acc + a*b): one rounding per fused
+//                                   multiply-add, computed exactly in double first
+//   Fixed(bits, msb)                acc = grid(acc + a*b) with the format's rounding and
+//                                   overflow rule, msb fixed
+//   Int(bits)                       an integer register: a and b are integers on the grids
+//                                   of the layer's Int/Fixed/Binary/Ternary input and weight
+//                                   formats (a = k_a s_a), acc += k_a k_b with saturation or
+//                                   wrap-around at every add; z = acc s_a s_b
 #pragma once
 #include <cstdint>
 #include <string>
@@ -25,6 +39,7 @@ enum class Rounding { nearest, floor, stochastic };
 enum class Ste { identity, clipped, hardtanh, approx_sign, none };
 enum class ScaleMode { none, mean_abs, channel_mean_abs };
 enum class Calibration { minmax, percentile, mse };
+enum class Overflow { saturate, wrap };
 
 struct Format {
   FormatKind kind = FormatKind::float32;
@@ -36,6 +51,7 @@ struct Format {
   int msb = 0;
   bool msb_auto = false;  // chosen by calibration; until then msb holds the last choice
   Rounding rounding = Rounding::nearest;
+  Overflow overflow = Overflow::saturate;  // fixed and integer accumulators
   uint64_t seed = 0;      // stochastic rounding stream
   // integer
   bool symmetric = true, per_channel = false;
@@ -66,13 +82,32 @@ struct QuantState {
   // for the scale at inference; weights (is_weight) always use their own statistics.
   float running_amax = -1.f;
   bool is_weight = false;
+  // Grid step(s) of the last call for formats on an integer grid (Fixed q, Int s,
+  // Binary alpha, Ternary a): one per channel row, or one. Integer accumulators read it.
+  std::vector<float> step;
 };
+
+// Whether a format puts values on k * step with integer k (an Int accumulator can take it).
+inline bool on_integer_grid(const Format& f) {
+  return f.kind == FormatKind::fixed || f.kind == FormatKind::integer || f.kind == FormatKind::binary ||
+         f.kind == FormatKind::ternary;
+}
+// k wrapped or saturated into a `bits`-bit two's-complement range.
+inline int64_t overflow_int(int64_t k, int bits, Overflow o) {
+  const int64_t lo = -(int64_t(1) << (bits - 1)), hi = (int64_t(1) << (bits - 1)) - 1;
+  if (k >= lo && k <= hi) return k;
+  if (o == Overflow::saturate) return k < lo ? lo : hi;
+  const uint64_t m = (uint64_t(1) << bits) - 1;
+  const uint64_t u = (uint64_t(k) - uint64_t(lo)) & m;
+  return int64_t(u) + lo;
+}
 
 // y = Q(x) over n values laid out as `channels` rows (axis 0) for per-channel scales.
 void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t channels = 1,
               QuantState* state = nullptr);
-// One value onto a MiniFloat or static Fixed grid (accumulator simulation).
-float quantize_one(const Format& f, float x);
+// One value onto a MiniFloat or static Fixed grid (accumulator simulation); x is exact
+// (double), so a multiply-add rounds once.
+float quantize_one(const Format& f, double x);
 // dx = STE(x, dy) for the format's gradient rule.
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n);
 

@@ -40,9 +40,9 @@ LB_CLONES float max_abs(const float* x, int64_t n) {
 // Round to the (e, m) grid: the exponent of |x| (clamped at emin for subnormals) fixes
 // the spacing 2^(E - m); scaling by a power of two is exact, so one nearbyint (half to
 // even in the default rounding mode) is the only rounding.
-inline float round_minifloat(float x, int e, int m, bool sat, double maxv, int emin) {
-  if (x == 0.f || std::isnan(x)) return x;  // keeps -0 and NaN
-  double a = std::fabs(double(x));
+inline float round_minifloat(double x, int e, int m, bool sat, double maxv, int emin) {
+  if (x == 0.0 || std::isnan(x)) return float(x);  // keeps -0 and NaN
+  double a = std::fabs(x);
   double q;
   if (std::isinf(a)) {
     q = sat ? maxv : a;
@@ -54,7 +54,7 @@ inline float round_minifloat(float x, int e, int m, bool sat, double maxv, int e
     q = std::nearbyint(a / step) * step;
     if (q > maxv) q = sat ? maxv : std::numeric_limits<double>::infinity();
   }
-  return float(std::copysign(q, double(x)));
+  return float(std::copysign(q, x));
 }
 
 // The same rounding, vectorisable, on float32 bit patterns: in the target's normal range
@@ -82,15 +82,16 @@ LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, int m, bool sa
 }
 
 // Integer grid k*s, k in [kmin, kmax], from one scale (and zero point).
-void int_grid(const float* x, float* y, int64_t n, double s, double zp, double kmin, double kmax) {
+double int_grid(const float* x, float* y, int64_t n, double s, double zp, double kmin, double kmax) {
   if (!(s > 0)) {
     for (int64_t i = 0; i < n; ++i) y[i] = 0.f;
-    return;
+    return 0.0;
   }
   for (int64_t i = 0; i < n; ++i) {
     double k = std::min(std::max(std::nearbyint(double(x[i]) / s) + zp, kmin), kmax);
     y[i] = float((k - zp) * s);
   }
+  return s;
 }
 
 // Fixed point with nearest/floor rounding in float arithmetic: scaling by the power of
@@ -113,8 +114,9 @@ double abs_percentile(const float* x, int64_t n, double p) {
   return a[size_t(k)];
 }
 
-void quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantState* st = nullptr) {
-  if (n == 0) return;
+// Returns the grid step s.
+double quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantState* st = nullptr) {
+  if (n == 0) return 0.0;
   if (f.symmetric) {
     const double qmax = std::ldexp(1.0, f.bits - 1) - 1;
     double amax = max_abs(x, n);
@@ -138,15 +140,14 @@ void quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantSta
       }
       amax = best_a;
     }
-    int_grid(x, y, n, amax / qmax, 0, -qmax, qmax);
-  } else {
-    const double levels = std::ldexp(1.0, f.bits) - 1;
-    double lo = 0, hi = 0;
-    for (int64_t i = 0; i < n; ++i) lo = std::min(lo, double(x[i])), hi = std::max(hi, double(x[i]));
-    double s = (hi - lo) / levels;
-    double zp = s > 0 ? std::nearbyint(-lo / s) : 0;
-    int_grid(x, y, n, s, zp, 0, levels);
+    return int_grid(x, y, n, amax / qmax, 0, -qmax, qmax);
   }
+  const double levels = std::ldexp(1.0, f.bits) - 1;
+  double lo = 0, hi = 0;
+  for (int64_t i = 0; i < n; ++i) lo = std::min(lo, double(x[i])), hi = std::max(hi, double(x[i]));
+  double s = (hi - lo) / levels;
+  double zp = s > 0 ? std::nearbyint(-lo / s) : 0;
+  return int_grid(x, y, n, s, zp, 0, levels);  // (k - zp) s: still whole multiples of s
 }
 
 }  // namespace
@@ -160,6 +161,8 @@ void Format::validate() const {
   if (kind == FormatKind::integer) LB_CHECK(bits >= 2, "Int: expected bits >= 2, got ", bits);
   if (kind == FormatKind::fixed) LB_CHECK(msb >= -126 && msb <= 127, "Fixed: expected msb in [-126, 127], got ", msb);
   LB_CHECK(hysteresis >= 0.f, "Binary: expected hysteresis >= 0, got ", hysteresis);
+  LB_CHECK(overflow == Overflow::saturate || kind == FormatKind::fixed || kind == FormatKind::integer,
+           "format: overflow='wrap' applies to Fixed and Int formats only");
 }
 
 std::string Format::repr() const {
@@ -172,11 +175,12 @@ std::string Format::repr() const {
                  ")");
     case FormatKind::fixed:
       return str("Fixed(bits=", bits, ", msb=", msb_auto ? "'auto'" : std::to_string(msb), ", rounding='",
-                 rounding_name(rounding), "', ste='", ste_name(ste), "')");
+                 rounding_name(rounding), "', ste='", ste_name(ste), "'",
+                 overflow == Overflow::wrap ? ", overflow='wrap'" : "", ")");
     case FormatKind::integer:
       return str("Int(bits=", bits, ", symmetric=", symmetric ? "True" : "False", ", calibration='",
                  calibration == Calibration::minmax ? "minmax" : calibration == Calibration::percentile ? "percentile" : "mse",
-                 "')");
+                 "'", overflow == Overflow::wrap ? ", overflow='wrap'" : "", ")");
     case FormatKind::binary:
       return str("Binary(scale=", scale == ScaleMode::none ? "None" : scale == ScaleMode::mean_abs ? "'mean_abs'" : "'channel_mean_abs'",
                  ", hysteresis=", hysteresis, ", ste='", ste_name(ste), "')");
@@ -225,7 +229,9 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       const double kmin = -std::ldexp(1.0, f.bits - 1), kmax = std::ldexp(1.0, f.bits - 1) - 1;
       const uint64_t stream = st && f.rounding == Rounding::stochastic ? st->counter++ : 0;
       const double inv_q = std::ldexp(1.0, f.bits - 1 - msb);
-      if (f.rounding != Rounding::stochastic && f.bits <= 24 && inv_q < 1e38 && q > 1e-38) {
+      if (st) st->step.assign(1, float(q));
+      const bool wrap = f.overflow == Overflow::wrap;
+      if (!wrap && f.rounding != Rounding::stochastic && f.bits <= 24 && inv_q < 1e38 && q > 1e-38) {
         const int64_t chunk = 16384;  // parallel over chunks, each a vectorised loop
 #pragma omp parallel for schedule(static) if (n > 65536)
         for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
@@ -243,14 +249,23 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
           y[i] = x[i];
           continue;
         }
-        y[i] = float(std::min(std::max(k, kmin), kmax) * q);
+        y[i] = wrap ? float(double(overflow_int(int64_t(std::min(std::max(k, -9e18), 9e18)), f.bits, f.overflow)) * q)
+                    : float(std::min(std::max(k, kmin), kmax) * q);
       }
       return;
     }
     case FormatKind::integer: {
-      if (!f.per_channel || channels <= 1) return quantize_int(f, x, y, n, st);
+      if (!f.per_channel || channels <= 1) {
+        const double s = quantize_int(f, x, y, n, st);
+        if (st) st->step.assign(1, float(s));
+        return;
+      }
       const int64_t inner = n / channels;
-      for (int64_t c = 0; c < channels; ++c) quantize_int(f, x + c * inner, y + c * inner, inner);
+      if (st) st->step.resize(size_t(channels));
+      for (int64_t c = 0; c < channels; ++c) {
+        const double s = quantize_int(f, x + c * inner, y + c * inner, inner);
+        if (st) st->step[size_t(c)] = float(s);
+      }
       return;
     }
     case FormatKind::binary: {
@@ -261,6 +276,7 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
         st->last_sign.resize(size_t(n));
         for (int64_t i = 0; i < n; ++i) st->last_sign[size_t(i)] = x[i] < 0.f ? -1 : 1;
       }
+      if (st) st->step.resize(size_t(rows));
       for (int64_t r = 0; r < rows; ++r) {
         double alpha = 1.0;
         if (f.scale != ScaleMode::none) {  // XNOR-Net: alpha = ||x||_1 / n
@@ -268,6 +284,7 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
           for (int64_t i = r * inner; i < (r + 1) * inner; ++i) s += std::fabs(double(x[i]));
           alpha = inner ? s / double(inner) : 0.0;
         }
+        if (st) st->step[size_t(r)] = float(alpha);
         for (int64_t i = r * inner; i < (r + 1) * inner; ++i) {
           int8_t sg = x[i] < 0.f ? -1 : 1;  // sign(0) = +1 (also for -0)
           if (hyst) {  // keep the previous sign inside (-t, t): S1 Figure 21
@@ -291,13 +308,14 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       for (int64_t i = 0; i < n; ++i)
         if (std::fabs(double(x[i])) > t) s += std::fabs(double(x[i])), ++cnt;
       const float a = cnt ? float(s / double(cnt)) : 0.f;  // TWN: mean |x| over the kept weights
+      if (st) st->step.assign(1, a);
       for (int64_t i = 0; i < n; ++i) y[i] = std::fabs(double(x[i])) > t ? (x[i] < 0 ? -a : a) : 0.f;
       return;
     }
   }
 }
 
-float quantize_one(const Format& f, float x) {
+float quantize_one(const Format& f, double x) {
   if (f.kind == FormatKind::minifloat) {
     const int bias = (1 << (f.exp_bits - 1)) - 1;
     return round_minifloat(x, f.exp_bits, f.man_bits, f.saturate, minifloat_max(f.exp_bits, f.man_bits), 1 - bias);
@@ -305,10 +323,13 @@ float quantize_one(const Format& f, float x) {
   if (f.kind == FormatKind::fixed) {
     const double q = std::ldexp(1.0, f.msb + 1 - f.bits);
     const double kmax = std::ldexp(1.0, f.bits - 1) - 1;
-    double k = f.rounding == Rounding::floor ? std::floor(double(x) / q) : std::nearbyint(double(x) / q);
+    const double k = f.rounding == Rounding::floor ? std::floor(x / q) : std::nearbyint(x / q);
+    if (std::isnan(k)) return float(x);
+    if (f.overflow == Overflow::wrap)
+      return float(double(overflow_int(int64_t(std::min(std::max(k, -9e18), 9e18)), f.bits, f.overflow)) * q);
     return float(std::min(std::max(k, -kmax - 1), kmax) * q);
   }
-  return x;
+  return float(x);
 }
 
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n) {

@@ -29,7 +29,14 @@ struct Conv2D : Op {
   };
   std::map<int64_t, Prims> cache_;
   Staged s_src_, s_wei_, s_dst_, s_ddst_, s_dwei_, s_dsrc_, s_bsrc_, s_bwei_;
-  memory fwd_src_, fwd_wei_;  // staged forward operands, kept for the backward
+  // Staged forward operands, kept for the backward - valid only for the very tensors the
+  // last forward saw: a caller may run the backward without this forward (the quantized
+  // layer's accumulator simulation computes the forward itself).
+  memory fwd_src_, fwd_wei_;
+  const float *fwd_src_ptr_ = nullptr, *fwd_wei_ptr_ = nullptr;
+  bool staged_for(const memory& m, const float* seen, const float* now, const memory::desc& want) const {
+    return m && seen == now && m.get_desc() == want;
+  }
 
   Conv2D(const Config& cfg, const std::vector<Shape>& in) {
     kind = "conv2d";
@@ -81,6 +88,7 @@ struct Conv2D : Op {
     auto& p = prims(src[0]->dim(0));
     fwd_src_ = s_src_.in(p.fwd_pd.src_desc(), mem(user_md(*src[0]), *src[0]));
     fwd_wei_ = s_wei_.in(p.fwd_pd.weights_desc(), mem(p.wei, params[0].value));
+    fwd_src_ptr_ = src[0]->data(), fwd_wei_ptr_ = params[0].value.data();
     // write the primitive's blocked dst straight into dst when the executor allows it
     dst.blocked = dst.blocked && can_block(dst.shape) && p.fwd_pd.dst_desc() == md(p.dst.dims(), tag::nChw16c);
     auto user_dst = mem(user_md(dst), dst);
@@ -96,7 +104,9 @@ struct Conv2D : Op {
     auto& p = prims(src[0]->dim(0));
     auto ddst_user = mem(user_md(diff_dst), diff_dst);
     auto ddst_w = s_ddst_.in(p.bw_pd.diff_dst_desc(), ddst_user);
-    auto bsrc = p.bw_pd.src_desc() == fwd_src_.get_desc() ? fwd_src_ : s_bsrc_.in(p.bw_pd.src_desc(), mem(user_md(*src[0]), *src[0]));
+    auto bsrc = staged_for(fwd_src_, fwd_src_ptr_, src[0]->data(), p.bw_pd.src_desc())
+                    ? fwd_src_
+                    : s_bsrc_.in(p.bw_pd.src_desc(), mem(user_md(*src[0]), *src[0]));
     auto dwei_user = mem(p.wei, params[0].grad);
     auto dwei = s_dwei_.out(p.bw_pd.diff_weights_desc(), dwei_user);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, bsrc}, {DNNL_ARG_DIFF_DST, ddst_w}, {DNNL_ARG_DIFF_WEIGHTS, dwei}};
@@ -105,7 +115,9 @@ struct Conv2D : Op {
     s_dwei_.done(dwei, dwei_user);
     if (!diff_src[0]) return;
     auto ddst_d = p.bd_pd.diff_dst_desc() == ddst_w.get_desc() ? ddst_w : s_ddst_.in(p.bd_pd.diff_dst_desc(), ddst_user);
-    auto wei = p.bd_pd.weights_desc() == fwd_wei_.get_desc() ? fwd_wei_ : s_bwei_.in(p.bd_pd.weights_desc(), mem(p.wei, params[0].value));
+    auto wei = staged_for(fwd_wei_, fwd_wei_ptr_, params[0].value.data(), p.bd_pd.weights_desc())
+                   ? fwd_wei_
+                   : s_bwei_.in(p.bd_pd.weights_desc(), mem(p.wei, params[0].value));
     auto dsrc_user = mem(user_md(*diff_src[0]), *diff_src[0]);
     auto dsrc = s_dsrc_.out(p.bd_pd.diff_src_desc(), dsrc_user);
     p.bwd_data.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, ddst_d}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});

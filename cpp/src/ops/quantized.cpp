@@ -5,11 +5,14 @@
 // Backward: straight-through estimators next to each quantizer:
 //   dz = STE_out(z, dy),  (dx_q, dw_q) = op_backward(dz),
 //   dw = Q_grad(STE_w(w, dw_q)),  dx = Q_grad(STE_in(x, dx_q)),  dbias = sum dy.
+// accum_format / grad_accum_format replace the forward / backward dot products by the
+// narrow-accumulator simulation of accumulate.hpp (bias gradient included).
 // The inner op is built without bias and reads its kernel through a shared handle;
 // for each call the handle is pointed at the quantized copy, so the latent fp32
 // weights (what the optimizer updates) never change format.
 #include <optional>
 
+#include "lowbit/accumulate.hpp"
 #include "lowbit/ops.hpp"
 
 namespace lowbit {
@@ -39,49 +42,8 @@ struct Quantized : Op {
   std::string binit;
   int64_t channels, w_rows, fan_in, fan_out;
   Tensor wq_, xq_, z_, dz_, dxq_;
-  std::optional<Format> accum_;
+  std::optional<Format> accum_, grad_accum_;
   ConvGeometry geo_{};
-
-  // The op's forward with every partial sum rounded to accum_format: acc = Q(acc + x w),
-  // products exact in fp32, summed in the order of the kernel's (c, i, j) loop. A
-  // simulation of a narrow accumulator (slow: one rounding per multiply-accumulate).
-  void accumulate_forward(const Tensor& x, const Tensor& w, Tensor& z) const {
-    const Format& fa = *accum_;
-    const int64_t N = x.dim(0);
-    if (kind == "dense") {
-      const int64_t K = w.dim(0), M = w.dim(1);
-#pragma omp parallel for schedule(static)
-      for (int64_t nm = 0; nm < N * M; ++nm) {
-        const int64_t n = nm / M, m = nm % M;
-        float acc = 0.f;
-        for (int64_t k = 0; k < K; ++k) acc = quantize_one(fa, acc + x.data()[n * K + k] * w.data()[k * M + m]);
-        z.data()[nm] = acc;
-      }
-      return;
-    }
-    const auto& g = geo_;
-    const int64_t O = w.dim(0), Cg = w.dim(1), OH = g.ph.out, OW = g.pw.out, Og = O / g.groups;
-#pragma omp parallel for schedule(static)
-    for (int64_t no = 0; no < N * O; ++no) {
-      const int64_t n = no / O, o = no % O, c0 = (o / Og) * Cg;
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          float acc = 0.f;
-          for (int64_t c = 0; c < Cg; ++c)
-            for (int64_t i = 0; i < g.kh; ++i) {
-              const int64_t ih = oh * g.sh - g.ph.lo + i * g.dh;
-              if (ih < 0 || ih >= g.H) continue;
-              for (int64_t j = 0; j < g.kw; ++j) {
-                const int64_t iw = ow * g.sw - g.pw.lo + j * g.dw;
-                if (iw < 0 || iw >= g.W) continue;
-                acc = quantize_one(fa, acc + x.data()[((n * g.C + c0 + c) * g.H + ih) * g.W + iw] *
-                                                 w.data()[((o * Cg + c) * g.kh + i) * g.kw + j]);
-              }
-            }
-          z.data()[(no * OH + oh) * OW + ow] = acc;
-        }
-    }
-  }
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -92,13 +54,26 @@ struct Quantized : Op {
     inner = k == "conv2d" ? make_conv2d(c, in) : make_dense(c, in);
     w_ = role(cfg, "weight"), in_ = role(cfg, "input"), out_ = role(cfg, "output"), grad_ = role(cfg, "grad");
     w_.st.is_weight = true;
-    auto acc = role(cfg, "accum");
-    if (acc) {
-      LB_CHECK(acc.f->kind == FormatKind::minifloat || (acc.f->kind == FormatKind::fixed && !acc.f->msb_auto), kind,
-               ": accum_format must be a float format (MiniFloat/Float16/BFloat16) or a Fixed with a given msb");
-      accum_ = *acc.f;
-      if (k == "conv2d") geo_ = conv_geometry(cfg, in);
+    const char* layer = k == "conv2d" ? "Conv2D" : "Dense";
+    for (const char* r : {"accum", "grad_accum"}) {
+      auto acc = role(cfg, r);
+      if (!acc) continue;
+      const Format& f = *acc.f;
+      const bool grad = r[0] == 'g';
+      LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto) ||
+                   (f.kind == FormatKind::integer && !grad),
+               layer, ": ", r, "_format must be a float format (MiniFloat/Float16/BFloat16), a Fixed with a given msb",
+               grad ? "" : " or an Int accumulator", ", got ", f.repr());
+      LB_CHECK(f.kind != FormatKind::fixed || f.rounding != Rounding::stochastic, layer, ": ", r,
+               "_format: stochastic rounding is not an accumulator mode (use 'nearest' or 'floor')");
+      if (f.kind == FormatKind::integer)
+        LB_CHECK(in_ && w_ && on_integer_grid(*in_.f) && on_integer_grid(*w_.f), layer,
+                 ": accum_format=Int(", f.bits, ") is an integer register: it needs input_format and weight_format on an "
+                 "integer grid (Int, Fixed, Binary or Ternary), got input ", in_ ? in_.f->repr() : "Float32()",
+                 " and weight ", w_ ? w_.f->repr() : "Float32()");
+      (grad ? grad_accum_ : accum_) = f;
     }
+    if ((accum_ || grad_accum_) && k == "conv2d") geo_ = conv_geometry(cfg, in);
     out_shape = inner->out_shape;
     macs = inner->macs;
     const Shape& ks = inner->params[0].value.shape;
@@ -115,7 +90,7 @@ struct Quantized : Op {
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
   // Activation quantizers are per tensor, so they work on any layout; the accumulator
   // simulation indexes NCHW.
-  bool accepts_blocked() const override { return kind == "conv2d" && !accum_; }
+  bool accepts_blocked() const override { return kind == "conv2d" && !accum_ && !grad_accum_; }
 
   void init_params(uint64_t seed) override {
     inner->init_params(seed);
@@ -142,8 +117,13 @@ struct Quantized : Op {
     Tensor& zt = out_ ? z_ : dst;
     if (out_) z_.resize(dst.shape);
     zt.blocked = may_block && !accum_;
-    if (accum_) accumulate_forward(*x, inner->params[0].value, zt);
-    else inner->forward({x}, zt, ctx);
+    if (accum_) {
+      const IntOperands ints{&in_.st.step, &w_.st.step};
+      if (kind == "conv2d") accum_conv_forward(*accum_, geo_, *x, inner->params[0].value, zt, ints);
+      else accum_dense_forward(*accum_, *x, inner->params[0].value, zt, ints);
+    } else {
+      inner->forward({x}, zt, ctx);
+    }
     if (out_) {
       quantize(*out_.f, z_.data(), dst.data(), dst.size(), 1, &out_.st);
       dst.blocked = z_.blocked;
@@ -157,7 +137,9 @@ struct Quantized : Op {
   void backward(const std::vector<const Tensor*>& src, const Tensor& dst, const Tensor& dy,
                 const std::vector<Tensor*>& diff_src) override {
     const int64_t N = dy.dim(0), S = numel(out_shape) / channels;
-    if (use_bias) {
+    if (use_bias && grad_accum_) {
+      accum_bias_backward(*grad_accum_, dy.data(), N, channels, S, params[1].grad.data());
+    } else if (use_bias) {
       if (dy.blocked) channel_sums_blocked(dy.data(), N, channels, S, params[1].grad.data());
       else channel_sums(dy.data(), N, channels, S, params[1].grad.data());
     }
@@ -176,12 +158,20 @@ struct Quantized : Op {
       dxq_.blocked = src[0]->blocked;
       dx = &dxq_;
     }
-    Tensor& latent = inner->params[0].value;
-    Tensor saved = latent;
-    if (w_) inner->params[0].value = wq_;
-    inner->backward({x}, dst, *dz, {dx});
-    inner->params[0].value = saved;
     Param& k = inner->params[0];
+    const Tensor& w = w_ ? wq_ : k.value;
+    if (grad_accum_ && kind == "conv2d") {
+      accum_conv_backward_weights(*grad_accum_, geo_, *x, *dz, k.grad);
+      if (dx) accum_conv_backward_data(*grad_accum_, geo_, *dz, w, *dx);
+    } else if (grad_accum_) {
+      accum_dense_backward_weights(*grad_accum_, *x, *dz, k.grad);
+      if (dx) accum_dense_backward_data(*grad_accum_, *dz, w, *dx);
+    } else {
+      Tensor saved = k.value;
+      k.value = w;
+      inner->backward({x}, dst, *dz, {dx});
+      k.value = saved;
+    }
     if (w_ && w_.f->ste != Ste::identity) ste_backward(*w_.f, k.value.data(), k.grad.data(), k.grad.data(), k.grad.size());
     grad_.st.track = true;
     if (grad_) {
