@@ -2,7 +2,10 @@
 
 import gzip
 import importlib.util
+import os
 import pickle
+import re
+import shlex
 import struct
 import sys
 import types
@@ -227,38 +230,137 @@ def test_mnist_user_cache(no_defaults, monkeypatch):
 
 # ---------------------------------------------------------------- CIFAR-10
 
-def make_cifar(folder, per_batch=2, str_keys=False):
+CIFAR_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def py2_pickle(d):
+    """A batch dict serialised as Python 2's cPickle (protocol 2) wrote the
+    official python-version files: byte strings as SHORT_BINSTRING/BINSTRING
+    (no _codecs.encode), numpy globals under ``numpy.core``, written opcode by
+    opcode so the test does not depend on this Python's pickler."""
+    def string(b):
+        if len(b) < 256:
+            return b"U" + bytes([len(b)]) + b
+        return b"T" + struct.pack("<i", len(b)) + b
+
+    def value(v):
+        if isinstance(v, bytes):
+            return string(v)
+        if isinstance(v, int):
+            return b"J" + struct.pack("<i", v)
+        if isinstance(v, list):  # EMPTY_LIST MARK items APPENDS
+            return b"](" + b"".join(value(x) for x in v) + b"e"
+        assert isinstance(v, np.ndarray) and v.dtype == np.uint8
+        shape = b"(" + b"".join(value(n) for n in v.shape) + b"t"
+        return (
+            # _reconstruct(ndarray, (0,), 'b')
+            b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+            + string(b"b") + b"\x87R"
+            # BUILD with (1, shape, dtype('u1', 0, 1) BUILT with its state, False, raw)
+            + b"(K\x01" + shape + b"cnumpy\ndtype\n" + string(b"u1") + b"K\x00K\x01\x87R"
+            + b"(K\x03" + string(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+            + b"\x89" + string(v.tobytes()) + b"tb")
+
+    items = b"".join(string(k) + value(v) for k, v in d.items())
+    return b"\x80\x02}(" + items + b"u."  # PROTO 2, EMPTY_DICT, MARK ... SETITEMS, STOP
+
+
+def make_cifar(folder, per_batch=2, str_keys=False, layout="py", seed=3, protocol=2):
+    """Write the 6 CIFAR-10 batches into ``folder``; layout "py" (pickled by
+    this Python, protocol 2 like the official files), "py2" (as Python 2
+    wrote the official files) or "bin" (the binary version's 3073-byte
+    records)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    for name in CIFAR_NAMES:
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        data[0, :2] = 0, 255  # extremes
         labels = [int(v) for v in rng.integers(0, 10, per_batch)]
-        d = {"data": data, "labels": labels, "batch_label": name}
+        labels[0], labels[-1] = 0, 9  # first and last class
+        batches[name] = (data, labels)
+        if layout == "bin":
+            records = np.concatenate([np.array(labels, np.uint8)[:, None], data], axis=1)
+            (folder / (name + ".bin")).write_bytes(records.tobytes())
+            continue
+        d = {"data": data, "labels": labels, "batch_label": name,
+             "filenames": [f"img_{name}_{i}.png" for i in range(per_batch)]}
         if not str_keys:
             d = {k.encode(): v for k, v in d.items()}
+            d[b"batch_label"] = name.encode()
+            d[b"filenames"] = [f.encode() for f in d[b"filenames"]]
         with open(folder / name, "wb") as f:
-            pickle.dump(d, f, protocol=2)
-        batches[name] = (data, labels)
+            if layout == "py2":
+                f.write(py2_pickle(d))
+            else:
+                pickle.dump(d, f, protocol=protocol)
     return batches
 
 
+def cifar_reference(batches):
+    """Expected (x_train, y_train), (x_test, y_test) from the raw bytes."""
+    def split(names):
+        data = np.concatenate([batches[n][0] for n in names])
+        x = data.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255)
+        return x, np.array(sum((batches[n][1] for n in names), []), np.int64)
+    return split(CIFAR_NAMES[:5]), split(CIFAR_NAMES[5:])
+
+
+def assert_cifar_equal(got, want):
+    for (x, y), (xw, yw) in zip(got, want):
+        np.testing.assert_array_equal(x, xw)
+        np.testing.assert_array_equal(y, yw)
+
+
+@pytest.mark.parametrize("layout", ["py", "py2", "bin"])
 @pytest.mark.parametrize("point_at_parent", [True, False])
-def test_cifar_roundtrip(tmp_path, point_at_parent):
-    folder = tmp_path / "cifar-10-batches-py"
-    batches = make_cifar(folder)
-    (xtr, ytr), (xte, yte) = datasets.cifar10(tmp_path if point_at_parent else folder)
+def test_cifar_roundtrip(tmp_path, point_at_parent, layout):
+    folder = tmp_path / ("cifar-10-batches-bin" if layout == "bin" else "cifar-10-batches-py")
+    batches = make_cifar(folder, layout=layout)
+    (xtr, ytr), (xte, yte) = got = datasets.cifar10(tmp_path if point_at_parent else folder)
     check_split(xtr, ytr, 10, (3, 32, 32))
     check_split(xte, yte, 2, (3, 32, 32))
-    data = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
-    labels = sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
-    np.testing.assert_array_equal(ytr, labels)
-    np.testing.assert_array_equal(yte, batches["test_batch"][1])
+    assert_cifar_equal(got, cifar_reference(batches))
     # row layout: 1024 R, 1024 G, 1024 B, each row-major
     i, c, h, w = 7, 2, 5, 30
+    data = np.concatenate([batches[n][0] for n in CIFAR_NAMES[:5]])
     assert xtr[i, c, h, w] == np.float32(data[i, c * 1024 + h * 32 + w]) / np.float32(255)
-    np.testing.assert_array_equal(
-        xte, batches["test_batch"][0].reshape(2, 3, 32, 32).astype(np.float32) / 255)
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_cifar_later_pickle_protocols(tmp_path, protocol):
+    batches = make_cifar(tmp_path, layout="py", protocol=protocol)
+    assert_cifar_equal(datasets.cifar10(tmp_path), cifar_reference(batches))
+
+
+def test_cifar_py2_writer_matches_pickle(tmp_path):
+    # The hand-written Python 2 stream is what numpy's own unpickling reads back.
+    batches = make_cifar(tmp_path, layout="py2")
+    with open(tmp_path / "test_batch", "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    np.testing.assert_array_equal(d[b"data"], batches["test_batch"][0])
+    assert d[b"labels"] == batches["test_batch"][1]
+    assert d[b"batch_label"] == b"test_batch"
+
+
+def test_cifar_binary_and_python_identical(tmp_path):
+    make_cifar(tmp_path / "py", per_batch=3, layout="py", seed=9)
+    make_cifar(tmp_path / "bin", per_batch=3, layout="bin", seed=9)
+    a = datasets.cifar10(tmp_path / "py")
+    b = datasets.cifar10(tmp_path / "bin")
+    assert a[0][0] is not b[0][0]
+    assert_cifar_equal(a, b)
+
+
+def test_cifar_prefers_binary(tmp_path):
+    py = make_cifar(tmp_path / "cifar-10-batches-py", layout="py", seed=1)
+    binary = make_cifar(tmp_path / "cifar-10-batches-bin", layout="bin", seed=2)
+    assert_cifar_equal(datasets.cifar10(tmp_path), cifar_reference(binary))
+    assert_cifar_equal(datasets.cifar10(tmp_path / "cifar-10-batches-py"), cifar_reference(py))
+    # both versions in one folder: binary again
+    make_cifar(tmp_path / "cifar-10-batches-py", layout="bin", seed=2)
+    assert_cifar_equal(datasets.cifar10(tmp_path / "cifar-10-batches-py"),
+                       cifar_reference(binary))
 
 
 def test_cifar_str_keys_and_env(no_defaults):
@@ -273,16 +375,121 @@ def test_cifar_missing(no_defaults):
     msg = str(e.value)
     assert str(no_defaults / "envdata" / "cifar10") in msg
     assert str(no_defaults / "home" / ".cache" / "lowbit" / "cifar10") in msg
+    assert "test_batch.bin" in msg and "cifar-10-binary.tar.gz" in msg
     with pytest.raises(FileNotFoundError, match="nope"):
         datasets.cifar10(no_defaults / "nope")
 
 
-def test_cifar_bad_shape(tmp_path):
+def test_cifar_missing_one_binary_file(tmp_path):
+    make_cifar(tmp_path / "cifar-10-batches-bin", layout="bin")
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-bin  \(missing: data_batch_4\.bin\)"):
+        datasets.cifar10(tmp_path)
+
+
+class _Payload:
+    """Pickles as a call of ``func(*args)``: what a hostile batch file holds."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _open_payload(marker):
+    return _Payload(open, str(marker), "w")
+
+
+def _system_payload(marker):
+    return _Payload(os.system, f"echo pwned > {shlex.quote(str(marker))}")
+
+
+@pytest.mark.parametrize("payload, victim, name", [
+    (_open_payload, "data_batch_1", "open"),
+    (_system_payload, "test_batch", "system"),
+])
+def test_cifar_refuses_code_in_pickle(tmp_path, payload, victim, name):
+    folder = tmp_path / "cifar-10-batches-py"
+    make_cifar(folder)
+    marker = tmp_path / "marker"
+    d = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1],
+         b"batch_label": payload(marker)}
+    with open(folder / victim, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    with pytest.raises(ValueError, match=rf"cifar10: .*{victim}: refused to load global '\w+\.{name}'"):
+        datasets.cifar10(tmp_path)
+    assert not marker.exists()
+    # The file is live: plain pickle.load runs the payload.
+    with open(folder / victim, "rb") as f:
+        pickle.load(f, encoding="bytes")
+    assert marker.exists()
+
+
+def _tamper_dtype_flags(raw):
+    # dtype state (3, '|', None, None, None, -1, -1, flags): flags 0 -> 63,
+    # which tells numpy a plain uint8 holds Python objects.
+    tail = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
+    assert raw.count(tail) == 1
+    return raw.replace(tail, tail[:-2] + b"\x3ft")
+
+
+@pytest.mark.parametrize("content, what", [
+    (lambda raw: pickle.dumps({b"data": np.array([[1, "x"]] * 2, dtype=object),
+                               b"labels": [0, 1]}, protocol=2), "dtype"),
+    (_tamper_dtype_flags, "has flags 0x3f"),
+    (lambda raw: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8),
+                               b"labels": {0, 1}}, protocol=2), "'__builtin__.set'"),
+    (lambda raw: os.urandom(500), "not a CIFAR-10 python batch"),
+    (lambda raw: raw[: len(raw) // 2], "not a CIFAR-10 python batch"),
+    (lambda raw: b"", "not a CIFAR-10 python batch"),
+])
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_foreign_pickle(tmp_path, content, what, protocol):
+    make_cifar(tmp_path, layout="py2" if protocol == 2 else "py", protocol=protocol)
+    p = tmp_path / "data_batch_2"
+    p.write_bytes(content(p.read_bytes()))
+    with pytest.raises(ValueError, match="data_batch_2") as e:
+        datasets.cifar10(tmp_path)
+    assert what in str(e.value)
+
+
+@pytest.mark.parametrize("d, what", [
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, r"shape \(N, 3072\)"),
+    ({b"data": np.zeros(3072, np.uint8), b"labels": [0]}, r"shape \(N, 3072\)"),
+    ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "N > 0"),
+    ({b"data": np.zeros((2, 3072), np.int64), b"labels": [0, 1]}, "uint8 array, got int64"),
+    ({b"data": [[0] * 3072] * 2, b"labels": [0, 1]}, "uint8 array, got list"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 2]}, "expected 2 ints"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [b"a", b"b"]}, "expected 2 ints"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "0..9, got 10"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, "0..9, got -1"),
+    ({b"data": np.zeros((2, 3072), np.uint8)}, "missing key 'labels'"),
+    ([1, 2], "expected a dict, got list"),
+])
+def test_cifar_bad_python_batch(tmp_path, d, what):
     make_cifar(tmp_path)
     with open(tmp_path / "test_batch", "wb") as f:
-        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
-    with pytest.raises(ValueError, match="test_batch"):
+        pickle.dump(d, f, protocol=2)
+    with pytest.raises(ValueError, match="test_batch") as e:
         datasets.cifar10(tmp_path)
+    assert re.search(what, str(e.value)), str(e.value)
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda raw: raw[:-1000], "got 5146 bytes"),           # truncated mid-record
+    (lambda raw: raw + bytes(7), "got 6153 bytes"),        # trailing junk
+    (lambda raw: b"", "got 0 bytes"),
+    (lambda raw: bytes([10]) + raw[1:], "0..9, got 10"),   # label byte of record 0
+    (lambda raw: raw[:3073] + bytes([255]) + raw[3074:], "0..9, got 255 (record 1"),
+])
+def test_cifar_bad_binary_batch(tmp_path, change, what):
+    make_cifar(tmp_path, layout="bin")
+    p = tmp_path / "data_batch_3.bin"
+    p.write_bytes(change(p.read_bytes()))
+    with pytest.raises(ValueError, match=r"data_batch_3\.bin") as e:
+        datasets.cifar10(tmp_path)
+    assert what in str(e.value)
 
 
 # ---------------------------------------------------------------- digits

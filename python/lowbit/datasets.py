@@ -10,7 +10,7 @@ Loaders:
 
 * :func:`fashion_mnist` -- Fashion-MNIST, (N, 1, 28, 28), 60000/10000.
 * :func:`mnist` -- MNIST, (N, 1, 28, 28), 60000/10000.
-* :func:`cifar10` -- CIFAR-10 (python pickle version), (N, 3, 32, 32),
+* :func:`cifar10` -- CIFAR-10 (binary or python version), (N, 3, 32, 32),
   50000/10000.
 * :func:`digits` -- scikit-learn's bundled 8x8 digits, (N, 1, 8, 8),
   deterministic 80/20 train/test split.
@@ -70,9 +70,13 @@ _IDX_FILES = (
 )
 
 _CIFAR_DIR = "cifar-10-batches-py"
-_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR_TEST = "test_batch"
-_CIFAR_FILES = _CIFAR_TRAIN + (_CIFAR_TEST,)
+_CIFAR_BIN_DIR = "cifar-10-batches-bin"
+# Train batches first, the test batch last.
+_CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+_CIFAR_BIN_FILES = tuple(n + ".bin" for n in _CIFAR_FILES)
+_CIFAR_PIXELS = 3 * 32 * 32
+_CIFAR_RECORD = 1 + _CIFAR_PIXELS  # binary version: label byte + pixels
+_CIFAR_CLASSES = 10
 
 
 # --------------------------------------------------------------------------
@@ -262,29 +266,191 @@ def mnist(root=None):
 # CIFAR-10
 # --------------------------------------------------------------------------
 
-def _cifar_batch(path: Path):
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable CIFAR-10 pickle ({e})") from e
+class _RefusedGlobal(ValueError):
+    """A batch pickle names a global outside the CIFAR-10 allow-list."""
+
+
+# Marker standing in for the ``numpy.ndarray`` global: in a CIFAR-10 pickle
+# that class is only ever the first argument of ``_reconstruct``, never called.
+_NDARRAY = object()
+
+
+def _plain_dtype(dtype) -> np.dtype:
+    """A fresh copy of a dtype rebuilt from a pickle, if it is a plain number
+    type (bool, int, uint, float)."""
+    if not isinstance(dtype, np.dtype):
+        raise ValueError(f"array dtype is {type(dtype).__name__}, not a numpy dtype")
+    clean = np.dtype(dtype.str)
+    if clean.kind not in "biuf" or dtype.names is not None or dtype.subdtype is not None:
+        raise ValueError(f"unsupported array dtype {dtype}")
+    # A pickled dtype brings its own flags (e.g. "holds Python objects") and
+    # item size, which numpy trusts: a uint8 flagged as holding objects makes
+    # numpy treat pixel bytes as object pointers.
+    if dtype.flags != clean.flags or dtype.itemsize != clean.itemsize:
+        raise ValueError(
+            f"array dtype {dtype} has flags 0x{dtype.flags:x} and item size "
+            f"{dtype.itemsize}, expected 0x{clean.flags:x} and {clean.itemsize}")
+    return clean
+
+
+class _BatchArray(np.ndarray):
+    """The empty array ``_reconstruct`` returns; the pickle's BUILD step then
+    calls ``__setstate__`` on it, which is where the dtype is checked."""
+
+    def __setstate__(self, state):
+        # numpy's state: ([version,] shape, dtype, is_fortran, raw bytes).
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise ValueError(f"unexpected numpy array state {type(state).__name__}")
+        super().__setstate__(state[:-3] + (_plain_dtype(state[-3]),) + state[-2:])
+
+
+def _reconstruct(subtype, shape, typecode):
+    # numpy pickles every array as _reconstruct(ndarray, (0,), 'b') followed
+    # by a BUILD with the real shape, dtype and bytes.
+    if subtype is not _NDARRAY or tuple(shape) != (0,) or typecode not in ("b", b"b"):
+        raise ValueError(
+            f"unexpected _reconstruct arguments ({subtype!r}, {shape!r}, {typecode!r})")
+    return np.ndarray.__new__(_BatchArray, (0,), np.int8)
+
+
+def _frombuffer(buf, dtype, shape, order):
+    # numpy's form of an array at pickle protocol 5.
+    if not isinstance(buf, (bytes, bytearray)) or order not in ("C", "F"):
+        raise ValueError(f"unexpected _frombuffer arguments ({type(buf).__name__}, {order!r})")
+    # As a _BatchArray, so that a BUILD on the result is checked too.
+    array = np.frombuffer(buf, _plain_dtype(dtype)).reshape(shape, order=order)
+    return array.view(_BatchArray)
+
+
+def _dtype(spec, align=False, copy=False):
+    if isinstance(spec, bytes):
+        spec = spec.decode("ascii", "replace")
+    if not isinstance(spec, str) or np.dtype(spec).kind not in "biuf":
+        raise ValueError(f"unsupported numpy dtype {spec!r}")
+    # Always a new dtype object: the BUILD that follows calls __setstate__ on
+    # it, which must never reach numpy's shared built-in dtypes.
+    return np.dtype(spec, bool(align), True)
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    # Python 3 pickles bytes at protocol 2 as _codecs.encode(str, 'latin1').
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError(f"unexpected _codecs.encode arguments ({text!r:.40}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _empty_bytes():
+    # Python 3 pickles b"" at protocol 2 as bytes().
+    return b""
+
+
+#: The only globals a CIFAR-10 batch pickle may name, and what they become.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,   # numpy 1 writers
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2 writers
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,       # protocol 5
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR-10 python batches.
+
+    It rebuilds what those files hold -- dicts, lists, tuples, bytes, str,
+    ints and numeric numpy arrays -- and refuses every other global, so a
+    batch file can never call ``open``, ``os.system`` or any other function.
+    """
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self._path = path
+
+    def find_class(self, module, name):
+        fn = _CIFAR_GLOBALS.get((module, name))
+        if fn is None:
+            raise _RefusedGlobal(
+                f"cifar10: {self._path}: refused to load global '{module}.{name}': "
+                "a CIFAR-10 batch holds only dicts, lists, bytes, str, ints and "
+                "numpy arrays, and unpickling this file would call other code")
+        if fn is _NDARRAY:
+            return fn
+        # A fresh wrapper per load: a BUILD aimed at it (which sets attributes
+        # such as __defaults__) cannot change the module's functions.
+        return lambda *args: fn(*args)
+
+    def persistent_load(self, pid):
+        raise ValueError(f"unexpected persistent id {pid!r:.40}")
+
+
+def _cifar_pickle_batch(path: Path):
+    """One batch of the python version: a dict with b'data' (N, 3072) uint8
+    and b'labels' (N ints); returns (data, labels as int64)."""
+    with open(path, "rb") as f:
+        try:
+            d = _CifarUnpickler(f, path).load()
+        except _RefusedGlobal:
+            raise
+        except Exception as e:  # whatever a malformed stream makes go wrong
+            raise ValueError(
+                f"cifar10: {path}: not a CIFAR-10 python batch "
+                f"({type(e).__name__}: {e})") from e
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(d).__name__}")
+        raise ValueError(f"cifar10: {path}: expected a dict, got {type(d).__name__}")
 
     def get(key):
         for k in (key.encode(), key):
             if k in d:
                 return d[k]
-        raise ValueError(f"{path}: missing key {key!r}")
+        raise ValueError(f"cifar10: {path}: missing key {key!r}")
 
-    data = np.asarray(get("data"), dtype=np.uint8)
-    labels = np.asarray(get("labels"), dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
-    if labels.shape != (data.shape[0],):
+    data, labels = get("data"), get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        what = f"{data.dtype} array" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"cifar10: {path}: data: expected a uint8 array, got {what}")
+    if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] != _CIFAR_PIXELS:
         raise ValueError(
-            f"{path}: {data.shape[0]} images but labels have shape {labels.shape}"
-        )
+            f"cifar10: {path}: data: expected shape (N, {_CIFAR_PIXELS}) with N > 0, "
+            f"got {data.shape}")
+    if not isinstance(labels, (list, np.ndarray)):
+        raise ValueError(
+            f"cifar10: {path}: labels: expected a list of ints, got {type(labels).__name__}")
+    try:
+        labels = np.asarray(labels)
+    except ValueError as e:
+        raise ValueError(f"cifar10: {path}: labels: expected a list of ints ({e})") from e
+    if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
+        raise ValueError(
+            f"cifar10: {path}: labels: expected {data.shape[0]} ints (one per image), "
+            f"got {labels.dtype} values of shape {labels.shape}")
+    return data.view(np.ndarray), labels.astype(np.int64)
+
+
+def _cifar_bin_batch(path: Path):
+    """One batch of the binary version: records of 1 label byte followed by
+    3072 pixel bytes; returns (data (N, 3072) uint8, labels int64)."""
+    raw = path.read_bytes()
+    n, extra = divmod(len(raw), _CIFAR_RECORD)
+    if n == 0 or extra:
+        raise ValueError(
+            f"cifar10: {path}: expected a whole number (> 0) of {_CIFAR_RECORD}-byte "
+            f"records (1 label byte + {_CIFAR_PIXELS} pixel bytes), got {len(raw)} bytes "
+            f"({n} whole records + {extra} bytes; truncated or not a CIFAR-10 binary batch)")
+    records = np.frombuffer(raw, np.uint8).reshape(n, _CIFAR_RECORD)
+    return records[:, 1:], records[:, 0].astype(np.int64)
+
+
+def _cifar_batch(path: Path):
+    read = _cifar_bin_batch if path.suffix == ".bin" else _cifar_pickle_batch
+    data, labels = read(path)
+    bad = np.flatnonzero((labels < 0) | (labels >= _CIFAR_CLASSES))
+    if bad.size:
+        raise ValueError(
+            f"cifar10: {path}: labels: expected values in 0..{_CIFAR_CLASSES - 1}, "
+            f"got {labels[bad[0]]} (record {bad[0]}, {bad.size} bad in all)")
     return data, labels
 
 
@@ -298,21 +464,46 @@ def _cifar_split(paths):
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cifar_cached(folder: str, stamp: tuple):
-    d = Path(folder)
-    return (_cifar_split([d / n for n in _CIFAR_TRAIN]),
-            _cifar_split([d / _CIFAR_TEST]))
+def _load_cifar_cached(paths: tuple, stamp: tuple):
+    paths = [Path(p) for p in paths]
+    return _cifar_split(paths[:-1]), _cifar_split(paths[-1:])
+
+
+def _find_cifar(base: Path, looked: list):
+    """The 6 batch paths (train..., test) under ``base``, the binary version
+    preferred, or None after noting in ``looked`` what is missing where."""
+    if not base.is_dir():
+        looked.append(_describe(base, ()))
+        return None
+    for names, sub in ((_CIFAR_BIN_FILES, _CIFAR_BIN_DIR), (_CIFAR_FILES, _CIFAR_DIR)):
+        for d in (base, base / sub):
+            missing = [n for n in names if not (d / n).is_file()]
+            if not missing:
+                return [d / n for n in names]
+            looked.append(_describe(d, missing))
+    return None
 
 
 def cifar10(root=None):
-    """CIFAR-10 (python pickle version): ``(x_train, y_train), (x_test, y_test)``.
+    """CIFAR-10: ``(x_train, y_train), (x_test, y_test)``.
 
     x: float32 (N, 3, 32, 32) in [0, 1]; y: int64 in 0..9; N = 50000/10000.
-    ``root`` is the ``cifar-10-batches-py`` folder or its parent.  If None,
-    searches ``$LOWBIT_DATA/cifar10`` and ``~/.cache/lowbit/cifar10`` (each
-    also with a ``cifar-10-batches-py`` subfolder).  The batch files are
-    Python pickles: only load files you trust.  Returned arrays are cached
-    and read-only.
+    Reads either official version: binary (``cifar-10-batches-bin``:
+    ``data_batch_1.bin`` .. ``data_batch_5.bin``, ``test_batch.bin``, each a
+    run of 3073-byte records: 1 label byte, then 1024 red, 1024 green and
+    1024 blue bytes, row-major) or python (``cifar-10-batches-py``:
+    ``data_batch_1`` .. ``data_batch_5``, ``test_batch``, each a pickled dict
+    with ``b'data'`` (N, 3072) uint8 and ``b'labels'``); the binary version
+    is preferred when both are there.  Both give identical arrays.
+
+    ``root`` is a batches folder or its parent.  If None, searches
+    ``$LOWBIT_DATA/cifar10`` and ``~/.cache/lowbit/cifar10`` (each also with
+    the two subfolders).  Python batches are read by an unpickler that
+    rebuilds only dicts, lists, bytes, str, ints and numeric numpy arrays: a
+    file naming any other global (a function it would call) raises
+    ValueError instead of running it.  Truncated or foreign files, wrong
+    shapes and labels outside 0..9 raise ValueError naming the file.
+    Returned arrays are cached and read-only.
     """
     if root is not None:
         bases = [Path(os.fspath(root)).expanduser()]
@@ -320,21 +511,20 @@ def cifar10(root=None):
         bases = _default_dirs("cifar10")
     looked = []
     for base in bases:
-        for d in (base, base / _CIFAR_DIR):
-            missing = [n for n in _CIFAR_FILES if not (d / n).is_file()]
-            if not missing:
-                files = [d / n for n in _CIFAR_FILES]
-                return _load_cifar_cached(str(d.resolve()), _stamp(files))
-            looked.append(_describe(d, missing))
+        files = _find_cifar(base, looked)
+        if files is not None:
+            return _load_cifar_cached(tuple(str(p.resolve()) for p in files), _stamp(files))
     env_note = "" if root is not None or os.environ.get("LOWBIT_DATA") else (
         "\n  ($LOWBIT_DATA/cifar10 skipped: LOWBIT_DATA is not set)"
     )
     raise FileNotFoundError(
-        "CIFAR-10 not found. Looked for " + ", ".join(_CIFAR_FILES) + " in:\n"
+        "CIFAR-10 not found. Looked for " + ", ".join(_CIFAR_BIN_FILES)
+        + " (binary version) or " + ", ".join(_CIFAR_FILES) + " (python version) in:\n"
         + "\n".join(looked) + env_note + "\n"
         "To get the data: download "
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract "
-        f"it into {_cache_dir('cifar10')} (or $LOWBIT_DATA/cifar10 and set "
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz (or "
+        "cifar-10-python.tar.gz) and extract it into "
+        f"{_cache_dir('cifar10')} (or $LOWBIT_DATA/cifar10 and set "
         "LOWBIT_DATA), or pass root=<folder>."
     )
 
