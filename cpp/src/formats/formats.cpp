@@ -37,26 +37,6 @@ LB_CLONES float max_abs(const float* x, int64_t n) {
   return m;
 }
 
-// Round to the (e, m) grid: the exponent of |x| (clamped at emin for subnormals) fixes
-// the spacing 2^(E - m); scaling by a power of two is exact, so one nearbyint (half to
-// even in the default rounding mode) is the only rounding.
-inline float round_minifloat(double x, int e, int m, bool sat, double maxv, int emin) {
-  if (x == 0.0 || std::isnan(x)) return float(x);  // keeps -0 and NaN
-  double a = std::fabs(x);
-  double q;
-  if (std::isinf(a)) {
-    q = sat ? maxv : a;
-  } else {
-    int ex;
-    std::frexp(a, &ex);
-    int E = std::max(ex - 1, emin);
-    double step = std::ldexp(1.0, E - m);
-    q = std::nearbyint(a / step) * step;
-    if (q > maxv) q = sat ? maxv : std::numeric_limits<double>::infinity();
-  }
-  return float(std::copysign(q, x));
-}
-
 // The same rounding, vectorisable, on float32 bit patterns: in the target's normal range
 // round-half-to-even to m mantissa bits is an integer add on the bits (a carry moves into
 // the exponent as it should); below 2^emin the grid spacing is the fixed 2^(emin - m).
@@ -315,21 +295,22 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
   }
 }
 
-float quantize_one(const Format& f, double x) {
-  if (f.kind == FormatKind::minifloat) {
-    const int bias = (1 << (f.exp_bits - 1)) - 1;
-    return round_minifloat(x, f.exp_bits, f.man_bits, f.saturate, minifloat_max(f.exp_bits, f.man_bits), 1 - bias);
-  }
+ScalarRounder::ScalarRounder(const Format& f) {
+  LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto),
+           "accumulator: expected a MiniFloat or a Fixed format with a given msb, got ", f.repr());
   if (f.kind == FormatKind::fixed) {
-    const double q = std::ldexp(1.0, f.msb + 1 - f.bits);
-    const double kmax = std::ldexp(1.0, f.bits - 1) - 1;
-    const double k = f.rounding == Rounding::floor ? std::floor(x / q) : std::nearbyint(x / q);
-    if (std::isnan(k)) return float(x);
-    if (f.overflow == Overflow::wrap)
-      return float(double(overflow_int(int64_t(std::min(std::max(k, -9e18), 9e18)), f.bits, f.overflow)) * q);
-    return float(std::min(std::max(k, -kmax - 1), kmax) * q);
+    fixed_ = true, floor_ = f.rounding == Rounding::floor, wrap_ = f.overflow == Overflow::wrap, bits_ = f.bits;
+    q_ = std::ldexp(1.0, f.msb + 1 - f.bits), inv_q_ = std::ldexp(1.0, f.bits - 1 - f.msb);
+    kmin_ = -std::ldexp(1.0, f.bits - 1), kmax_ = std::ldexp(1.0, f.bits - 1) - 1;
+    return;
   }
-  return float(x);
+  const int bias = (1 << (f.exp_bits - 1)) - 1, emin = 1 - bias;
+  drop_ = uint64_t(52 - f.man_bits);
+  half_ = (uint64_t(1) << (drop_ - 1)) - 1, mask_ = ~((uint64_t(1) << drop_) - 1);
+  min_normal_ = std::ldexp(1.0, emin);
+  sub_scale_ = std::ldexp(1.0, f.man_bits - emin), sub_step_ = std::ldexp(1.0, emin - f.man_bits);
+  maxv_ = minifloat_max(f.exp_bits, f.man_bits), sat_ = f.saturate;
+  inf_ = std::numeric_limits<double>::infinity();
 }
 
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n) {

@@ -1,6 +1,6 @@
 // Narrow-accumulator dot products (see accumulate.hpp for the definitions and order).
 // Each loop nest is written once over an accumulator policy: FloatAcc rounds the exact
-// (double) value of acc + a*b to a float or fixed-point grid; IntAcc adds k_a k_b in an
+// (double) value of acc + a*b to a float or fixed-point grid (ScalarRounder, format.hpp); IntAcc adds k_a k_b in an
 // integer register that saturates or wraps at every add.
 #include "lowbit/accumulate.hpp"
 
@@ -10,11 +10,13 @@ namespace lowbit {
 namespace {
 
 struct FloatAcc {
-  const Format* f;
+  ScalarRounder round;
   const float *a, *b;
   double v = 0;
   void reset() { v = 0; }
-  void mac(int64_t i, int64_t j) { v = quantize_one(*f, v + double(a[i]) * double(b[j])); }
+  // a*b of two floats is exact in double, and so is the sum for any realistic exponent
+  // gap: the only rounding is the accumulator's
+  void mac(int64_t i, int64_t j) { v = round(v + double(a[i]) * double(b[j])); }
   float result(int64_t /*row*/) const { return float(v); }
 };
 
@@ -88,7 +90,7 @@ void check_ints(const IntOperands& ints, const char* what) {
 void accum_conv_forward(const Format& f, const ConvGeometry& g, const Tensor& x, const Tensor& w, Tensor& z,
                         const IntOperands& ints) {
   const int64_t N = x.dim(0);
-  if (f.kind != FormatKind::integer) return conv_forward(FloatAcc{&f, x.data(), w.data()}, g, N, z.data());
+  if (f.kind != FormatKind::integer) return conv_forward(FloatAcc{ScalarRounder(f), x.data(), w.data()}, g, N, z.data());
   check_ints(ints, "Conv2D");
   const auto ka = to_integers(x, *ints.step_a), kb = to_integers(w, *ints.step_b);
   conv_forward(IntAcc{f.bits, f.overflow, ka.data(), kb.data(), ints.step_a->data(), ints.step_b->data(),
@@ -98,7 +100,7 @@ void accum_conv_forward(const Format& f, const ConvGeometry& g, const Tensor& x,
 
 void accum_dense_forward(const Format& f, const Tensor& x, const Tensor& w, Tensor& z, const IntOperands& ints) {
   const int64_t N = x.dim(0), K = w.dim(0), M = w.dim(1);
-  if (f.kind != FormatKind::integer) return dense_forward(FloatAcc{&f, x.data(), w.data()}, N, K, M, z.data());
+  if (f.kind != FormatKind::integer) return dense_forward(FloatAcc{ScalarRounder(f), x.data(), w.data()}, N, K, M, z.data());
   check_ints(ints, "Dense");
   const auto ka = to_integers(x, *ints.step_a), kb = to_integers(w, *ints.step_b);
   // a dense kernel (K, M) has no per-output-row storage: one weight step
@@ -108,7 +110,7 @@ void accum_dense_forward(const Format& f, const Tensor& x, const Tensor& w, Tens
 
 void accum_conv_backward_data(const Format& f, const ConvGeometry& g, const Tensor& dz, const Tensor& w, Tensor& dx) {
   const int64_t N = dz.dim(0), Cg = g.C / g.groups, Og = g.O / g.groups, OH = g.ph.out, OW = g.pw.out;
-  const FloatAcc proto{&f, dz.data(), w.data()};
+  const FloatAcc proto{ScalarRounder(f), dz.data(), w.data()};
 #pragma omp parallel for schedule(static)
   for (int64_t nc = 0; nc < N * g.C; ++nc) {
     FloatAcc acc = proto;
@@ -138,7 +140,7 @@ void accum_conv_backward_data(const Format& f, const ConvGeometry& g, const Tens
 void accum_conv_backward_weights(const Format& f, const ConvGeometry& g, const Tensor& x, const Tensor& dz,
                                  Tensor& dw) {
   const int64_t N = x.dim(0), Cg = g.C / g.groups, Og = g.O / g.groups, OH = g.ph.out, OW = g.pw.out;
-  const FloatAcc proto{&f, dz.data(), x.data()};
+  const FloatAcc proto{ScalarRounder(f), dz.data(), x.data()};
 #pragma omp parallel for schedule(static)
   for (int64_t oc = 0; oc < g.O * Cg; ++oc) {
     FloatAcc acc = proto;
@@ -163,7 +165,7 @@ void accum_conv_backward_weights(const Format& f, const ConvGeometry& g, const T
 
 void accum_dense_backward_data(const Format& f, const Tensor& dz, const Tensor& w, Tensor& dx) {
   const int64_t N = dz.dim(0), K = w.dim(0), M = w.dim(1);
-  const FloatAcc proto{&f, dz.data(), w.data()};
+  const FloatAcc proto{ScalarRounder(f), dz.data(), w.data()};
 #pragma omp parallel for schedule(static)
   for (int64_t nk = 0; nk < N * K; ++nk) {
     FloatAcc acc = proto;
@@ -175,7 +177,7 @@ void accum_dense_backward_data(const Format& f, const Tensor& dz, const Tensor& 
 
 void accum_dense_backward_weights(const Format& f, const Tensor& x, const Tensor& dz, Tensor& dw) {
   const int64_t N = x.dim(0), K = x.inner(), M = dz.inner();
-  const FloatAcc proto{&f, x.data(), dz.data()};
+  const FloatAcc proto{ScalarRounder(f), x.data(), dz.data()};
 #pragma omp parallel for schedule(static)
   for (int64_t km = 0; km < K * M; ++km) {
     FloatAcc acc = proto;
@@ -188,7 +190,7 @@ void accum_dense_backward_weights(const Format& f, const Tensor& x, const Tensor
 void accum_bias_backward(const Format& f, const float* dy, int64_t N, int64_t C, int64_t S, float* db) {
   static const float one = 1.f;
   for (int64_t c = 0; c < C; ++c) {
-    FloatAcc acc{&f, dy, &one};
+    FloatAcc acc{ScalarRounder(f), dy, &one};
     for (int64_t n = 0; n < N; ++n)
       for (int64_t s = 0; s < S; ++s) acc.mac((n * C + c) * S + s, 0);
     db[c] = acc.result(0);
