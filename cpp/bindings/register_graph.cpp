@@ -138,6 +138,12 @@ void register_graph(py::module_& m) {
           for (auto& p : n.op->params) r.append(py::make_tuple(p.name, p.value.shape, p.trainable));
         return r;
       })
+      .def("set_trainable", [](Graph& g, int i, int k, bool trainable) {
+        auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
+        LB_CHECK(n.op && k >= 0 && size_t(k) < n.op->params.size(), "set_trainable: node ", i, " has no parameter ", k);
+        n.op->params[size_t(k)].trainable = trainable;
+      }, py::arg("node"), py::arg("k"), py::arg("trainable"),
+           "Whether the optimizer updates parameter k of node i (a frozen layer keeps its weights).")
       .def("get_param", [](Graph& g, int i, int k) {
         auto& p = const_cast<Node&>(g.nodes().at(size_t(i))).op->params.at(size_t(k));
         farray a(p.value.shape);

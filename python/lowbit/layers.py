@@ -110,7 +110,9 @@ class SymbolicTensor:
 
 
 class Layer:
-    """Base class. ``ops()`` lists the engine ops as (kind, config) pairs."""
+    """Base class. ``ops()`` lists the engine ops as (kind, config) pairs.
+    ``trainable = False`` freezes the layer's weights (the optimizer skips them); as in
+    Keras it takes effect at the next ``model.compile()``."""
 
     _count: dict = {}
 
@@ -119,6 +121,7 @@ class Layer:
         Layer._count[base] = Layer._count.get(base, 0) + 1
         self.name = name or f"{base}_{Layer._count[base]}"
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+        self.trainable = True
 
     def ops(self):  # pragma: no cover - abstract
         raise NotImplementedError

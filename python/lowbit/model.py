@@ -139,6 +139,12 @@ class Model:
             layers.append((layer, nodes))
         g.set_output(node_of[id(outputs)])
         g.init_params(self.seed)
+        for layer, nodes in layers:  # frozen layers: the optimizer skips their parameters
+            if not getattr(layer, "trainable", True):
+                for n in nodes:
+                    for k, (_, _, trainable) in enumerate(g.node_params(n)):
+                        if trainable:
+                            g.set_trainable(n, k, False)
         self._graph, self._layers, self._io = g, layers, (inputs, outputs)
         self._layer_inputs = {id(t.layer): [node_of[id(u)] for u in t.inputs] for t in order if t.inputs}
         self.input_shape = tuple(inputs.layer.input_shape)
@@ -262,7 +268,7 @@ class Model:
         ``precision``: a preset name ('fp32', 'fp16', 'bf16', 'fixed16', 'fixed8', 'int8',
         'binary', 'w1a8', 'fw16bw32', 'fw16bw16') or an ``lb.Precision`` - see
         ``lowbit.precision``. Changing the precision rebuilds the engine graph; weights are
-        kept, optimizer state starts afresh."""
+        kept, optimizer state starts afresh, and layers' ``trainable`` flags take effect."""
         if not isinstance(loss, str) or loss.lower() not in _LOSS_ALIASES:
             raise ValueError(f"compile: unknown loss {loss!r} (expected one of {', '.join(LOSSES)})")
         for m in metrics or []:
