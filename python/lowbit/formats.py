@@ -28,7 +28,7 @@ import numpy as np
 from . import _core
 
 __all__ = ["Format", "Float32", "Float16", "BFloat16", "MiniFloat", "Fixed", "Int", "Binary", "Ternary",
-           "msb_from_percentile", "get"]
+           "msb_from_percentile", "get", "from_config"]
 
 STE_RULES = ("identity", "clipped", "hardtanh", "approx_sign", "none")
 
@@ -243,6 +243,41 @@ def msb_from_percentile(x, percentile=99.99):
     if a.size == 0:
         raise ValueError("msb_from_percentile: empty input")
     return int(_core.msb_from_percentile(a, float(percentile)))
+
+
+def from_config(cfg):
+    """The Format whose ``config()`` is ``cfg`` (a saved model's formats)."""
+    if not isinstance(cfg, dict) or "kind" not in cfg:
+        raise ValueError(f"from_config: expected a format config dict with a 'kind', got {cfg!r}")
+    c, kind = dict(cfg), cfg["kind"]
+    if kind == "float32":
+        return Float32()
+    if kind == "minifloat":
+        e, m, sat = int(c["exp_bits"]), int(c["man_bits"]), bool(c.get("saturate", True))
+        if not sat and (e, m) == (5, 10):
+            return Float16(ste=c.get("ste", "identity"))
+        if not sat and (e, m) == (8, 7):
+            return BFloat16(ste=c.get("ste", "identity"))
+        return MiniFloat(e, m, saturate=sat, ste=c.get("ste", "identity"))
+    if kind == "fixed":
+        auto = bool(c.get("msb_auto", 0))
+        f = Fixed(int(c["bits"]), msb="auto" if auto else int(c["msb"]), rounding=c.get("rounding", "nearest"),
+                  ste=c.get("ste", "identity"), seed=int(c.get("seed", 0)), overflow=c.get("overflow", "saturate"))
+        if auto and int(c.get("msb", 0)) != 0:  # an auto MSB that calibration had chosen
+            f._q.set_msb(int(c["msb"]))
+            f._config["msb"], f._calibrated = int(c["msb"]), True
+        return f
+    if kind == "int":
+        return Int(int(c["bits"]), symmetric=bool(c.get("symmetric", 1)), per_channel=bool(c.get("per_channel", 0)),
+                   calibration=c.get("calibration", "minmax"), ste=c.get("ste", "identity"),
+                   overflow=c.get("overflow", "saturate"))
+    if kind == "binary":
+        scale = c.get("scale", "none")
+        return Binary(scale=None if scale == "none" else scale, hysteresis=float(c.get("hysteresis", 0.0)),
+                      ste=c.get("ste", "clipped"))
+    if kind == "ternary":
+        return Ternary(threshold=c.get("threshold"), ste=c.get("ste", "clipped"))
+    raise ValueError(f"from_config: unknown format kind {kind!r}")
 
 
 _ALIASES = {"fp32": Float32, "float32": Float32, "fp16": Float16, "float16": Float16, "bf16": BFloat16,
