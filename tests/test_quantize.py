@@ -338,8 +338,11 @@ def test_progressive_resumes_after_interruption(trained, digits, tmp_path):
                       callbacks=[StopInPhase2()], **kw)
     state = json.loads((tmp_path / "b" / "progress.json").read_text())
     assert state["phases_done"] == 1 and os.listdir(tmp_path / "b").count("phase_001.npz") == 1
-    resumed = small_cnn(seed=9)  # any model of the architecture: the checkpoint has the rest
-    resumed.compile(lb.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
+    other = small_cnn(seed=9)  # not the model the run started from
+    other.compile(lb.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
+    with pytest.raises(ValueError, match="start_weights"):
+        Q.progressive(other, train, val, checkpoint_dir=str(tmp_path / "b"), **kw)
+    resumed = fresh_copy(trained)
     h2 = Q.progressive(resumed, train, val, checkpoint_dir=str(tmp_path / "b"), **kw)
     key = ["epoch", "phase", "unit", "bits", "loss", "accuracy", "val_loss", "val_accuracy"]
     assert [[r[k] for k in key] for r in h2.rows] == [[r[k] for k in key] for r in h1.rows]

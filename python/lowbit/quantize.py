@@ -32,12 +32,32 @@ import numpy as np
 from . import formats as F
 from .table import Table
 
-__all__ = ["PERCENTILES", "STRATEGIES", "ORDERS", "SCHEMES", "Scheme", "Histogram", "Extraction", "Limits",
+__all__ = ["PERCENTILES", "SEED", "STRATEGIES", "ORDERS", "SCHEMES", "Scheme", "Histogram", "Extraction", "Limits",
            "ProgressiveHistory", "kernel_layers", "units", "extract", "percentile_limits", "msb_from_limits",
            "msb_table", "copy_model", "quantize_weights", "quantize_layers", "clear_quantization", "layer_formats",
            "apply_layer_formats", "fold_batch_norm", "grl_schedule", "progressive"]
 
 PERCENTILES = (95, 98, 99.9, 99.99)
+
+# The seed's figures (SqueezeNet v1.1 on ImageNet, top-1 %, fp32 base 51%): one definition,
+# for the notebook and the tables that print ours next to them.
+SEED = {
+    "base": 51.0,
+    # Table 4: kernel clipping at the MSB of each percentile (32-bit resolution)
+    "kernel_clipping": {99.99: (0, 49.1), 99.9: (-1, 16.4), 98: (-2, 0.17)},
+    # Tables 5 and 6: kernel bits at MSB 0, off-model and on-model
+    "kernel_bits": {16: (48.2, 49.3), 8: (7.16, 7.3), 4: (0.14, 0.11)},
+    # Table 9: static on-model w-i-o, MSB 0 (kernel) and 9 (input, output)
+    "static": {(8, 6, 6): 0.08, (8, 8, 8): 0.25, (16, 8, 8): 43.9, (16, 16, 16): 47.59},
+    # Table 10: Quantize-and-Lock, generic MSB, by epochs per layer
+    "qal_generic": {((8, 6, 6), 10): 0.41, ((8, 6, 6), 100): 6.28, ((8, 8, 8), 10): 36.3, ((8, 8, 8), 100): 44.9},
+    # Table 12: Quantize-and-Lock with the 98% per-layer MSBs, 100 epochs per layer
+    "qal_custom": {((8, 6, 6), 100): 30.31, ((8, 8, 8), 100): 45.6},
+    # Table 13: 10 epochs per layer, custom MSB: (Quantize-and-Lock, Quantize-while-Train)
+    "qal_vs_qwt": {(8, 6, 6): (3.97, 44.5), (6, 6, 6): (0.15, 37.16), (4, 4, 4): (0.1, 0.14)},
+    # Table 14: Quantize-while-Train, 100 epochs per layer
+    "qwt_long": {(6, 6, 6): 41.30, (4, 4, 4): 0.19},
+}
 ROLES = ("kernel", "input", "output")
 _FORMAT_ROLE = {"kernel": "weight", "input": "input", "output": "output"}
 STRATEGIES = ("quantize_and_lock", "quantize_while_train", "gradual_resolution_loss")
@@ -781,6 +801,17 @@ class ProgressiveHistory(Table):
         return dict(super().to_dict(), phases=self.phases, settings=self.settings)
 
 
+def _fingerprint(model):
+    """A hash of the weights and data-independent layout: a run resumes only from the same
+    starting model."""
+    import hashlib
+    h = hashlib.sha1()
+    for w in model.get_weights():
+        h.update(str(w.shape).encode())
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
 def _write_json(path, obj):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -811,8 +842,8 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
     ``msb`` as in ``quantize_layers``, chosen for each unit when it is quantized, on the
     first ``calibration_samples`` training images passed through the model as it is then.
     ``relax_epochs``: training after the last phase. ``checkpoint_dir``: weights and
-    progress after every phase; a later call with the same settings resumes after the last
-    finished phase. Frozen flags are restored at the end (the model stays quantized).
+    progress after every phase; a later call with the same settings and starting model
+    resumes after the last finished phase. Frozen flags are restored at the end (the model stays quantized).
     ``seed`` fixes the order, shuffling and dropout. Returns a ProgressiveHistory."""
     if strategy not in STRATEGIES:
         raise ValueError(f"progressive: unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
@@ -846,7 +877,8 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
                 {k: list(v) for k, v in msb.items()}, "epochs_per_layer": epochs, "order": order,
                 "relax_epochs": relax, "scheme": sch.config(), "steps": list(steps), "grouping": grouping,
                 "batch_size": int(batch_size), "calibration_samples": int(calibration_samples), "seed": seed,
-                "units": [p[0] for p in phases], "train_samples": int(len(x)), "model": model.name}
+                "units": [p[0] for p in phases], "train_samples": int(len(x)), "model": model.name,
+                "start_weights": _fingerprint(model)}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
     frozen_before = {k.name: k.trainable for k in kernel_layers(model)}
     rows, done_phases, start = [], [], 0
