@@ -301,8 +301,8 @@ def cmd_summary(a):
     for name, fm in formats.items():
         print(f"{name}: " + ", ".join(f"{r} {lb.formats.from_config(c)!r}" for r, c in fm.items()))
     results = {"params": model.count_params(), "layer_formats": formats}
-    if table is not None and hasattr(table, "to_dict"):
-        results["summary"] = table.to_dict()
+    if hasattr(table, "rows"):  # lowbit.summary.Summary: per-layer rows and totals
+        results["summary"] = {"rows": table.rows, "totals": table.totals}
     return _finish(a, t0, results, model)
 
 
@@ -369,24 +369,20 @@ def cmd_info(a):
 
 
 # ----------------------------------------------------------------------------- parser
-def _positive(v):
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return n
+def _int_at_least(lo, what):
+    def parse(v):
+        try:
+            n = int(v)
+        except ValueError:
+            n = None
+        if n is None or n < lo:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}")
+        return n
+    return parse
 
 
-def _count(v):
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}")
-    return n
+_positive = _int_at_least(1, "a positive integer")
+_count = _int_at_least(0, "an integer >= 0")
 
 
 def _common():
