@@ -70,7 +70,7 @@ constexpr int kRows = 6;  // rows per micro-tile: 6 x 4 accumulators of 8 lanes
 struct Epilogue {
   float* y;
   int64_t ld, jmax;
-  const float* scale;
+  const float* scale;  // never null (ones / zeros when the caller gave none)
   const float* bias;
   bool per_lane;  // scale/bias indexed by lane j (dense) or by row r (conv)
   int32_t kbits;
@@ -109,7 +109,7 @@ void tile_portable(const uint64_t* P, int64_t ldp, int rows, const uint64_t* Q, 
       if (e.wp && j % e.wp >= e.ow) continue;
       const int32_t d = e.kbits - 2 * int32_t(acc[i][l]) - e.correction(r, j);
       const int64_t yi = e.wp ? (j / e.wp) * e.ow + j % e.wp : j;
-      e.y[r * e.ld + yi] = affine(d, e.scale ? e.scale[at] : 1.f, e.bias ? e.bias[at] : 0.f);
+      e.y[r * e.ld + yi] = affine(d, e.scale[at], e.bias[at]);
     }
   }
 }
@@ -147,9 +147,16 @@ LaneRuns lane_runs(const Epilogue& e, int64_t j) {
   return lr;
 }
 
-template <int R>
+// What a task's 4 lane vectors share across all rows: their store runs and, with
+// per-lane affine (dense), their scale and bias.
+struct LanePlan {
+  LaneRuns runs[4];
+  __m256 scale[4], bias[4];
+};
+
+template <int R, bool PerLane, bool Corr>
 LB_NATIVE inline void tile_native(const uint64_t* P, int64_t ldp, const uint64_t* Q, const int64_t* koff, int64_t kw,
-                                  int64_t r0, int64_t j0, const Epilogue& e, const LaneRuns* runs) {
+                                  int64_t r0, int64_t j0, const Epilogue& e, const LanePlan& plan) {
   __m512i acc[R][4];
   for (int i = 0; i < R; ++i)
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_si512();
@@ -168,44 +175,55 @@ LB_NATIVE inline void tile_native(const uint64_t* P, int64_t ldp, const uint64_t
   const __m512i kb = _mm512_set1_epi64(e.kbits);
   for (int i = 0; i < R; ++i) {
     const int64_t r = r0 + i;
+    float* yr = e.y + r * e.ld + j0;
+    const int32_t* cr = Corr ? e.corr + r * e.classes * e.wp + j0 : nullptr;
+    const __m256 rs = _mm256_set1_ps(PerLane ? 1.f : e.scale[r]), rb = _mm256_set1_ps(PerLane ? 0.f : e.bias[r]);
     for (int v = 0; v < 4; ++v) {
-      const LaneRuns& lr = runs[v];
-      if (!lr.n) continue;
-      const int64_t j = j0 + 8 * v;
+      const LaneRuns& lr = plan.runs[v];
+      if (!lr.n) break;  // only the last block of lanes has empty vectors, at its end
       __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(kb, _mm512_slli_epi64(acc[i][v], 1)));
-      const __mmask8 any = e.jmax - j >= 8 ? __mmask8(0xFF) : __mmask8((1u << (e.jmax - j)) - 1);
-      if (e.corr)  // per run: the class table row of that output row
+      if (Corr)  // per run: the row of the class table of that output row
         for (int t = 0; t < lr.n; ++t)
-          d = _mm256_sub_epi32(d, _mm256_maskz_loadu_epi32(lr.mask[t], e.corr + r * e.classes * e.wp + j + lr.corr_shift[t]));
-      __m256 s, b;
-      if (e.per_lane) {
-        s = e.scale ? _mm256_maskz_loadu_ps(any, e.scale + j) : _mm256_set1_ps(1.f);
-        b = e.bias ? _mm256_maskz_loadu_ps(any, e.bias + j) : _mm256_setzero_ps();
-      } else {
-        s = _mm256_set1_ps(e.scale ? e.scale[r] : 1.f);
-        b = _mm256_set1_ps(e.bias ? e.bias[r] : 0.f);
-      }
-      const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), s), b);
-      for (int t = 0; t < lr.n; ++t) _mm256_mask_storeu_ps(e.y + r * e.ld + j + lr.shift[t], lr.mask[t], y);
+          d = _mm256_sub_epi32(d, _mm256_maskz_loadu_epi32(lr.mask[t], cr + 8 * v + lr.corr_shift[t]));
+      const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), PerLane ? plan.scale[v] : rs),
+                                     PerLane ? plan.bias[v] : rb);
+      for (int t = 0; t < lr.n; ++t) _mm256_mask_storeu_ps(yr + 8 * v + lr.shift[t], lr.mask[t], y);
     }
+  }
+}
+
+template <bool PerLane, bool Corr>
+LB_NATIVE void rows_native_t(const uint64_t* P, int64_t rows, int64_t ldp, const uint64_t* Q, const int64_t* koff,
+                             int64_t kw, int64_t j0, const Epilogue& e, const LanePlan& plan) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows)
+    tile_native<kRows, PerLane, Corr>(P + r * ldp, ldp, Q, koff, kw, r, j0, e, plan);
+  const uint64_t* p = P + r * ldp;
+  switch (rows - r) {
+    case 5: tile_native<5, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    case 4: tile_native<4, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    case 3: tile_native<3, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    case 2: tile_native<2, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    case 1: tile_native<1, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    default: break;
   }
 }
 
 LB_NATIVE void rows_native(const uint64_t* P, int64_t rows, int64_t ldp, const uint64_t* Q, const int64_t* koff,
                            int64_t kw, int64_t j0, const Epilogue& e) {
-  LaneRuns runs[4];
-  for (int v = 0; v < 4; ++v) runs[v] = lane_runs(e, j0 + 8 * v);
-  int64_t r = 0;
-  for (; r + kRows <= rows; r += kRows) tile_native<kRows>(P + r * ldp, ldp, Q, koff, kw, r, j0, e, runs);
-  const uint64_t* p = P + r * ldp;
-  switch (rows - r) {
-    case 5: tile_native<5>(p, ldp, Q, koff, kw, r, j0, e, runs); break;
-    case 4: tile_native<4>(p, ldp, Q, koff, kw, r, j0, e, runs); break;
-    case 3: tile_native<3>(p, ldp, Q, koff, kw, r, j0, e, runs); break;
-    case 2: tile_native<2>(p, ldp, Q, koff, kw, r, j0, e, runs); break;
-    case 1: tile_native<1>(p, ldp, Q, koff, kw, r, j0, e, runs); break;
-    default: break;
+  LanePlan plan;
+  for (int v = 0; v < 4; ++v) {
+    const int64_t j = j0 + 8 * v;
+    plan.runs[v] = lane_runs(e, j);
+    if (e.per_lane && j < e.jmax) {
+      const __mmask8 m = e.jmax - j >= 8 ? __mmask8(0xFF) : __mmask8((1u << (e.jmax - j)) - 1);
+      plan.scale[v] = _mm256_maskz_loadu_ps(m, e.scale + j);
+      plan.bias[v] = _mm256_maskz_loadu_ps(m, e.bias + j);
+    }
   }
+  if (e.per_lane) rows_native_t<true, false>(P, rows, ldp, Q, koff, kw, j0, e, plan);
+  else if (e.corr) rows_native_t<false, true>(P, rows, ldp, Q, koff, kw, j0, e, plan);
+  else rows_native_t<false, false>(P, rows, ldp, Q, koff, kw, j0, e, plan);
 }
 
 void rows_xnor(Path p, const uint64_t* P, int64_t rows, int64_t ldp, const uint64_t* Q, const int64_t* koff,
@@ -267,23 +285,29 @@ void pack_image_portable(const float* x, const Planes& g, uint64_t* img) {
 // 8 positions x 8 channels at a time: a compare mask per channel (8 position bits),
 // spread by PDEP to one bit per byte, shifted to the channel's bit: byte p of the
 // result is byte (c % 64) / 8 of position p's word.
+// Channel groups outermost: 8 input rows stream through (prefetch-friendly), while the
+// byte stores land in the image's planes, which stay in cache.
 LB_NATIVE void pack_image_native(const float* x, const Planes& g, uint64_t* img) {
   const __m256 zero = _mm256_setzero_ps();
-  for (int64_t h = 0; h < g.H; ++h)
-    for (int64_t w0 = 0; w0 < g.W; w0 += 8) {
-      const int n = int(std::min<int64_t>(8, g.W - w0));
-      const __mmask8 valid = __mmask8((1u << n) - 1);
-      for (int64_t c0 = 0; c0 < g.C; c0 += 8) {
+  const int64_t HW = g.H * g.W;
+  for (int64_t c0 = 0; c0 < g.C; c0 += 8) {
+    const int nc = int(std::min<int64_t>(8, g.C - c0));
+    const float* xc = x + c0 * HW;
+    for (int64_t h = 0; h < g.H; ++h) {
+      uint8_t* o = reinterpret_cast<uint8_t*>(g.at(img, c0, h, 0)) + (c0 % 64) / 8;
+      for (int64_t w0 = 0; w0 < g.W; w0 += 8) {
+        const int n = int(std::min<int64_t>(8, g.W - w0));
+        const __mmask8 valid = __mmask8((1u << n) - 1);
+        const float* xp = xc + h * g.W + w0;
         uint64_t spread = 0;
-        for (int64_t j = 0; j < 8 && c0 + j < g.C; ++j) {
-          const __m256 v = _mm256_maskz_loadu_ps(valid, x + ((c0 + j) * g.H + h) * g.W + w0);
-          const unsigned m = _mm256_mask_cmp_ps_mask(valid, v, zero, _CMP_LT_OQ);
+        for (int j = 0; j < nc; ++j) {
+          const unsigned m = _mm256_mask_cmp_ps_mask(valid, _mm256_maskz_loadu_ps(valid, xp + j * HW), zero, _CMP_LT_OQ);
           spread |= _pdep_u64(m, 0x0101010101010101ull) << j;
         }
-        uint8_t* o = reinterpret_cast<uint8_t*>(g.at(img, c0, h, w0)) + (c0 % 64) / 8;
-        for (int p = 0; p < n; ++p) o[8 * p] = uint8_t(spread >> (8 * p));
+        for (int p = 0; p < n; ++p) o[8 * (w0 + p)] = uint8_t(spread >> (8 * p));
       }
     }
+  }
 }
 
 }  // namespace
@@ -328,6 +352,19 @@ BinaryWeights pack_conv_weights(const float* w, int64_t O, int64_t C, int64_t kh
 }
 
 namespace {
+// The caller's scale and bias, or ones and zeros.
+struct Affine {
+  std::vector<float> own;
+  const float *scale, *bias;
+  Affine(const float* s, const float* b, int64_t n) : scale(s), bias(b) {
+    if (s && b) return;
+    own.assign(size_t(2 * n), 0.f);
+    std::fill(own.begin(), own.begin() + n, 1.f);
+    if (!s) scale = own.data();
+    if (!b) bias = own.data() + n;
+  }
+};
+
 std::vector<int64_t> lane_block_offsets(int64_t kw) {
   std::vector<int64_t> koff(static_cast<size_t>(kw));
   for (int64_t k = 0; k < kw; ++k) koff[size_t(k)] = k * kLanes;
@@ -340,7 +377,8 @@ void binary_dense(const float* x, int64_t N, const BinaryWeights& w, const float
   LB_CHECK(!w.conv, "binary_dense: got convolution weights");
   std::vector<uint64_t> xp(size_t(N * w.kwords));
   pack_signs(x, N, w.in_channels, xp.data(), p);
-  const Epilogue e{y, w.out_channels, w.out_channels, scale, bias, true, int32_t(w.kbits)};
+  const Affine a(scale, bias, w.out_channels);
+  const Epilogue e{y, w.out_channels, w.out_channels, a.scale, a.bias, true, int32_t(w.kbits)};
   const std::vector<int64_t> koff = lane_block_offsets(w.kwords);
   const int64_t blocks = (w.out_channels + kLanes - 1) / kLanes;
 #pragma omp parallel for schedule(static)
@@ -410,6 +448,8 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
           }
   }
 
+  const Affine a(scale, bias, O);
+
   // Reduction word k = (tap, c) of lane position j: plane c, offset of the tap.
   std::vector<int64_t> koff = lane_block_offsets(w.kwords);
   if (direct)
@@ -437,7 +477,7 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
         }
         Q = q.data();
       }
-      Epilogue e{y + n * O * P, P, grid, scale, bias, false, int32_t(w.kbits), row, OW};
+      Epilogue e{y + n * O * P, P, grid, a.scale, a.bias, false, int32_t(w.kbits), row, OW};
       if (!corr.empty()) e.corr = corr.data(), e.row_class = row_class.data(), e.classes = classes;
       rows_xnor(p, w.bits.data(), O, w.kwords, Q, koff.data(), w.kwords, pb * kLanes, e);
     }
