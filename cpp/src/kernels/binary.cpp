@@ -157,13 +157,17 @@ struct LanePlan {
 template <int R, bool PerLane, bool Corr>
 LB_NATIVE inline void tile_native(const uint64_t* P, int64_t ldp, const uint64_t* Q, const int64_t* koff, int64_t kw,
                                   int64_t r0, int64_t j0, const Epilogue& e, const LanePlan& plan) {
+  // Loops over i and v are unrolled so that the accumulators live in registers.
   __m512i acc[R][4];
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_si512();
   for (int64_t k = 0; k < kw; ++k) {
     const uint64_t* q = Q + koff[k];
     const __m512i q0 = _mm512_loadu_si512(q), q1 = _mm512_loadu_si512(q + 8), q2 = _mm512_loadu_si512(q + 16),
                   q3 = _mm512_loadu_si512(q + 24);
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const __m512i a = _mm512_set1_epi64(int64_t(P[i * ldp + k]));
       acc[i][0] = _mm512_add_epi64(acc[i][0], _mm512_popcnt_epi64(_mm512_xor_si512(a, q0)));
@@ -173,14 +177,15 @@ LB_NATIVE inline void tile_native(const uint64_t* P, int64_t ldp, const uint64_t
     }
   }
   const __m512i kb = _mm512_set1_epi64(e.kbits);
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     const int64_t r = r0 + i;
     float* yr = e.y + r * e.ld + j0;
     const int32_t* cr = Corr ? e.corr + r * e.classes * e.wp + j0 : nullptr;
     const __m256 rs = _mm256_set1_ps(PerLane ? 1.f : e.scale[r]), rb = _mm256_set1_ps(PerLane ? 0.f : e.bias[r]);
+#pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       const LaneRuns& lr = plan.runs[v];
-      if (!lr.n) break;  // only the last block of lanes has empty vectors, at its end
       __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(kb, _mm512_slli_epi64(acc[i][v], 1)));
       if (Corr)  // per run: the row of the class table of that output row
         for (int t = 0; t < lr.n; ++t)
