@@ -12,7 +12,8 @@ binary multiply-accumulate; peak = VPOPCNTQ throughput x threads).
 Timing: fp32 and binary calls are interleaved; each figure is the best of --reps runs,
 by wall clock and by the process's CPU time (on a shared machine the wall clock of a
 long call includes time the scheduler gave to others; CPU time does not, but counts
-OpenMP threads' spin-waits). Weights are packed once, as for inference; the packing
+OpenMP threads' spin-waits). GMAC/s and the fraction of peak use min(wall, CPU / threads).
+Weights are packed once, as for inference; the packing
 time is printed apart. Activations are packed inside every binary call.
 """
 from __future__ import annotations
@@ -130,8 +131,9 @@ def main():
             best = measure(calls, a.reps)
             fw, fc = best["fp32 oneDNN"]
             for k, (w, c) in best.items():
-                per = macs / w / 1e9
-                frac = f"{macs / w / (peak * threads):8.0%}" if peak and k != "fp32 oneDNN" else ""
+                busy = min(w, c / threads)  # running time: wall clock less time spent descheduled
+                per = macs / busy / 1e9
+                frac = f"{macs / busy / (peak * threads):8.0%}" if peak and k != "fp32 oneDNN" else ""
                 ratio = "" if k == "fp32 oneDNN" else f"{fw / w:11.1f}x{fc / c:10.1f}x"
                 print(f"{name:<28}{threads:>4}{k:>18}{w * 1e3:10.2f}{c * 1e3:9.2f}{per:9.0f}{ratio:>23}{frac:>9}")
             print(f"{'':<32}(weights packed once in {pack_s * 1e3:.1f} ms: {packed.memory_bytes / 1024:.0f} KiB "
