@@ -193,3 +193,63 @@ def test_bad_arguments_raise(rng):
     if not NATIVE:
         with pytest.raises(ValueError, match="VPOPCNTDQ"):
             K.binary_dense(x, w, path="native")
+
+
+def binary_net(seed=0):
+    """Binary x Binary convs (odd size, 'same', stride 2, 1x1, 16+ channels so that blocked
+    layouts flow between conv and batch norm), a binary Dense, fp32 first and last layers."""
+    b = dict(weight_format=F.Binary(), input_format=F.Binary())
+    return lb.Sequential([
+        L.Conv2D(16, 3, padding="same", input_shape=(3, 11, 11)),
+        L.BatchNormalization(),
+        L.Conv2D(32, 3, padding="same", **b),
+        L.BatchNormalization(),
+        L.Conv2D(70, 3, strides=2, padding="same", **b),
+        L.Conv2D(33, 1, **b),
+        L.Flatten(),
+        L.Dense(45, **b),
+        L.Dense(10, activation="softmax"),
+    ], seed=seed)
+
+
+def predict_both_ways(m, x):
+    was = K.use_in_engine(True)
+    try:
+        calls = K.info()["engine_binary_calls"]
+        fast = m.predict(x, batch_size=7)
+        used = K.info()["engine_binary_calls"] - calls
+        K.use_in_engine(False)
+        calls = K.info()["engine_binary_calls"]
+        sim = m.predict(x, batch_size=7)
+        assert K.info()["engine_binary_calls"] == calls, "kernels ran with use_in_engine(False)"
+    finally:
+        K.use_in_engine(was)
+    return fast, sim, used
+
+
+def test_engine_predict_and_evaluate_equal_the_simulated_model_exactly(rng):
+    m = binary_net()
+    m.compile(lb.optimizers.Adam(1e-2), "categorical_crossentropy", metrics=["accuracy"])
+    x = rng.normal(size=(20, 3, 11, 11)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 20)]
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0)  # trained weights and BN statistics
+    fast, sim, used = predict_both_ways(m, x)
+    assert used == 4 * 3  # four binary layers, three batches of 7
+    np.testing.assert_array_equal(fast, sim)
+    K.use_in_engine(False)
+    try:
+        ev_sim = m.evaluate(x, y, batch_size=6)
+    finally:
+        K.use_in_engine(True)
+    assert m.evaluate(x, y, batch_size=6) == ev_sim
+
+
+def test_engine_keeps_scaled_binary_formats_simulated(rng):
+    """The 'binary' preset scales weights per channel (mean |w|): the simulation's rounded
+    partial sums are not reproducible, so these layers stay on the simulated path."""
+    m = lb.models.lenet(seed=0)
+    m.compile(lb.optimizers.Adam(1e-3), precision="binary")
+    x = rng.normal(size=(14, 1, 28, 28)).astype(np.float32)
+    fast, sim, used = predict_both_ways(m, x)
+    assert used == 0
+    np.testing.assert_array_equal(fast, sim)

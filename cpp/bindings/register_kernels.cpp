@@ -28,6 +28,8 @@ void register_kernels(py::module_& m) {
     d["binary"] = path_name(binary_path());
     d["binary_native_supported"] = binary_native_supported();
     d["portable_forced"] = portable_forced();
+    d["engine"] = engine_kernels_enabled();
+    d["engine_binary_calls"] = engine_kernel_calls();
     return d;
   }, "Which kernel path each low-precision layer uses on this CPU.");
 
@@ -105,6 +107,9 @@ void register_kernels(py::module_& m) {
     return y;
   }, py::arg("x"), py::arg("w"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
      py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("path") = "auto");
+
+  m.def("set_engine_kernels", &set_engine_kernels, py::arg("on"));
+  m.def("engine_kernels_enabled", &engine_kernels_enabled);
 
   m.def("popcount_peak", &popcount_peak_bits_per_s, py::arg("seconds") = 0.2,
         "Measured VPOPCNTQ throughput of one thread, in bits per second.");

@@ -12,6 +12,14 @@ A convolution's zero padding is exact: a padded tap adds 0, as in the simulated 
 ``info()`` tells which path this CPU uses: ``"avx512_vpopcntdq"`` (AVX-512 VPOPCNTDQ) or
 ``"portable"``. ``LOWBIT_PORTABLE_KERNELS=1`` in the environment forces the portable
 path; every function also takes ``path="auto" | "native" | "portable"``.
+
+The engine runs Conv2D/Dense layers whose input and weight formats are both ``Binary()``
+(no scale) on these kernels in ``evaluate``/``predict`` (training keeps the simulated
+layers, whose gradients it needs), with the same numbers exactly; ``use_in_engine(False)``
+switches back to the simulated layers. Scaled Binary formats stay simulated: there the
+fp32 partial sums of +-alpha terms round (a zero dot comes out as +-1 ulp, whose sign the
+next binary layer sees), which no kernel reproduces; pass the scales to
+``binary_conv2d``/``binary_dense`` as ``scale`` to apply them once to the exact dot.
 """
 from __future__ import annotations
 
@@ -27,10 +35,20 @@ BinaryWeights = _core.BinaryWeights
 
 def info():
     """{'binary': path used by default, 'binary_native_supported', 'portable_forced',
-    and the CPU features the engine sees}."""
+    'engine': whether evaluate/predict use the kernels, 'engine_binary_calls': layer calls
+    run on them so far, and the CPU features the engine sees}."""
     d = dict(_core.kernel_info())
     d["cpu"] = {k: v for k, v in _core.build_info().items() if k.startswith("avx")}
     return d
+
+
+def use_in_engine(on=None):
+    """Whether evaluate/predict run Binary x Binary layers on the kernels (default True);
+    with ``on`` given, set it. Returns the previous setting."""
+    was = bool(_core.engine_kernels_enabled())
+    if on is not None:
+        _core.set_engine_kernels(bool(on))
+    return was
 
 
 def popcount_peak(seconds=0.2):

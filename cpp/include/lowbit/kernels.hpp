@@ -63,6 +63,30 @@ struct ConvShape {
 void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, const float* scale,
                    const float* bias, float* y, Path p);
 
+// The engine's use of these kernels: evaluate/predict of a Conv2D/Dense whose input and
+// weight formats are both Binary() without scale. z = dot(sign x, sign wq) into a plain
+// NCHW / (N, units) tensor: the simulated fp32 sum of +-1 products, exactly. (Scaled
+// Binary formats stay simulated: there the fp32 partial sums of +-alpha terms round, e.g.
+// a zero dot comes out as +-1 ulp, whose sign the next binary layer sees, so no kernel can
+// reproduce them.) The packed weights are kept while the quantized weights stay the same.
+class BinaryLayer {
+ public:
+  BinaryLayer(const ConvShape& per_sample, int64_t O, int64_t kh, int64_t kw);  // conv2d
+  BinaryLayer(int64_t fan_in, int64_t units);                                    // dense
+  // x: (N, C, H, W) plain or nChw16c (blocked), or (N, fan_in); wq: quantized kernel.
+  void forward(const float* x, bool x_blocked, int64_t N, const float* wq, float* z);
+
+ private:
+  bool conv_;
+  ConvShape s_;
+  int64_t O_, kh_, kw_, fan_in_;
+  std::vector<float> packed_from_, plain_;
+  BinaryWeights w_;
+};
+bool engine_kernels_enabled();
+void set_engine_kernels(bool on);  // off: evaluate/predict run the simulated layers
+int64_t engine_kernel_calls();     // layer calls the engine ran on the binary kernels
+
 // Measured throughput of the native popcount unit (bits per second, one thread):
 // independent VPOPCNTQ chains on registers, the bound an xnor-popcount kernel can reach.
 double popcount_peak_bits_per_s(double seconds);
