@@ -329,10 +329,18 @@ BinaryWeights pack_dense_weights(const float* w, int64_t fan_in, int64_t units) 
   b.out_channels = units, b.in_channels = fan_in, b.kbits = fan_in, b.kwords = words_for(fan_in);
   const int64_t blocks = (units + kLanes - 1) / kLanes;
   b.bits.assign(size_t(blocks * b.kwords * kLanes), 0);
-  for (int64_t k = 0; k < fan_in; ++k)
-    for (int64_t u = 0; u < units; ++u)
-      if (w[k * units + u] < 0.f)
-        b.bits[size_t(((u / kLanes) * b.kwords + k / 64) * kLanes + u % kLanes)] |= uint64_t(1) << (k % 64);
+  // Per block of 32 units and word of 64 inputs: 64 rows of 32 floats in, 32 words out.
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t lanes = std::min<int64_t>(kLanes, units - blk * kLanes);
+    for (int64_t kw = 0; kw < b.kwords; ++kw) {
+      uint64_t* words = b.bits.data() + (blk * b.kwords + kw) * kLanes;
+      for (int64_t bit = 0; bit < 64 && kw * 64 + bit < fan_in; ++bit) {
+        const float* row = w + (kw * 64 + bit) * units + blk * kLanes;
+        for (int64_t l = 0; l < lanes; ++l) words[l] |= uint64_t(row[l] < 0.f) << bit;
+      }
+    }
+  }
   return b;
 }
 
@@ -346,6 +354,7 @@ BinaryWeights pack_conv_weights(const float* w, int64_t O, int64_t C, int64_t kh
   b.kwords = taps * cw, b.kbits = C * taps;
   b.bits.assign(size_t(O * b.kwords), 0);
   b.tap_sum.assign(size_t(O * taps), int32_t(C));
+#pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < O; ++o)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t t = 0; t < taps; ++t)
