@@ -7,12 +7,13 @@ dense 4096->4096 at batch 64. Prints the CPU, its ISA, the kernel path, GMAC/s, 
 ratio to fp32 and the fraction of the measured popcount peak (one popcounted bit per
 binary multiply-accumulate; peak = VPOPCNTQ throughput x threads).
 
-    python benchmarks/bench_kernels.py [--threads 1,2] [--reps 7] [--portable]
+    python benchmarks/bench_kernels.py [--threads 1,2] [--reps 7] [--portable] [--engine]
 
 Timing: fp32 and binary calls are interleaved; each figure is the best of --reps runs,
 by wall clock and by the process's CPU time (on a shared machine the wall clock of a
 long call includes time the scheduler gave to others; CPU time does not, but counts
-OpenMP threads' spin-waits). GMAC/s and the fraction of peak use min(wall, CPU / threads).
+OpenMP threads' spin-waits). GMAC/s and the fraction of peak use the CPU time with one
+thread, the wall clock with more.
 Weights are packed once, as for inference; the packing
 time is printed apart. Activations are packed inside every binary call.
 """
@@ -77,14 +78,33 @@ def measure(calls, reps):
     return best
 
 
+def one_layer(kind, shape, out, **formats):
+    if kind == "conv":
+        layer = lb.layers.Conv2D(out, 3, padding="same", input_shape=shape[1:], **formats)
+    else:
+        layer = lb.layers.Dense(out, input_shape=shape[1:], **formats)
+    m = lb.Sequential([layer], seed=0)
+    m.build()
+    return m
+
+
+def engine_binary(m, on):
+    """predict of the Binary() layer with the engine's kernels on or off (simulated)."""
+    def run():
+        was = lb.kernels.use_in_engine(on)
+        try:
+            m.predict(x_of[id(m)], batch_size=len(x_of[id(m)]))
+        finally:
+            lb.kernels.use_in_engine(was)
+    return run
+
+
+x_of = {}
+
+
 def build_case(kind, shape, out, rng):
     x = rng.normal(size=shape).astype(np.float32)
-    if kind == "conv":
-        layer = lb.layers.Conv2D(out, 3, padding="same", input_shape=shape[1:])
-    else:
-        layer = lb.layers.Dense(out, input_shape=shape[1:])
-    fp32 = lb.Sequential([layer], seed=0)
-    fp32.build()
+    fp32 = one_layer(kind, shape, out)
     w, b = fp32.get_weights()
     t = time.perf_counter()
     packed = lb.kernels.pack_conv_weights(w) if kind == "conv" else lb.kernels.pack_dense_weights(w)
@@ -103,6 +123,8 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--portable", action="store_true", help="also time the portable path")
+    ap.add_argument("--engine", action="store_true",
+                    help="also time predict of a Binary() layer in the engine, simulated and on the kernels")
     a = ap.parse_args()
     info = lb.kernels.info()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs); ISA: {' '.join(cpu_flags())}")
@@ -128,10 +150,18 @@ def main():
             calls[info["binary"]] = binary("auto")
             if a.portable and native:
                 calls["portable"] = binary("portable")
+            if a.engine:
+                b1 = lb.formats.Binary()
+                layer = one_layer(kind, shape, out, weight_format=b1, input_format=b1)
+                x_of[id(layer)] = x
+                calls["engine Binary sim"] = engine_binary(layer, False)
+                calls["engine Binary krn"] = engine_binary(layer, True)
             best = measure(calls, a.reps)
             fw, fc = best["fp32 oneDNN"]
             for k, (w, c) in best.items():
-                busy = min(w, c / threads)  # running time: wall clock less time spent descheduled
+                # one thread: CPU time is the running time (wall less time descheduled); with
+                # more, a descheduled worker leaves CPU/threads below it, so the wall clock counts
+                busy = min(w, c) if threads == 1 else w
                 per = macs / busy / 1e9
                 frac = f"{macs / busy / (peak * threads):8.0%}" if peak and k != "fp32 oneDNN" else ""
                 ratio = "" if k == "fp32 oneDNN" else f"{fw / w:11.1f}x{fc / c:10.1f}x"
