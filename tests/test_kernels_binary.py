@@ -205,7 +205,7 @@ def binary_net(seed=0):
         L.Conv2D(32, 3, padding="same", **b),
         L.BatchNormalization(),
         L.Conv2D(70, 3, strides=2, padding="same", **b),
-        L.Conv2D(33, 1, **b),
+        L.Conv2D(33, 1, weight_format=F.Binary(hysteresis=0.05), input_format=F.Binary()),
         L.Flatten(),
         L.Dense(45, **b),
         L.Dense(10, activation="softmax"),
@@ -242,6 +242,12 @@ def test_engine_predict_and_evaluate_equal_the_simulated_model_exactly(rng):
     finally:
         K.use_in_engine(True)
     assert m.evaluate(x, y, batch_size=6) == ev_sim
+    # new weights reach the kernels (the packed copy follows the latent weights)
+    w = m.get_weights()
+    m.set_weights([-a if a.ndim == 4 and a.shape[0] == 70 else a for a in w])
+    fast2, sim2, _ = predict_both_ways(m, x)
+    np.testing.assert_array_equal(fast2, sim2)
+    assert not np.array_equal(fast2, fast)
 
 
 def test_engine_keeps_scaled_binary_formats_simulated(rng):

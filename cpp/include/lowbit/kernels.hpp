@@ -68,19 +68,22 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
 // NCHW / (N, units) tensor: the simulated fp32 sum of +-1 products, exactly. (Scaled
 // Binary formats stay simulated: there the fp32 partial sums of +-alpha terms round, e.g.
 // a zero dot comes out as +-1 ulp, whose sign the next binary layer sees, so no kernel can
-// reproduce them.) The packed weights are kept while the quantized weights stay the same.
+// reproduce them.) The packed weights are kept while the latent weights stay the same
+// (quantizing unchanged weights again gives the same signs, hysteresis included).
 class BinaryLayer {
  public:
   BinaryLayer(const ConvShape& per_sample, int64_t O, int64_t kh, int64_t kw);  // conv2d
   BinaryLayer(int64_t fan_in, int64_t units);                                    // dense
-  // x: (N, C, H, W) plain or nChw16c (blocked), or (N, fan_in); wq: quantized kernel.
-  void forward(const float* x, bool x_blocked, int64_t N, const float* wq, float* z);
+  // x: (N, C, H, W) plain or nChw16c (blocked), or (N, fan_in); latent: the layer's
+  // weights, wq: their quantized copy (read only when latent changed since the last call).
+  void forward(const float* x, bool x_blocked, int64_t N, const float* latent, const float* wq, float* z);
+  bool packed_from(const float* latent) const;
 
  private:
   bool conv_;
   ConvShape s_;
   int64_t O_, kh_, kw_, fan_in_;
-  std::vector<float> packed_from_, plain_;
+  std::vector<float> latent_, plain_;
   BinaryWeights w_;
 };
 bool engine_kernels_enabled();

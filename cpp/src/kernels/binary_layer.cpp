@@ -24,11 +24,16 @@ BinaryLayer::BinaryLayer(const ConvShape& per_sample, int64_t O, int64_t kh, int
 BinaryLayer::BinaryLayer(int64_t fan_in, int64_t units)
     : conv_(false), s_{}, O_(units), kh_(1), kw_(1), fan_in_(fan_in) {}
 
-void BinaryLayer::forward(const float* x, bool x_blocked, int64_t N, const float* wq, float* z) {
-  g_engine_calls.fetch_add(1, std::memory_order_relaxed);
+bool BinaryLayer::packed_from(const float* latent) const {
   const size_t nw = size_t(O_ * fan_in_);
-  if (packed_from_.size() != nw || std::memcmp(packed_from_.data(), wq, nw * sizeof(float)) != 0) {
-    packed_from_.assign(wq, wq + nw);
+  return latent_.size() == nw && std::memcmp(latent_.data(), latent, nw * sizeof(float)) == 0;
+}
+
+void BinaryLayer::forward(const float* x, bool x_blocked, int64_t N, const float* latent, const float* wq,
+                          float* z) {
+  g_engine_calls.fetch_add(1, std::memory_order_relaxed);
+  if (!packed_from(latent)) {
+    latent_.assign(latent, latent + O_ * fan_in_);
     w_ = conv_ ? pack_conv_weights(wq, O_, s_.C, kh_, kw_) : pack_dense_weights(wq, fan_in_, O_);
   }
   const float* scale = nullptr;

@@ -112,7 +112,10 @@ struct Quantized : Op {
     in_.st.track = w_.st.track = out_.st.track = ctx.training;
     const bool may_block = dst.blocked;  // the executor's permission
     const Tensor* x = src[0];
-    if (in_) {
+    // Binary() x Binary() in evaluate/predict: the kernel reads signs, so the input needs no
+    // quantizer pass (without hysteresis), nor the weights while the latent ones are unchanged.
+    const bool kernel = binary_ && !ctx.training && kernels::engine_kernels_enabled();
+    if (in_ && !(kernel && in_.f->hysteresis == 0.f)) {
       xq_.resize(x->shape);
       xq_.blocked = x->blocked;
       quantize(*in_.f, x->data(), xq_.data(), x->size(), 1, &in_.st);
@@ -120,7 +123,7 @@ struct Quantized : Op {
     }
     Tensor& latent = inner->params[0].value;
     Tensor saved = latent;
-    if (w_) {
+    if (w_ && !(kernel && binary_->packed_from(latent.data()))) {
       wq_.resize(latent.shape);
       quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, &w_.st);
       inner->params[0].value = wq_;
@@ -132,8 +135,8 @@ struct Quantized : Op {
       const IntOperands ints{&in_.st.step, &w_.st.step};
       if (kind == "conv2d") accum_conv_forward(*accum_, geo_, *x, inner->params[0].value, zt, ints);
       else accum_dense_forward(*accum_, *x, inner->params[0].value, zt, ints);
-    } else if (binary_ && !ctx.training && kernels::engine_kernels_enabled()) {
-      binary_->forward(x->data(), x->blocked, x->dim(0), wq_.data(), zt.data());
+    } else if (kernel) {
+      binary_->forward(x->data(), x->blocked, x->dim(0), latent.data(), wq_.data(), zt.data());
       zt.blocked = false;
     } else {
       inner->forward({x}, zt, ctx);
