@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "lowbit/accumulate.hpp"
+#include "lowbit/kernels.hpp"
 #include "lowbit/ops.hpp"
 
 namespace lowbit {
@@ -44,6 +45,7 @@ struct Quantized : Op {
   Tensor wq_, xq_, z_, dz_, dxq_;
   std::optional<Format> accum_, grad_accum_;
   ConvGeometry geo_{};
+  std::unique_ptr<kernels::BinaryLayer> binary_;  // Binary x Binary: xnor-popcount in evaluate/predict
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -74,6 +76,15 @@ struct Quantized : Op {
       (grad ? grad_accum_ : accum_) = f;
     }
     if ((accum_ || grad_accum_) && k == "conv2d") geo_ = conv_geometry(cfg, in);
+    auto plain_binary = [](const Role& r) { return r && r.f->kind == FormatKind::binary && r.f->scale == ScaleMode::none; };
+    if (plain_binary(w_) && plain_binary(in_) && !accum_) {
+      if (k == "dense") {
+        binary_ = std::make_unique<kernels::BinaryLayer>(in[0][0], cfg.i("units", 0));
+      } else if (const ConvGeometry g = conv_geometry(cfg, in); g.groups == 1) {
+        kernels::ConvShape s{0, g.C, g.H, g.W, g.sh, g.sw, g.dh, g.dw, g.ph.lo, g.ph.hi, g.pw.lo, g.pw.hi};
+        binary_ = std::make_unique<kernels::BinaryLayer>(s, g.O, g.kh, g.kw);
+      }
+    }
     out_shape = inner->out_shape;
     macs = inner->macs;
     const Shape& ks = inner->params[0].value.shape;
@@ -101,7 +112,10 @@ struct Quantized : Op {
     in_.st.track = w_.st.track = out_.st.track = ctx.training;
     const bool may_block = dst.blocked;  // the executor's permission
     const Tensor* x = src[0];
-    if (in_) {
+    // Binary() x Binary() in evaluate/predict: the kernel reads signs, so the input needs no
+    // quantizer pass (without hysteresis), nor the weights while the latent ones are unchanged.
+    const bool kernel = binary_ && !ctx.training && kernels::engine_kernels_enabled();
+    if (in_ && !(kernel && in_.f->hysteresis == 0.f)) {
       xq_.resize(x->shape);
       xq_.blocked = x->blocked;
       quantize(*in_.f, x->data(), xq_.data(), x->size(), 1, &in_.st);
@@ -109,7 +123,7 @@ struct Quantized : Op {
     }
     Tensor& latent = inner->params[0].value;
     Tensor saved = latent;
-    if (w_) {
+    if (w_ && !(kernel && binary_->packed_from(latent.data()))) {
       wq_.resize(latent.shape);
       quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, &w_.st);
       inner->params[0].value = wq_;
@@ -121,6 +135,9 @@ struct Quantized : Op {
       const IntOperands ints{&in_.st.step, &w_.st.step};
       if (kind == "conv2d") accum_conv_forward(*accum_, geo_, *x, inner->params[0].value, zt, ints);
       else accum_dense_forward(*accum_, *x, inner->params[0].value, zt, ints);
+    } else if (kernel) {
+      binary_->forward(x->data(), x->blocked, x->dim(0), latent.data(), wq_.data(), zt.data());
+      zt.blocked = false;
     } else {
       inner->forward({x}, zt, ctx);
     }
