@@ -26,28 +26,41 @@ const char* ste_name(Ste s) {
   }
 }
 
-double minifloat_max(int e, int m) {
-  const int bias = (1 << (e - 1)) - 1, emax = (1 << e) - 2 - bias;
-  return (2.0 - std::ldexp(1.0, -m)) * std::ldexp(1.0, emax);
-}
-
 LB_CLONES float max_abs(const float* x, int64_t n) {
   float m = 0.f;
   for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
   return m;
 }
 
-// The same rounding, vectorisable, on float32 bit patterns: in the target's normal range
-// round-half-to-even to m mantissa bits is an integer add on the bits (a carry moves into
-// the exponent as it should); below 2^emin the grid spacing is the fixed 2^(emin - m).
-LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, int m, bool sat, float maxv, int emin) {
-  const uint32_t drop = uint32_t(23 - m);
-  const uint32_t half = drop ? (1u << (drop - 1)) - 1 : 0, mask = drop ? ~((1u << drop) - 1) : ~0u;
-  const float min_normal = std::ldexp(1.0f, emin);
-  const double sub_scale = std::ldexp(1.0, m - emin), sub_step = std::ldexp(1.0, emin - m);
-  const float big = sat ? maxv : std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i], a = std::fabs(v);
+// Rounding onto a minifloat (or MXINT8) element grid on float32 bit patterns, vectorisable:
+// in the target's normal range round-half-to-even to m mantissa bits is an integer add on
+// the bits (a carry moves into the exponent as it should); below 2^emin the grid spacing
+// is the fixed 2^(emin - m). Stochastic rounding adds `drop` random bits instead.
+struct ElemRounder {
+  bool integer = false;  // MXINT8: k 2^-6, k in [-127, 127]
+  uint32_t drop = 0, half = 0, mask = ~0u;
+  float min_normal = 0, maxv = 0, big = 0;
+  double sub_scale = 1, sub_step = 1;
+
+  explicit ElemRounder(const Format& f) {
+    if (f.elem_int) {
+      integer = true, maxv = 127.f;
+      return;
+    }
+    const int m = f.man_bits, emin = 2 - (1 << (f.exp_bits - 1));
+    drop = uint32_t(23 - m);
+    half = drop ? (1u << (drop - 1)) - 1 : 0, mask = drop ? ~((1u << drop) - 1) : ~0u;
+    min_normal = std::ldexp(1.0f, emin);
+    sub_scale = std::ldexp(1.0, m - emin), sub_step = std::ldexp(1.0, emin - m);
+    maxv = float(minifloat_max(f));
+    // overflow: saturate (asked, or no code left for it: FP6/FP4), NaN (E4M3FN) or inf
+    big = f.saturate || (f.fn && !f.fn_nan) ? maxv
+          : f.fn                            ? std::numeric_limits<float>::quiet_NaN()
+                                            : std::numeric_limits<float>::infinity();
+  }
+  float operator()(float v) const {
+    if (integer) return std::min(std::max(std::nearbyint(v * 64.f), -maxv), maxv) * (1.f / 64.f);
+    const float a = std::fabs(v);
     float r;
     if (a >= min_normal) {
       uint32_t u;
@@ -57,7 +70,145 @@ LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, int m, bool sa
     } else {  // target subnormals, zeros and NaN
       r = a != a ? a : float(std::nearbyint(double(a) * sub_scale) * sub_step);
     }
-    y[i] = std::copysign(r > maxv ? big : r, v);
+    return std::copysign(r > maxv ? big : r, v);
+  }
+  // h: 64 uniform random bits. Rounds away from zero with probability
+  // (distance to the grid point below |v|) / ulp.
+  float stochastic(float v, uint64_t h) const {
+    const float u01 = float(h >> 40) * (1.0f / 16777216.0f);
+    if (integer) return std::min(std::max(std::floor(v * 64.f + u01), -maxv), maxv) * (1.f / 64.f);
+    const float a = std::fabs(v);
+    float r;
+    if (!(a <= std::numeric_limits<float>::max())) {  // NaN, inf
+      r = a;
+    } else if (a >= min_normal) {
+      uint32_t u;
+      std::memcpy(&u, &a, 4);
+      if (drop) u = (u + uint32_t(h >> (64 - drop))) & mask;
+      std::memcpy(&r, &u, 4);
+    } else {
+      r = float(std::floor(double(a) * sub_scale + double(u01)) * sub_step);
+    }
+    return std::copysign(r > maxv ? big : r, v);
+  }
+};
+
+LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, const ElemRounder& q) {
+  for (int64_t i = 0; i < n; ++i) y[i] = q(x[i]);
+}
+
+// ---- block formats (MX, NVFP4) ----
+// max |x| of a block as the largest |x| bit pattern: NaN patterns sort above inf, so a
+// NaN anywhere shows up (std::max on floats would drop it).
+LB_CLONES uint32_t amax_bits(const float* x, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &x[i], 4);
+    m = std::max(m, u & 0x7FFFFFFFu);
+  }
+  return m;
+}
+// the same per column of a (rows, cols) tile with row stride `stride`
+LB_CLONES void amax_bits_cols(const float* x, int64_t rows, int64_t cols, int64_t stride, uint32_t* m) {
+  for (int64_t j = 0; j < cols; ++j) m[j] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) {
+      uint32_t u;
+      std::memcpy(&u, &x[r * stride + j], 4);
+      m[j] = std::max(m[j], u & 0x7FFFFFFFu);
+    }
+}
+float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Decode scale d and encode scale e of a block with max |x| = amax: MX y = d q(x e) with
+// e = 1/d exactly (powers of two); NVFP4 y = d q(x / d), e = 0 marking a block of zeros.
+struct BlockScales {
+  int emax_elem;  // MX: exponent of the element's largest normal
+  float genc;     // NVFP4: tensor encode scale 2688 / amax_tensor; < 0 for MX
+  ElemRounder e4m3;
+  void operator()(float amax, float& d, float& e) const {
+    if (!(amax <= std::numeric_limits<float>::max())) {  // NaN or inf in the block
+      d = e = std::numeric_limits<float>::quiet_NaN();
+    } else if (genc < 0) {  // MX: E8M0 X = 2^(floor(log2 amax) - emax), exponent in [-127, 127]
+      const int x = amax > 0 ? std::min(127, std::max(-127, std::ilogb(amax) - emax_elem)) : -127;
+      d = std::ldexp(1.f, x), e = std::ldexp(1.f, -x);
+    } else {  // NVFP4: E4M3 block scale relative to the fp32 tensor scale
+      const float sb = e4m3(amax / 6.f * genc);
+      d = sb / genc, e = sb > 0 ? 1.f : 0.f;
+    }
+  }
+};
+
+LB_CLONES void block_elems(const float* x, float* y, int64_t n, float d, float e, bool divide, const ElemRounder& q) {
+  if (divide)
+    for (int64_t i = 0; i < n; ++i) y[i] = e == 0.f ? std::copysign(0.f, x[i]) : q(x[i] / d) * d;
+  else
+    for (int64_t i = 0; i < n; ++i) y[i] = q(x[i] * e) * d;
+}
+LB_CLONES void block_elems_cols(const float* x, float* y, int64_t rows, int64_t cols, int64_t stride, const float* d,
+                                const float* e, bool divide, const ElemRounder& q) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * stride;
+    float* yr = y + r * stride;
+    if (divide)
+      for (int64_t j = 0; j < cols; ++j) yr[j] = e[j] == 0.f ? std::copysign(0.f, xr[j]) : q(xr[j] / d[j]) * d[j];
+    else
+      for (int64_t j = 0; j < cols; ++j) yr[j] = q(xr[j] * e[j]) * d[j];
+  }
+}
+
+void quantize_blocks(const Format& f, const float* x, float* y, int64_t n, QuantState* st) {
+  if (n == 0) return;
+  const int64_t len = st && st->axis.len > 0 ? st->axis.len : n;
+  const int64_t stride = st && st->axis.len > 0 ? std::max<int64_t>(st->axis.stride, 1) : 1;
+  LB_CHECK(n % (len * stride) == 0, f.repr(), ": a block axis of length ", len, " and stride ", stride,
+           " does not tile a tensor of ", n, " values");
+  const ElemRounder q(f);
+  Format e4m3;
+  e4m3.kind = FormatKind::minifloat, e4m3.exp_bits = 4, e4m3.man_bits = 3, e4m3.fn = e4m3.fn_nan = true;
+  e4m3.saturate = true;
+  BlockScales scales{f.elem_int ? 0 : std::ilogb(q.maxv), -1.f, ElemRounder(e4m3)};
+  const bool nv = f.block_scale == BlockScale::nvfp4;
+  if (nv) {  // tensor scale from the finite values
+    float amax = 0.f;
+    for (int64_t i = 0; i < n; ++i)
+      if (std::fabs(x[i]) <= std::numeric_limits<float>::max()) amax = std::max(amax, std::fabs(x[i]));
+    scales.genc = amax > 0 ? 2688.f / amax : 0.f;
+  }
+  const bool sr = f.rounding == Rounding::stochastic;
+  const uint64_t stream = st && sr ? st->counter++ : 0;
+  const int64_t outer = n / (len * stride), B = f.block, nb = (len + B - 1) / B;
+#pragma omp parallel if (n > 65536)
+  {
+    std::vector<uint32_t> am(static_cast<size_t>(stride));
+    std::vector<float> d(static_cast<size_t>(stride)), e(static_cast<size_t>(stride));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < outer * nb; ++t) {
+      const int64_t o = t / nb, b = t % nb, rows = std::min(B, len - b * B);
+      const int64_t off = (o * len + b * B) * stride;
+      if (stride == 1) am[0] = amax_bits(x + off, rows);
+      else amax_bits_cols(x + off, rows, stride, stride, am.data());
+      for (int64_t j = 0; j < stride; ++j) scales(from_bits(am[size_t(j)]), d[size_t(j)], e[size_t(j)]);
+      if (nv && scales.genc == 0.f) std::fill(e.begin(), e.end(), 0.f);  // an all-zero tensor
+      if (!sr) {
+        if (stride == 1) block_elems(x + off, y + off, rows, d[0], e[0], nv, q);
+        else block_elems_cols(x + off, y + off, rows, stride, stride, d.data(), e.data(), nv, q);
+        continue;
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < stride; ++j) {
+          const int64_t i = off + r * stride + j;
+          const float dj = d[size_t(j)], ej = e[size_t(j)];
+          const uint64_t h = hash3(f.seed, stream, uint64_t(i));
+          y[i] = !nv ? q.stochastic(x[i] * ej, h) * dj
+                 : ej == 0.f ? std::copysign(0.f, x[i]) : q.stochastic(x[i] / dj, h) * dj;
+        }
+    }
   }
 }
 
@@ -132,12 +283,32 @@ double quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantS
 
 }  // namespace
 
+double minifloat_max(const Format& f) {
+  const int e = f.exp_bits, m = f.man_bits, bias = (1 << (e - 1)) - 1;
+  if (!f.fn) return (2.0 - std::ldexp(1.0, -m)) * std::ldexp(1.0, (1 << e) - 2 - bias);
+  // fn: the top exponent holds normals; with a NaN code its all-ones mantissa is taken
+  return (2.0 - std::ldexp(1.0, f.fn_nan ? 1 - m : -m)) * std::ldexp(1.0, (1 << e) - 1 - bias);
+}
+
 void Format::validate() const {
   LB_CHECK(bits >= 1 && bits <= 32, "format: expected bits in [1, 32], got ", bits);
   if (kind == FormatKind::minifloat) {
     LB_CHECK(exp_bits >= 2 && exp_bits <= 8, "MiniFloat: expected exp_bits in [2, 8], got ", exp_bits);
     LB_CHECK(man_bits >= 0 && man_bits <= 23, "MiniFloat: expected man_bits in [0, 23], got ", man_bits);
   }
+  if (kind == FormatKind::minifloat || (kind == FormatKind::block && !elem_int)) {
+    LB_CHECK(!fn_nan || man_bits >= 1, "MiniFloat: encoding 'fn' with a NaN code needs man_bits >= 1");
+    LB_CHECK(!fn || exp_bits >= 1, "MiniFloat: encoding 'fn' needs exp_bits >= 1");
+  }
+  if (kind == FormatKind::block) {
+    LB_CHECK(block >= 1 && block <= 4096, "MX: expected block in [1, 4096], got ", block);
+    LB_CHECK(elem_int || (exp_bits >= 2 && exp_bits <= 5 && man_bits >= 0 && man_bits <= 10), "MX: expected a float "
+             "element with exp_bits in [2, 5] and man_bits in [0, 10], got (", exp_bits, ", ", man_bits, ")");
+  }
+  LB_CHECK(rounding != Rounding::floor || kind == FormatKind::fixed, "format: rounding='floor' applies to Fixed only");
+  LB_CHECK(rounding != Rounding::stochastic || kind == FormatKind::fixed || kind == FormatKind::minifloat ||
+               kind == FormatKind::block,
+           "format: rounding='stochastic' applies to Fixed, MiniFloat and block formats");
   if (kind == FormatKind::integer) LB_CHECK(bits >= 2, "Int: expected bits >= 2, got ", bits);
   if (kind == FormatKind::fixed) LB_CHECK(msb >= -126 && msb <= 127, "Fixed: expected msb in [-126, 127], got ", msb);
   LB_CHECK(hysteresis >= 0.f, "Binary: expected hysteresis >= 0, got ", hysteresis);
@@ -149,10 +320,20 @@ std::string Format::repr() const {
   switch (kind) {
     case FormatKind::float32: return "Float32()";
     case FormatKind::minifloat:
-      if (exp_bits == 5 && man_bits == 10 && !saturate) return "Float16()";
-      if (exp_bits == 8 && man_bits == 7 && !saturate) return "BFloat16()";
+    {
+      const std::string sr = rounding == Rounding::stochastic ? str(", rounding='stochastic', seed=", seed) : "";
+      if (exp_bits == 5 && man_bits == 10 && !saturate && !fn) return str("Float16(", sr.empty() ? "" : sr.substr(2), ")");
+      if (exp_bits == 8 && man_bits == 7 && !saturate && !fn) return str("BFloat16(", sr.empty() ? "" : sr.substr(2), ")");
       return str("MiniFloat(exp_bits=", exp_bits, ", man_bits=", man_bits, ", saturate=", saturate ? "True" : "False",
-                 ")");
+                 fn ? ", encoding='fn'" : "", fn && fn_nan != (1 + exp_bits + man_bits == 8) ? (fn_nan ? ", nan=True" : ", nan=False") : "",
+                 sr, ")");
+    }
+    case FormatKind::block: {
+      const std::string sr = rounding == Rounding::stochastic ? str(", rounding='stochastic', seed=", seed) : "";
+      const std::string elem = elem_int ? "'int8'" : str("(", exp_bits, ", ", man_bits, ")");
+      if (block_scale == BlockScale::nvfp4) return str("NVFP4(block=", block, sr, ")");
+      return str("MX(element=", elem, ", block=", block, sr, ")");
+    }
     case FormatKind::fixed:
       return str("Fixed(bits=", bits, ", msb=", msb_auto ? "'auto'" : std::to_string(msb), ", rounding='",
                  rounding_name(rounding), "', ste='", ste_name(ste), "'",
@@ -174,7 +355,7 @@ std::string Format::repr() const {
 float Format::clip_value() const {
   switch (kind) {
     case FormatKind::fixed: return float(std::ldexp(1.0, msb));
-    case FormatKind::minifloat: return float(minifloat_max(exp_bits, man_bits));
+    case FormatKind::minifloat: return float(minifloat_max(*this));
     case FormatKind::binary:
     case FormatKind::ternary: return 1.f;
     default: return std::numeric_limits<float>::infinity();
@@ -187,15 +368,22 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       if (x != y) std::copy(x, x + n, y);
       return;
     case FormatKind::minifloat: {
-      const int bias = (1 << (f.exp_bits - 1)) - 1;
-      const float maxv = float(minifloat_max(f.exp_bits, f.man_bits));
+      const ElemRounder q(f);
+      if (f.rounding == Rounding::stochastic) {
+        const uint64_t stream = st ? st->counter++ : 0;
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t i = 0; i < n; ++i) y[i] = q.stochastic(x[i], hash3(f.seed, stream, uint64_t(i)));
+        return;
+      }
       const int64_t chunk = 16384;
 #pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
-        minifloat_f32(x + c * chunk, y + c * chunk, std::min(chunk, n - c * chunk), f.man_bits, f.saturate, maxv,
-                      1 - bias);
+        minifloat_f32(x + c * chunk, y + c * chunk, std::min(chunk, n - c * chunk), q);
       return;
     }
+    case FormatKind::block:
+      quantize_blocks(f, x, y, n, st);
+      return;
     case FormatKind::fixed: {
       int msb = f.msb;
       if (f.msb_auto && st) {
@@ -298,6 +486,8 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
 ScalarRounder::ScalarRounder(const Format& f) {
   LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto),
            "accumulator: expected a MiniFloat or a Fixed format with a given msb, got ", f.repr());
+  LB_CHECK(f.rounding != Rounding::stochastic, "accumulator: stochastic rounding is not an accumulator mode, got ",
+           f.repr());
   if (f.kind == FormatKind::fixed) {
     fixed_ = true, floor_ = f.rounding == Rounding::floor, wrap_ = f.overflow == Overflow::wrap, bits_ = f.bits;
     q_ = std::ldexp(1.0, f.msb + 1 - f.bits), inv_q_ = std::ldexp(1.0, f.bits - 1 - f.msb);
@@ -309,8 +499,9 @@ ScalarRounder::ScalarRounder(const Format& f) {
   half_ = (uint64_t(1) << (drop_ - 1)) - 1, mask_ = ~((uint64_t(1) << drop_) - 1);
   min_normal_ = std::ldexp(1.0, emin);
   sub_scale_ = std::ldexp(1.0, f.man_bits - emin), sub_step_ = std::ldexp(1.0, emin - f.man_bits);
-  maxv_ = minifloat_max(f.exp_bits, f.man_bits), sat_ = f.saturate;
+  maxv_ = minifloat_max(f), sat_ = f.saturate || (f.fn && !f.fn_nan);
   inf_ = std::numeric_limits<double>::infinity();
+  big_ = f.fn ? std::numeric_limits<double>::quiet_NaN() : inf_;
 }
 
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n) {
