@@ -37,14 +37,17 @@ LB_CLONES float max_abs(const float* x, int64_t n) {
 // the bits (a carry moves into the exponent as it should); below 2^emin the grid spacing
 // is the fixed 2^(emin - m). Stochastic rounding adds `drop` random bits instead.
 struct ElemRounder {
-  bool integer = false;  // MXINT8: k 2^-6, k in [-127, 127]
+  bool integer = false;  // MXINT8: k 2^-6, k in [-127, 127] (round_small, stochastic)
   uint32_t drop = 0, half = 0, mask = ~0u;
-  float min_normal = 0, maxv = 0, big = 0;
+  float min_normal = 0, maxv = 0, big = 0, sub_magic = 0;
+  uint32_t magic_bits = 0, exp_mask = 0x7F800000u;
   double sub_scale = 1, sub_step = 1;
 
   explicit ElemRounder(const Format& f) {
-    if (f.elem_int) {
-      integer = true, maxv = 127.f;
+    if (f.elem_int) {  // k 2^-6 is round_small with the one spacing 2^-6 everywhere
+      integer = true, maxv = big = 127.f / 64.f, exp_mask = 0;
+      const float c = std::ldexp(1.0f, 17);
+      std::memcpy(&magic_bits, &c, 4);
       return;
     }
     const int m = f.man_bits, emin = 2 - (1 << (f.exp_bits - 1));
@@ -52,31 +55,50 @@ struct ElemRounder {
     half = drop ? (1u << (drop - 1)) - 1 : 0, mask = drop ? ~((1u << drop) - 1) : ~0u;
     min_normal = std::ldexp(1.0f, emin);
     sub_scale = std::ldexp(1.0, m - emin), sub_step = std::ldexp(1.0, emin - m);
+    sub_magic = std::ldexp(1.0f, emin - m + 23);
+    std::memcpy(&magic_bits, &sub_magic, 4);
     maxv = float(minifloat_max(f));
     // overflow: saturate (asked, or no code left for it: FP6/FP4), NaN (E4M3FN) or inf
     big = f.saturate || (f.fn && !f.fn_nan) ? maxv
           : f.fn                            ? std::numeric_limits<float>::quiet_NaN()
                                             : std::numeric_limits<float>::infinity();
   }
+  // Both branches computed and one selected: no data-dependent jumps in the vector loop.
   float operator()(float v) const {
-    if (integer) return std::min(std::max(std::nearbyint(v * 64.f), -maxv), maxv) * (1.f / 64.f);
     const float a = std::fabs(v);
-    float r;
-    if (a >= min_normal) {
-      uint32_t u;
-      std::memcpy(&u, &a, 4);
-      u = (u + half + ((u >> drop) & 1u)) & mask;
-      std::memcpy(&r, &u, 4);
-    } else {  // target subnormals, zeros and NaN
-      r = a != a ? a : float(std::nearbyint(double(a) * sub_scale) * sub_step);
-    }
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    u = (u + half + ((u >> drop) & 1u)) & mask;
+    float rn;
+    std::memcpy(&rn, &u, 4);
+    // below 2^emin: adding 2^(emin - m + 23), whose ulp is the subnormal spacing, makes the
+    // float adder round half to even onto that grid; subtracting it back is exact
+    const float rs = (a + sub_magic) - sub_magic;
+    const float r = a >= min_normal ? rn : a != a ? a : rs;
     return std::copysign(r > maxv ? big : r, v);
+  }
+  // The same for elements of block formats (|v| < 2^(emax + 1), exp_bits <= 5), in fewer
+  // operations: C = 2^(E + 23 - m) for |v| in [2^E, 2^(E+1)), or 2^(emin + 23 - m) below
+  // 2^emin, has the grid spacing as its ulp, so (|v| + C) - C is the float adder's round
+  // half to even onto the grid (a carry into the next binade included).
+  float round_small(float v) const {
+    const float a = std::fabs(v);
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    const float c = from_bits(std::max((u & exp_mask) + (drop << 23), magic_bits));
+    const float r = (a + c) - c;
+    return std::copysign(r > maxv ? big : r, v);
+  }
+  static float from_bits(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
   }
   // h: 64 uniform random bits. Rounds away from zero with probability
   // (distance to the grid point below |v|) / ulp.
   float stochastic(float v, uint64_t h) const {
     const float u01 = float(h >> 40) * (1.0f / 16777216.0f);
-    if (integer) return std::min(std::max(std::floor(v * 64.f + u01), -maxv), maxv) * (1.f / 64.f);
+    if (integer) return std::min(std::max(std::floor(v * 64.f + u01) * (1.f / 64.f), -maxv), maxv);
     const float a = std::fabs(v);
     float r;
     if (!(a <= std::numeric_limits<float>::max())) {  // NaN, inf
@@ -93,72 +115,134 @@ struct ElemRounder {
   }
 };
 
-LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, const ElemRounder& q) {
+LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, const ElemRounder& rounder) {
+  const ElemRounder q = rounder;
   for (int64_t i = 0; i < n; ++i) y[i] = q(x[i]);
 }
 
 // ---- block formats (MX, NVFP4) ----
-// max |x| of a block as the largest |x| bit pattern: NaN patterns sort above inf, so a
-// NaN anywhere shows up (std::max on floats would drop it).
-LB_CLONES uint32_t amax_bits(const float* x, int64_t n) {
-  uint32_t m = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, &x[i], 4);
-    m = std::max(m, u & 0x7FFFFFFFu);
-  }
-  return m;
-}
-// the same per column of a (rows, cols) tile with row stride `stride`
-LB_CLONES void amax_bits_cols(const float* x, int64_t rows, int64_t cols, int64_t stride, uint32_t* m) {
-  for (int64_t j = 0; j < cols; ++j) m[j] = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) {
-      uint32_t u;
-      std::memcpy(&u, &x[r * stride + j], 4);
-      m[j] = std::max(m[j], u & 0x7FFFFFFFu);
-    }
-}
 float from_bits(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
 }
+uint32_t abs_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u & 0x7FFFFFFFu;  // |v| as an integer: NaN patterns sort above inf
+}
+// floor(log2 a) of a normal a from its bits; -127 for subnormals and 0 (for the MX scale
+// exactly right: its exponent floor(log2 a) - emax <= -127 clamps to -127 there anyway)
+int floor_log2(uint32_t u) { return int(u >> 23) - 127; }
 
-// Decode scale d and encode scale e of a block with max |x| = amax: MX y = d q(x e) with
-// e = 1/d exactly (powers of two); NVFP4 y = d q(x / d), e = 0 marking a block of zeros.
+// Decode scale d and encode scale e of a block whose largest |x| has the bits `am`:
+// MX y = d q(x e) with e = 1/d exactly (powers of two); NVFP4 y = d q(x / d), e = 0 marking
+// a block of zeros. A NaN or inf in the block gives d = e = NaN.
 struct BlockScales {
   int emax_elem;  // MX: exponent of the element's largest normal
   float genc;     // NVFP4: tensor encode scale 2688 / amax_tensor; < 0 for MX
   ElemRounder e4m3;
-  void operator()(float amax, float& d, float& e) const {
-    if (!(amax <= std::numeric_limits<float>::max())) {  // NaN or inf in the block
+  // MX: E8M0 X = 2^(floor(log2 amax) - emax), exponent in [-127, 127]; branch-free
+  // (integer selects only, so a loop over blocks vectorises; 2^-127 is the one subnormal)
+  void mx(uint32_t am, float& d, float& e) const {
+    const int x = std::min(127, std::max(-127, floor_log2(am) - emax_elem));
+    const bool bad = am >= 0x7F800000u;
+    const uint32_t db = x >= -126 ? uint32_t(x + 127) << 23 : 0x00400000u;
+    const uint32_t eb = x <= 126 ? uint32_t(127 - x) << 23 : 0x00400000u;
+    d = from_bits(bad ? 0x7FC00000u : db), e = from_bits(bad ? 0x7FC00000u : eb);
+  }
+  void operator()(uint32_t am, float& d, float& e) const {
+    if (am >= 0x7F800000u) {
       d = e = std::numeric_limits<float>::quiet_NaN();
-    } else if (genc < 0) {  // MX: E8M0 X = 2^(floor(log2 amax) - emax), exponent in [-127, 127]
-      const int x = amax > 0 ? std::min(127, std::max(-127, std::ilogb(amax) - emax_elem)) : -127;
-      d = std::ldexp(1.f, x), e = std::ldexp(1.f, -x);
+    } else if (genc < 0) {
+      mx(am, d, e);
     } else {  // NVFP4: E4M3 block scale relative to the fp32 tensor scale
-      const float sb = e4m3(amax / 6.f * genc);
+      const float sb = e4m3(from_bits(am) / 6.f * genc);
       d = sb / genc, e = sb > 0 ? 1.f : 0.f;
     }
   }
 };
 
-LB_CLONES void block_elems(const float* x, float* y, int64_t n, float d, float e, bool divide, const ElemRounder& q) {
+// Both sides of every choice are computed and one selected (no speculation of float
+// operations needed), so the loops vectorise; hence also the two loops per `divide`.
+
+// One block of contiguous values; N > 0 fixes the count at compile time (full blocks of
+// the usual 16 and 32 unroll into a few vector operations), N = 0 takes `cnt`.
+template <int N>
+inline void one_block(const float* __restrict x, float* __restrict y, int64_t cnt, const BlockScales& s, bool divide,
+                      const ElemRounder& q) {
+  const int64_t m = N ? N : cnt;
+  uint32_t am = 0;
+  for (int64_t i = 0; i < m; ++i) am = std::max(am, abs_bits(x[i]));
+  float d, e;
+  s(am, d, e);
   if (divide)
-    for (int64_t i = 0; i < n; ++i) y[i] = e == 0.f ? std::copysign(0.f, x[i]) : q(x[i] / d) * d;
+    for (int64_t i = 0; i < m; ++i) {
+      const float r = q.round_small(x[i] / d) * d;
+      y[i] = e == 0.f ? std::copysign(0.f, x[i]) : r;
+    }
   else
-    for (int64_t i = 0; i < n; ++i) y[i] = q(x[i] * e) * d;
+    for (int64_t i = 0; i < m; ++i) y[i] = q.round_small(x[i] * e) * d;
 }
-LB_CLONES void block_elems_cols(const float* x, float* y, int64_t rows, int64_t cols, int64_t stride, const float* d,
-                                const float* e, bool divide, const ElemRounder& q) {
+
+// A row of `n` contiguous values in blocks of B (the last one partial). MX with full
+// blocks of 32 goes in chunks of 64 blocks: the maxima, then the scales in one vector
+// loop, then the elements.
+LB_CLONES void blocks_row(const float* __restrict x, float* __restrict y, int64_t n, int64_t B,
+                          const BlockScales& s, bool divide, const ElemRounder& rounder) {
+  const ElemRounder q = rounder;  // a local copy: its fields stay in registers
+  int64_t b0 = 0;
+  if (B == 32 && !divide) {
+    constexpr int64_t K = 64;
+    uint32_t am[K];
+    float d[K], e[K];
+    for (; b0 + K * 32 <= n; b0 += K * 32) {
+      for (int64_t k = 0; k < K; ++k) {
+        uint32_t m = 0;
+        for (int64_t i = 0; i < 32; ++i) m = std::max(m, abs_bits(x[b0 + k * 32 + i]));
+        am[k] = m;
+      }
+      for (int64_t k = 0; k < K; ++k) s.mx(am[k], d[k], e[k]);
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t i = 0; i < 32; ++i) y[b0 + k * 32 + i] = q.round_small(x[b0 + k * 32 + i] * e[k]) * d[k];
+    }
+  }
+  for (; b0 < n; b0 += B) {
+    const int64_t cnt = std::min(B, n - b0);
+    if (cnt == 32) one_block<32>(x + b0, y + b0, cnt, s, divide, q);
+    else if (cnt == 16) one_block<16>(x + b0, y + b0, cnt, s, divide, q);
+    else one_block<0>(x + b0, y + b0, cnt, s, divide, q);
+  }
+}
+LB_CLONES uint32_t finite_amax_bits(const float* x, int64_t n) {
+  uint32_t am = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = abs_bits(x[i]);
+    am = std::max(am, u < 0x7F800000u ? u : 0u);
+  }
+  return am;
+}
+
+// One block row of a strided axis: `rows` values along the axis (row stride `stride`) for
+// each of `cols` contiguous columns, each column its own block.
+LB_CLONES void blocks_tile(const float* __restrict x, float* __restrict y, int64_t rows, int64_t cols, int64_t stride,
+                           const BlockScales& s, bool divide, const ElemRounder& rounder, uint32_t* __restrict am,
+                           float* __restrict d, float* __restrict e) {
+  const ElemRounder q = rounder;
+  for (int64_t j = 0; j < cols; ++j) am[j] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
+  for (int64_t j = 0; j < cols; ++j) s(am[j], d[j], e[j]);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * stride;
     float* yr = y + r * stride;
     if (divide)
-      for (int64_t j = 0; j < cols; ++j) yr[j] = e[j] == 0.f ? std::copysign(0.f, xr[j]) : q(xr[j] / d[j]) * d[j];
+      for (int64_t j = 0; j < cols; ++j) {
+        const float v = q.round_small(xr[j] / d[j]) * d[j];
+        yr[j] = e[j] == 0.f ? std::copysign(0.f, xr[j]) : v;
+      }
     else
-      for (int64_t j = 0; j < cols; ++j) yr[j] = q(xr[j] * e[j]) * d[j];
+      for (int64_t j = 0; j < cols; ++j) yr[j] = q.round_small(xr[j] * e[j]) * d[j];
   }
 }
 
@@ -172,17 +256,25 @@ void quantize_blocks(const Format& f, const float* x, float* y, int64_t n, Quant
   Format e4m3;
   e4m3.kind = FormatKind::minifloat, e4m3.exp_bits = 4, e4m3.man_bits = 3, e4m3.fn = e4m3.fn_nan = true;
   e4m3.saturate = true;
-  BlockScales scales{f.elem_int ? 0 : std::ilogb(q.maxv), -1.f, ElemRounder(e4m3)};
+  BlockScales scales{f.elem_int ? 0 : floor_log2(abs_bits(q.maxv)), -1.f, ElemRounder(e4m3)};
   const bool nv = f.block_scale == BlockScale::nvfp4;
   if (nv) {  // tensor scale from the finite values
-    float amax = 0.f;
-    for (int64_t i = 0; i < n; ++i)
-      if (std::fabs(x[i]) <= std::numeric_limits<float>::max()) amax = std::max(amax, std::fabs(x[i]));
-    scales.genc = amax > 0 ? 2688.f / amax : 0.f;
+    const uint32_t am = finite_amax_bits(x, n);
+    scales.genc = am ? 2688.f / from_bits(am) : 0.f;
+    if (!(scales.genc > 0 && scales.genc <= std::numeric_limits<float>::max())) scales.genc = 0.f;
+  }
+  const int64_t outer = n / (len * stride), B = f.block, nb = (len + B - 1) / B;
+  if (nv && scales.genc == 0.f) {  // an all-zero (or all-tiny) tensor: +-0
+    for (int64_t i = 0; i < n; ++i) y[i] = std::isfinite(x[i]) ? std::copysign(0.f, x[i]) : std::nanf("");
+    return;
+  }
+  if (f.rounding != Rounding::stochastic && stride == 1) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t o = 0; o < outer; ++o) blocks_row(x + o * len, y + o * len, len, B, scales, nv, q);
+    return;
   }
   const bool sr = f.rounding == Rounding::stochastic;
   const uint64_t stream = st && sr ? st->counter++ : 0;
-  const int64_t outer = n / (len * stride), B = f.block, nb = (len + B - 1) / B;
 #pragma omp parallel if (n > 65536)
   {
     std::vector<uint32_t> am(static_cast<size_t>(stride));
@@ -191,15 +283,14 @@ void quantize_blocks(const Format& f, const float* x, float* y, int64_t n, Quant
     for (int64_t t = 0; t < outer * nb; ++t) {
       const int64_t o = t / nb, b = t % nb, rows = std::min(B, len - b * B);
       const int64_t off = (o * len + b * B) * stride;
-      if (stride == 1) am[0] = amax_bits(x + off, rows);
-      else amax_bits_cols(x + off, rows, stride, stride, am.data());
-      for (int64_t j = 0; j < stride; ++j) scales(from_bits(am[size_t(j)]), d[size_t(j)], e[size_t(j)]);
-      if (nv && scales.genc == 0.f) std::fill(e.begin(), e.end(), 0.f);  // an all-zero tensor
       if (!sr) {
-        if (stride == 1) block_elems(x + off, y + off, rows, d[0], e[0], nv, q);
-        else block_elems_cols(x + off, y + off, rows, stride, stride, d.data(), e.data(), nv, q);
+        blocks_tile(x + off, y + off, rows, stride, stride, scales, nv, q, am.data(), d.data(), e.data());
         continue;
       }
+      std::fill(am.begin(), am.end(), 0u);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < stride; ++j) am[size_t(j)] = std::max(am[size_t(j)], abs_bits(x[off + r * stride + j]));
+      for (int64_t j = 0; j < stride; ++j) scales(am[size_t(j)], d[size_t(j)], e[size_t(j)]);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t j = 0; j < stride; ++j) {
           const int64_t i = off + r * stride + j;
