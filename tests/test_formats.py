@@ -470,3 +470,14 @@ def test_block_formats_straight_through(rng):
     g = rng.normal(size=x.shape).astype(np.float32)
     np.testing.assert_array_equal(F.MXFP4().backward(x, g), g)
     np.testing.assert_array_equal(F.FP8E4M3FN(ste="clipped").backward(x * 300, g), np.where(np.abs(x * 300) <= 448, g, 0))
+
+
+@pytest.mark.parametrize("fmt,expect", [(F.FP8E4M3FN(saturate=False), np.nan), (F.FP8E4M3FN(), 448.0),
+                                        (F.FP8E5M2(saturate=False), 640.0), (F.FP4E2M1(), 6.0)])
+def test_ocp_accumulators_overflow_rules(fmt, expect):
+    """acc = round(acc + a b) per multiply-add with the format's overflow rule:
+    E4M3FN 288 + 300 -> NaN (no inf) or 448 saturating; E5M2 320 + 300 -> 640; FP4 saturates."""
+    m = lb.Sequential([lb.layers.Dense(1, use_bias=False, kernel_initializer="ones", accum_format=fmt)])
+    m.build((2,))
+    y = m.predict(np.float32([[300, 300]]))[0, 0]
+    np.testing.assert_equal(y, np.float32(expect))
