@@ -307,29 +307,33 @@ MX_ELEMENTS = {"e4m3": ("float8_e4m3fn", 8), "e5m2": ("float8_e5m2", 15), "e3m2"
                "e2m3": ("float6_e2m3fn", 2), "e2m1": ("float4_e2m1fn", 2), "int8": (None, 0)}
 
 
-def np_mx(x, element, block=32):
-    """OCP MX v1.0 along the last axis: X = 2^(floor(log2 amax) - emax_elem) clipped to
-    E8M0's [-127, 127]; P = sat(round(v / X)) in the element format; NaN/inf block -> NaN."""
-    name, emax = MX_ELEMENTS[element]
-    rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
+def np_blocks(x, block, one_block, dtype=np.float64):
+    """Applies one_block(v) to the blocks of `block` values along the last axis (the last
+    one partial); a block holding NaN or inf becomes NaN."""
+    rows = x.reshape(-1, x.shape[-1]).astype(dtype)
     out = np.empty_like(rows)
     for r in range(rows.shape[0]):
         for b0 in range(0, rows.shape[1], block):
             v = rows[r, b0:b0 + block]
-            if not np.all(np.isfinite(v)):
-                out[r, b0:b0 + block] = np.nan
-                continue
-            amax = np.abs(v).max()
-            e = np.frexp(amax)[1] - 1 - emax if amax > 0 else -127  # floor(log2 amax), exactly
-            X = 2.0 ** np.clip(e, -127, 127)
-            if name is None:  # MXINT8: k 2^-6, |k| <= 127, round half to even
-                p = np.clip(np.round(v / X * 64), -127, 127) / 64
-            else:
-                dt = getattr(ml_dtypes, name)
-                top = float(ml_dtypes.finfo(dt).max)
-                p = np.clip(v / X, -top, top).astype(dt).astype(np.float64)
-            out[r, b0:b0 + block] = p * X
+            out[r, b0:b0 + block] = one_block(v) if np.all(np.isfinite(v)) else np.nan
     return out.reshape(x.shape).astype(np.float32)
+
+
+def np_mx(x, element, block=32):
+    """OCP MX v1.0 along the last axis: X = 2^(floor(log2 amax) - emax_elem) clipped to
+    E8M0's [-127, 127]; P = sat(round(v / X)) in the element format."""
+    name, emax = MX_ELEMENTS[element]
+
+    def one_block(v):
+        amax = np.abs(v).max()
+        e = np.frexp(amax)[1] - 1 - emax if amax > 0 else -127  # floor(log2 amax), exactly
+        X = 2.0 ** np.clip(e, -127, 127)
+        if name is None:  # MXINT8: k 2^-6, |k| <= 127, round half to even
+            return np.clip(np.round(v / X * 64), -127, 127) / 64 * X
+        dt = getattr(ml_dtypes, name)
+        top = float(ml_dtypes.finfo(dt).max)
+        return np.clip(v / X, -top, top).astype(dt).astype(np.float64) * X
+    return np_blocks(x, block, one_block)
 
 
 def mx_data(rng):
@@ -366,24 +370,17 @@ def np_nvfp4(x, block=16):
     d = s_b / g, y = E2M1(v / d) * d (saturating casts); s_b = 0 -> +-0; NaN/inf block -> NaN."""
     e4m3, e2m1 = ml_dtypes.float8_e4m3fn, ml_dtypes.float4_e2m1fn
     f32 = np.float32
-    rows = x.reshape(-1, x.shape[-1])
     fin = np.abs(x[np.isfinite(x)])
     amax_t = fin.max() if fin.size else f32(0)
     g = f32(2688) / amax_t if amax_t > 0 else f32(0)
-    out = np.empty_like(rows)
-    for r in range(rows.shape[0]):
-        for b0 in range(0, rows.shape[1], block):
-            v = rows[r, b0:b0 + block]
-            if not np.all(np.isfinite(v)):
-                out[r, b0:b0 + block] = np.nan
-                continue
-            sb = np.clip(np.abs(v).max() / f32(6) * g, -448, 448).astype(e4m3).astype(f32)
-            if not sb > 0:
-                out[r, b0:b0 + block] = np.copysign(f32(0), v)
-                continue
-            d = sb / g
-            out[r, b0:b0 + block] = np.clip(v / d, -6, 6).astype(e2m1).astype(f32) * d
-    return out.reshape(x.shape)
+
+    def one_block(v):
+        sb = np.clip(np.abs(v).max() / f32(6) * g, -448, 448).astype(e4m3).astype(f32)
+        if not sb > 0:
+            return np.copysign(f32(0), v)
+        d = sb / g
+        return np.clip(v / d, -6, 6).astype(e2m1).astype(f32) * d
+    return np_blocks(x, block, one_block, np.float32)
 
 
 def test_nvfp4_matches_reference(rng):
