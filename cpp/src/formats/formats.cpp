@@ -37,24 +37,28 @@ LB_CLONES float max_abs(const float* x, int64_t n) {
 // the bits (a carry moves into the exponent as it should); below 2^emin the grid spacing
 // is the fixed 2^(emin - m). Stochastic rounding adds `drop` random bits instead.
 struct ElemRounder {
-  bool integer = false;  // MXINT8: k 2^-6, k in [-127, 127] (round_small, stochastic)
   uint32_t drop = 0, half = 0, mask = ~0u;
   float min_normal = 0, maxv = 0, big = 0, sub_magic = 0;
   uint32_t magic_bits = 0, exp_mask = 0x7F800000u;
-  double sub_scale = 1, sub_step = 1;
+  float sub_scale1 = 1, sub_scale2 = 1, sub_step1 = 1, sub_step2 = 1;  // 2^(m - emin), 2^(emin - m) in two factors
+  void set_spacing(int e) {  // subnormal spacing 2^-e
+    sub_scale1 = std::ldexp(1.f, e / 2), sub_scale2 = std::ldexp(1.f, e - e / 2);
+    sub_step1 = 1.f / sub_scale1, sub_step2 = 1.f / sub_scale2;
+  }
 
   explicit ElemRounder(const Format& f) {
-    if (f.elem_int) {  // k 2^-6 is round_small with the one spacing 2^-6 everywhere
-      integer = true, maxv = big = 127.f / 64.f, exp_mask = 0;
-      const float c = std::ldexp(1.0f, 17);
-      std::memcpy(&magic_bits, &c, 4);
+    if (f.elem_int) {  // MXINT8 k 2^-6, |k| <= 127: the subnormal rule with spacing 2^-6 everywhere
+      maxv = big = 127.f / 64.f, exp_mask = 0;
+      min_normal = std::numeric_limits<float>::infinity();
+      set_spacing(6), sub_magic = std::ldexp(1.0f, 17);
+      std::memcpy(&magic_bits, &sub_magic, 4);
       return;
     }
     const int m = f.man_bits, emin = 2 - (1 << (f.exp_bits - 1));
     drop = uint32_t(23 - m);
     half = drop ? (1u << (drop - 1)) - 1 : 0, mask = drop ? ~((1u << drop) - 1) : ~0u;
     min_normal = std::ldexp(1.0f, emin);
-    sub_scale = std::ldexp(1.0, m - emin), sub_step = std::ldexp(1.0, emin - m);
+    set_spacing(m - emin);
     sub_magic = std::ldexp(1.0f, emin - m + 23);
     std::memcpy(&magic_bits, &sub_magic, 4);
     maxv = float(minifloat_max(f));
@@ -94,23 +98,22 @@ struct ElemRounder {
     std::memcpy(&f, &u, 4);
     return f;
   }
-  // h: 64 uniform random bits. Rounds away from zero with probability
-  // (distance to the grid point below |v|) / ulp.
-  float stochastic(float v, uint64_t h) const {
-    const float u01 = float(h >> 40) * (1.0f / 16777216.0f);
-    if (integer) return std::min(std::max(std::floor(v * 64.f + u01) * (1.f / 64.f), -maxv), maxv);
+  // h: 32 uniform random bits. Rounds away from zero with probability (distance to the
+  // grid point below |v|) / spacing: in the normal range `drop` random bits are added
+  // below the kept mantissa; below 2^emin f = |v| / spacing goes up from floor(f) when
+  // u < f - floor(f), u uniform on 23 bits. Float operations only (exact: powers of two in
+  // two steps, as 2^(m - emin) may exceed float's range), so the loop vectorises.
+  float stochastic(float v, uint32_t h) const {
     const float a = std::fabs(v);
-    float r;
-    if (!(a <= std::numeric_limits<float>::max())) {  // NaN, inf
-      r = a;
-    } else if (a >= min_normal) {
-      uint32_t u;
-      std::memcpy(&u, &a, 4);
-      if (drop) u = (u + uint32_t(h >> (64 - drop))) & mask;
-      std::memcpy(&r, &u, 4);
-    } else {
-      r = float(std::floor(double(a) * sub_scale + double(u01)) * sub_step);
-    }
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    const float rn = from_bits((u + (h & ~mask)) & mask);
+    // floor(f) for f < 2^23 by the adder (std::floor here would stop the vectoriser)
+    const float f = (a * sub_scale1) * sub_scale2, kn = (f + 8388608.f) - 8388608.f, k = kn > f ? kn - 1.f : kn;
+    const float u01 = from_bits(0x3F800000u | (h >> 9)) - 1.f;
+    const float rs = ((k + (u01 < f - k ? 1.f : 0.f)) * sub_step1) * sub_step2;
+    float r = a >= min_normal ? rn : rs;
+    r = a <= std::numeric_limits<float>::max() ? r : a;  // NaN and inf as they are
     return std::copysign(r > maxv ? big : r, v);
   }
 };
@@ -118,6 +121,22 @@ struct ElemRounder {
 LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, const ElemRounder& rounder) {
   const ElemRounder q = rounder;
   for (int64_t i = 0; i < n; ++i) y[i] = q(x[i]);
+}
+
+// Counter-based 32 random bits for stochastic rounding of floats: murmur3's finaliser of
+// (stream key, index), vectorisable (32-bit multiplies). key = 32 bits of hash3(seed, call).
+inline uint32_t hash32(uint32_t key, uint32_t i) {
+  uint32_t h = key ^ (i * 0x9E3779B9u);
+  h ^= h >> 16, h *= 0x85EBCA6Bu, h ^= h >> 13, h *= 0xC2B2AE35u, h ^= h >> 16;
+  return h;
+}
+uint32_t stream_key(uint64_t seed, uint64_t stream) { return uint32_t(hash3(seed, stream, 0) >> 32); }
+
+// y = q.stochastic(x) with the random bits of global indices i0, i0 + 1, ...
+LB_CLONES void minifloat_sr(const float* x, float* y, int64_t n, const ElemRounder& rounder, uint32_t key,
+                            int64_t i0) {
+  const ElemRounder q = rounder;
+  for (int64_t i = 0; i < n; ++i) y[i] = q.stochastic(x[i], hash32(key, uint32_t(i0 + i)));
 }
 
 // ---- block formats (MX, NVFP4) ----
@@ -136,8 +155,8 @@ uint32_t abs_bits(float v) {
 int floor_log2(uint32_t u) { return int(u >> 23) - 127; }
 
 // Decode scale d and encode scale e of a block whose largest |x| has the bits `am`:
-// MX y = d q(x e) with e = 1/d exactly (powers of two); NVFP4 y = d q(x / d), e = 0 marking
-// a block of zeros. A NaN or inf in the block gives d = e = NaN.
+// MX y = d q(x e) with e = 1/d exactly (powers of two); NVFP4 y = d q(x / d) e with e = 1,
+// or e = 0 (and d = 1) for a block that becomes zeros. A NaN or inf in the block gives d = e = NaN.
 struct BlockScales {
   int emax_elem;  // MX: exponent of the element's largest normal
   float genc;     // NVFP4: tensor encode scale 2688 / amax_tensor; < 0 for MX
@@ -158,7 +177,7 @@ struct BlockScales {
       mx(am, d, e);
     } else {  // NVFP4: E4M3 block scale relative to the fp32 tensor scale
       const float sb = e4m3(from_bits(am) / 6.f * genc);
-      d = sb / genc, e = sb > 0 ? 1.f : 0.f;
+      d = sb > 0 ? sb / genc : 1.f, e = sb > 0 ? 1.f : 0.f;  // y = q(x / d) d e: e = 0 gives +-0
     }
   }
 };
@@ -177,10 +196,8 @@ inline void one_block(const float* __restrict x, float* __restrict y, int64_t cn
   float d, e;
   s(am, d, e);
   if (divide)
-    for (int64_t i = 0; i < m; ++i) {
-      const float r = q.round_small(x[i] / d) * d;
-      y[i] = e == 0.f ? std::copysign(0.f, x[i]) : r;
-    }
+    for (int64_t i = 0; i < m; ++i)
+      y[i] = q.round_small(x[i] / d) * d * e;  // no select: a division under one is not vectorised
   else
     for (int64_t i = 0; i < m; ++i) y[i] = q.round_small(x[i] * e) * d;
 }
@@ -214,6 +231,23 @@ LB_CLONES void blocks_row(const float* __restrict x, float* __restrict y, int64_
     else one_block<0>(x + b0, y + b0, cnt, s, divide, q);
   }
 }
+// The same with stochastic rounding of the elements (random bits of global index i0 + ...).
+LB_CLONES void blocks_row_sr(const float* __restrict x, float* __restrict y, int64_t n, int64_t B,
+                             const BlockScales& s, bool divide, const ElemRounder& rounder, uint32_t key, int64_t i0) {
+  const ElemRounder q = rounder;
+  for (int64_t b0 = 0; b0 < n; b0 += B) {
+    const int64_t cnt = std::min(B, n - b0);
+    uint32_t am = 0;
+    for (int64_t i = b0; i < b0 + cnt; ++i) am = std::max(am, abs_bits(x[i]));
+    float d, e;
+    s(am, d, e);
+    if (divide)
+      for (int64_t i = b0; i < b0 + cnt; ++i)
+        y[i] = q.stochastic(x[i] / d, hash32(key, uint32_t(i0 + i))) * d * e;
+    else
+      for (int64_t i = b0; i < b0 + cnt; ++i) y[i] = q.stochastic(x[i] * e, hash32(key, uint32_t(i0 + i))) * d;
+  }
+}
 LB_CLONES uint32_t finite_amax_bits(const float* x, int64_t n) {
   uint32_t am = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -237,12 +271,31 @@ LB_CLONES void blocks_tile(const float* __restrict x, float* __restrict y, int64
     const float* xr = x + r * stride;
     float* yr = y + r * stride;
     if (divide)
-      for (int64_t j = 0; j < cols; ++j) {
-        const float v = q.round_small(xr[j] / d[j]) * d[j];
-        yr[j] = e[j] == 0.f ? std::copysign(0.f, xr[j]) : v;
-      }
+      for (int64_t j = 0; j < cols; ++j)
+        yr[j] = q.round_small(xr[j] / d[j]) * d[j] * e[j];
     else
       for (int64_t j = 0; j < cols; ++j) yr[j] = q.round_small(xr[j] * e[j]) * d[j];
+  }
+}
+// The same with stochastic rounding of the elements (random bits of global index i0 + ...).
+LB_CLONES void blocks_tile_sr(const float* __restrict x, float* __restrict y, int64_t rows, int64_t cols,
+                              int64_t stride, const BlockScales& s, bool divide, const ElemRounder& rounder,
+                              uint32_t* __restrict am, float* __restrict d, float* __restrict e, uint32_t key,
+                              int64_t i0) {
+  const ElemRounder q = rounder;
+  for (int64_t j = 0; j < cols; ++j) am[j] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
+  for (int64_t j = 0; j < cols; ++j) s(am[j], d[j], e[j]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * stride;
+    float* yr = y + r * stride;
+    const uint32_t ir = uint32_t(i0 + r * stride);
+    if (divide)
+      for (int64_t j = 0; j < cols; ++j)
+        yr[j] = q.stochastic(xr[j] / d[j], hash32(key, ir + uint32_t(j))) * d[j] * e[j];
+    else
+      for (int64_t j = 0; j < cols; ++j) yr[j] = q.stochastic(xr[j] * e[j], hash32(key, ir + uint32_t(j))) * d[j];
   }
 }
 
@@ -268,13 +321,16 @@ void quantize_blocks(const Format& f, const float* x, float* y, int64_t n, Quant
     for (int64_t i = 0; i < n; ++i) y[i] = std::isfinite(x[i]) ? std::copysign(0.f, x[i]) : std::nanf("");
     return;
   }
-  if (f.rounding != Rounding::stochastic && stride == 1) {
+  const bool sr = f.rounding == Rounding::stochastic;
+  const uint32_t key = sr ? stream_key(f.seed, st ? st->counter++ : 0) : 0;
+  if (stride == 1) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t o = 0; o < outer; ++o) blocks_row(x + o * len, y + o * len, len, B, scales, nv, q);
+    for (int64_t o = 0; o < outer; ++o) {
+      if (sr) blocks_row_sr(x + o * len, y + o * len, len, B, scales, nv, q, key, o * len);
+      else blocks_row(x + o * len, y + o * len, len, B, scales, nv, q);
+    }
     return;
   }
-  const bool sr = f.rounding == Rounding::stochastic;
-  const uint64_t stream = st && sr ? st->counter++ : 0;
 #pragma omp parallel if (n > 65536)
   {
     std::vector<uint32_t> am(static_cast<size_t>(stride));
@@ -287,18 +343,7 @@ void quantize_blocks(const Format& f, const float* x, float* y, int64_t n, Quant
         blocks_tile(x + off, y + off, rows, stride, stride, scales, nv, q, am.data(), d.data(), e.data());
         continue;
       }
-      std::fill(am.begin(), am.end(), 0u);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < stride; ++j) am[size_t(j)] = std::max(am[size_t(j)], abs_bits(x[off + r * stride + j]));
-      for (int64_t j = 0; j < stride; ++j) scales(am[size_t(j)], d[size_t(j)], e[size_t(j)]);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < stride; ++j) {
-          const int64_t i = off + r * stride + j;
-          const float dj = d[size_t(j)], ej = e[size_t(j)];
-          const uint64_t h = hash3(f.seed, stream, uint64_t(i));
-          y[i] = !nv ? q.stochastic(x[i] * ej, h) * dj
-                 : ej == 0.f ? std::copysign(0.f, x[i]) : q.stochastic(x[i] / dj, h) * dj;
-        }
+      blocks_tile_sr(x + off, y + off, rows, stride, stride, scales, nv, q, am.data(), d.data(), e.data(), key, off);
     }
   }
 }
@@ -461,9 +506,11 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
     case FormatKind::minifloat: {
       const ElemRounder q(f);
       if (f.rounding == Rounding::stochastic) {
-        const uint64_t stream = st ? st->counter++ : 0;
+        const uint32_t key = stream_key(f.seed, st ? st->counter++ : 0);
+        const int64_t chunk = 16384;
 #pragma omp parallel for schedule(static) if (n > 65536)
-        for (int64_t i = 0; i < n; ++i) y[i] = q.stochastic(x[i], hash3(f.seed, stream, uint64_t(i)));
+        for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
+          minifloat_sr(x + c * chunk, y + c * chunk, std::min(chunk, n - c * chunk), q, key, c * chunk);
         return;
       }
       const int64_t chunk = 16384;
