@@ -202,28 +202,33 @@ inline void one_block(const float* __restrict x, float* __restrict y, int64_t cn
     for (int64_t i = 0; i < m; ++i) y[i] = q.round_small(x[i] * e) * d;
 }
 
-// A row of `n` contiguous values in blocks of B (the last one partial). MX with full
-// blocks of 32 goes in chunks of 64 blocks: the maxima, then the scales in one vector
-// loop, then the elements.
+// MX over full blocks of 32: in chunks of 64 blocks, the maxima and scales, then the
+// elements. Returns how many values it did (a multiple of 2048).
+LB_CLONES int64_t mx_rows32(const float* __restrict x, float* __restrict y, int64_t n, const BlockScales& s,
+                            const ElemRounder& rounder) {
+  const ElemRounder q = rounder;  // a local copy: its fields stay in registers
+  constexpr int64_t K = 64;
+  uint32_t am[K];
+  float d[K], e[K];
+  int64_t b0 = 0;
+  for (; b0 + K * 32 <= n; b0 += K * 32) {
+    for (int64_t k = 0; k < K; ++k) {
+      uint32_t m = 0;
+      for (int64_t i = 0; i < 32; ++i) m = std::max(m, abs_bits(x[b0 + k * 32 + i]));
+      am[k] = m;
+    }
+    for (int64_t k = 0; k < K; ++k) s.mx(am[k], d[k], e[k]);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = 0; i < 32; ++i) y[b0 + k * 32 + i] = q.round_small(x[b0 + k * 32 + i] * e[k]) * d[k];
+  }
+  return b0;
+}
+
+// A row of `n` contiguous values in blocks of B (the last one partial).
 LB_CLONES void blocks_row(const float* __restrict x, float* __restrict y, int64_t n, int64_t B,
                           const BlockScales& s, bool divide, const ElemRounder& rounder) {
-  const ElemRounder q = rounder;  // a local copy: its fields stay in registers
-  int64_t b0 = 0;
-  if (B == 32 && !divide) {
-    constexpr int64_t K = 64;
-    uint32_t am[K];
-    float d[K], e[K];
-    for (; b0 + K * 32 <= n; b0 += K * 32) {
-      for (int64_t k = 0; k < K; ++k) {
-        uint32_t m = 0;
-        for (int64_t i = 0; i < 32; ++i) m = std::max(m, abs_bits(x[b0 + k * 32 + i]));
-        am[k] = m;
-      }
-      for (int64_t k = 0; k < K; ++k) s.mx(am[k], d[k], e[k]);
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < 32; ++i) y[b0 + k * 32 + i] = q.round_small(x[b0 + k * 32 + i] * e[k]) * d[k];
-    }
-  }
+  const ElemRounder q = rounder;
+  int64_t b0 = B == 32 && !divide ? mx_rows32(x, y, n, s, q) : 0;
   for (; b0 < n; b0 += B) {
     const int64_t cnt = std::min(B, n - b0);
     if (cnt == 32) one_block<32>(x + b0, y + b0, cnt, s, divide, q);
