@@ -130,8 +130,9 @@ class Format:
         return float(self.bits)
 
     def storage_bits(self, n, rows=1):
-        """Bits to store ``n`` values held as ``rows`` rows along the scaling axis
-        (per-channel scales, or block rows with a partial last block each)."""
+        """Bits to store ``n`` values held as ``rows`` rows along the block axis (a partial
+        last block per row): elements plus the scales of block formats (per-tensor and
+        per-channel scales of Int/Binary are not counted, as in ``summary()``)."""
         n, rows = int(n), int(rows)
         if n < 0 or rows < 1 or n % rows:
             raise ValueError(f"storage_bits: expected n >= 0 split into rows >= 1 equal rows, got n={n}, rows={rows}")
@@ -410,14 +411,10 @@ class Int(Format):
         b = _int_arg(bits, "bits", "Int", 2, 32)
         if calibration not in ("minmax", "percentile", "mse"):
             raise ValueError(f"Int: unknown calibration {calibration!r} (expected minmax, percentile, mse)")
-        self.bits, self.per_channel, self.symmetric = b, bool(per_channel), bool(symmetric)
+        self.bits = b
         self.overflow = _overflow(overflow, "Int")
         super().__init__(kind="int", bits=b, symmetric=int(bool(symmetric)), per_channel=int(bool(per_channel)),
                          calibration=calibration, ste=_ste(ste, "Int"), overflow=self.overflow)
-
-    def _scale_bits(self, n, rows):
-        # one fp32 scale per tensor or per channel row (and a zero point if asymmetric)
-        return (rows if self.per_channel else 1) * (32 if self.symmetric else 32 + self.bits)
 
 
 class Binary(Format):
