@@ -43,8 +43,9 @@ On a standalone array, data-dependent scales use that array's own statistics.
 
 Rounding: every float format (``Float16``, ``BFloat16``, ``MiniFloat`` and the OCP
 formats, MX elements) takes ``rounding="stochastic"`` with a ``seed``: the value rounds
-away from zero with probability (distance to the grid point below) / ulp, from the same
-counter-based stream as ``Fixed`` (one stream per call, so two runs are bit-identical).
+away from zero with probability (distance to the grid point below) / ulp, with random
+bits from (seed, call number, element index), counter-based as ``Fixed``'s: two runs
+with the same seed are bit-identical whatever the thread count.
 
 Block axis (MX, NVFP4): blocks run along the reduction axis of the layer's product, as
 MX hardware does: a conv kernel (O, C, kh, kw) in blocks of C kh kw (one row per output

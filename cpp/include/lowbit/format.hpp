@@ -15,7 +15,8 @@
 //                               input stays NaN (no code for it; OCP leaves it open).
 //     rounding                  nearest (half to even) or stochastic: the kept mantissa
 //                               is truncated after adding uniform random bits below it
-//                               (P(up) = distance / ulp), seeded stream as Fixed.
+//                               (P(up) = distance / ulp); random bits from (seed, call
+//                               number, element index), counter-based as Fixed's.
 //   MX(element, block)          OCP MX v1.0: blocks of `block` values along the
 //                               reduction axis share X = 2^(floor(log2 amax) - emax_elem)
 //                               (E8M0, exponent clamped to [-127, 127]); elements
