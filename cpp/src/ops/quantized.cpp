@@ -46,6 +46,7 @@ struct Quantized : Op {
   std::optional<Format> accum_, grad_accum_;
   ConvGeometry geo_{};
   std::unique_ptr<kernels::BinaryLayer> binary_;  // Binary x Binary: xnor-popcount in evaluate/predict
+  QuantState::Axis w_axis_, in_axis_;
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -66,7 +67,7 @@ struct Quantized : Op {
                    (f.kind == FormatKind::integer && !grad),
                layer, ": ", r, "_format must be a float format (MiniFloat/Float16/BFloat16), a Fixed with a given msb",
                grad ? "" : " or an Int accumulator", ", got ", f.repr());
-      LB_CHECK(f.kind != FormatKind::fixed || f.rounding != Rounding::stochastic, layer, ": ", r,
+      LB_CHECK(f.rounding != Rounding::stochastic, layer, ": ", r,
                "_format: stochastic rounding is not an accumulator mode (use 'nearest' or 'floor')");
       if (f.kind == FormatKind::integer)
         LB_CHECK(in_ && w_ && on_integer_grid(*in_.f) && on_integer_grid(*w_.f), layer,
@@ -92,6 +93,11 @@ struct Quantized : Op {
     w_rows = k == "conv2d" ? ks[0] : 1;  // per-output-channel rows of an OIHW kernel
     fan_in = k == "conv2d" ? numel(ks) / ks[0] : ks[0];
     fan_out = k == "conv2d" ? numel(ks) / ks[1] : ks[1];
+    // block formats run along the reduction axis: C kh kw of an OIHW kernel, K of a (K, M)
+    // kernel, the channels (features) of activations at each pixel
+    w_axis_ = k == "conv2d" ? QuantState::Axis{fan_in, 1} : QuantState::Axis{ks[0], ks[1]};
+    in_axis_ = {in[0][0], numel(in[0]) / in[0][0]};
+    w_.st.axis = w_axis_, in_.st.axis = in_axis_, out_.st.axis = {out_shape[0], numel(out_shape) / out_shape[0]};
     params.push_back(inner->params[0]);  // shares storage with the inner op's kernel
     params[0].binary = w_ && w_.f->kind == FormatKind::binary;
     params[0].clip = float(cfg.f("kernel_clip", 0.0));
@@ -101,7 +107,11 @@ struct Quantized : Op {
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
   // Activation quantizers are per tensor, so they work on any layout; the accumulator
   // simulation indexes NCHW.
-  bool accepts_blocked() const override { return kind == "conv2d" && !accum_ && !grad_accum_; }
+  bool accepts_blocked() const override {
+    for (const Role* r : {&w_, &in_, &out_, &grad_})
+      if (*r && r->f->kind == FormatKind::block) return false;  // blocks index NCHW
+    return kind == "conv2d" && !accum_ && !grad_accum_;
+  }
 
   void init_params(uint64_t seed) override {
     inner->init_params(seed);
@@ -192,11 +202,14 @@ struct Quantized : Op {
     if (w_ && w_.f->ste != Ste::identity) ste_backward(*w_.f, k.value.data(), k.grad.data(), k.grad.data(), k.grad.size());
     grad_.st.track = true;
     if (grad_) {
+      grad_.st.axis = w_axis_;
       quantize(*grad_.f, k.grad.data(), k.grad.data(), k.grad.size(), 1, &grad_.st);
+      grad_.st.axis = {};
       if (use_bias) quantize(*grad_.f, params[1].grad.data(), params[1].grad.data(), channels, 1, &grad_.st);
     }
     if (!diff_src[0]) return;
     if (in_ste) ste_backward(*in_.f, src[0]->data(), dxq_.data(), diff_src[0]->data(), dxq_.size());
+    grad_.st.axis = in_axis_;
     if (grad_) quantize(*grad_.f, diff_src[0]->data(), diff_src[0]->data(), diff_src[0]->size(), 1, &grad_.st);
   }
 };
@@ -212,6 +225,7 @@ struct QuantAct : Op {
     LB_CHECK(it != cfg.formats.end(), "QuantAct: missing format");
     f = it->second;
     out_shape = in[0];
+    if (!in[0].empty()) st.axis = {in[0][0], numel(in[0]) / in[0][0]};  // blocks along channels
   }
   std::vector<QuantState*> quant_states() override { return {&st}; }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
