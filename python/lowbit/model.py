@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from . import _core
+from . import eager as _eager
 from . import formats as _formats
 from . import optimizers as _optimizers
 from . import precision as _precision
@@ -143,6 +144,8 @@ class Model:
             layers.append((layer, nodes))
         g.set_output(node_of[id(outputs)])
         g.init_params(self.seed)
+        for layer, nodes in layers:  # weights a layer built on arrays come along
+            _eager.attach(layer, g, nodes)
         self._graph, self._layers, self._io = g, layers, (inputs, outputs)
         self._layer_inputs = {id(t.layer): [node_of[id(u)] for u in t.inputs] for t in order if t.inputs}
         self.input_shape = tuple(inputs.layer.input_shape)
