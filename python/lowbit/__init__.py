@@ -7,13 +7,13 @@
     model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
 """
 from . import _core
-from . import callbacks, constraints, datasets, formats, layers, models, optimizers, plots, precision, summary
+from . import callbacks, constraints, datasets, formats, layers, models, netadapt, optimizers, plots, precision, summary
 from .layers import Input
 from .model import Model, Sequential
 from .precision import Precision
 
 __version__ = "0.1.0"
-__all__ = ["Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "formats", "layers", "precision", "models", "optimizers", "summary",
+__all__ = ["Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "formats", "layers", "precision", "models", "netadapt", "optimizers", "summary",
            "build_info", "set_num_threads"]
 
 build_info = _core.build_info
