@@ -152,7 +152,7 @@ _S1_PRECISIONS = ("w1a8", "binary")
 
 
 def resnet20(input_shape=(3, 32, 32), num_classes=10, seed=None, precision=None, scaling="channel", hysteresis=0.0,
-             bireal=False, quantize_shortcuts=False, binarize_weights=True, kernel_clip=1.0, feature_msb=3):
+             bireal=False, quantize_shortcuts=False, binarize_weights=True, kernel_clip=1.0, feature_msb=3, bn_momentum=0.99):
     """S1 ResNet-20 for CIFAR-10 in the Keras ResNet20v1 layout the seed trained to ~84 %
     (seed 001 Figure 31): conv 3x3 16 + BN + ReLU; three stages (16, 32, 64 filters) of
     three basic blocks conv3x3-BN-ReLU-conv3x3-BN, added to the shortcut, then ReLU; the
@@ -179,6 +179,10 @@ def resnet20(input_shape=(3, 32, 32), num_classes=10, seed=None, precision=None,
     - ``bireal=True`` adds a real-valued shortcut around every binary conv (Bi-Real Net):
       ``y = x + BN(conv(Q(x)))`` for both convs of a block, the first one's shortcut
       through the 1x1 downsample where the shape changes.
+
+    ``bn_momentum``: batch norm's moving-average momentum (Keras' 0.99; 0.9 for short
+    runs of a few hundred steps, where 0.99 leaves the moving statistics near their
+    initial values and the test accuracy near chance while the training loss falls).
 
     Layer names are those of the fp32 model, so weights move between variants with
     get_weights / set_weights (quantizers have no weights). Any other ``precision`` is
@@ -216,7 +220,7 @@ def resnet20(input_shape=(3, 32, 32), num_classes=10, seed=None, precision=None,
         x = L.Conv2D(filters, kernel, strides=strides, padding="same", kernel_initializer="he_normal",
                      name=f"{name}_conv", **(wfmt() if binary else {}))(x)
         if bn:
-            x = L.BatchNormalization(name=f"{name}_bn")(x)
+            x = L.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
         return L.ReLU(name=f"{name}_relu")(x) if act else x
 
     inp = Input(shape)
