@@ -114,15 +114,20 @@ def test_latency_table_errors(lenet, tmp_path):
         na.build_latency_table(lb.models.resnet20((1, 8, 8), seed=0), verbose=0)
 
 
-def _adapt(lenet, data, **kw):
+def _adapt(lenet, data, budget=None, **kw):
     train, val = data
     args = dict(reduction_schedule=0.12, short_term_steps=3, long_term_epochs=1, batch_size=64, verbose=0)
     args.update(kw)
-    return na.adapt(lenet, train, val, 0.6 * na.resource_of(lenet), **args)
+    return na.adapt(lenet, train, val, budget or 0.6 * na.resource_of(lenet), **args)
 
 
-def test_adapt_meets_a_mac_budget(lenet, data):
-    small, history = _adapt(lenet, data)
+@pytest.fixture(scope="module")
+def adapted(lenet, data):
+    return _adapt(lenet, data)
+
+
+def test_adapt_meets_a_mac_budget(lenet, adapted):
+    small, history = adapted
     budget = 0.6 * na.resource_of(lenet)
     assert na.resource_of(small) <= budget
     assert history[0]["filters"] == [32, 48, 256, 84, 10] and history[-1]["block"] == "long-term"
@@ -136,8 +141,8 @@ def test_adapt_meets_a_mac_budget(lenet, data):
     assert "MACs" in text and "long-term" in text and "[32, 48, 256, 84, 10]" in text
 
 
-def test_adapt_resumes_from_its_last_finished_iteration(lenet, data, tmp_path, monkeypatch):
-    full, h_full = _adapt(lenet, data)
+def test_adapt_resumes_from_its_last_finished_iteration(lenet, data, adapted, tmp_path, monkeypatch):
+    full, h_full = adapted
     state = tmp_path / "state.json"
     real = na._atomic_write
 
@@ -174,3 +179,13 @@ def test_adapt_errors(lenet, data):
         na.prune(lenet, 4, [0])
     with pytest.raises(ValueError, match="classifier"):
         na.with_filters(lenet, [32, 48, 256, 84, 9])
+
+
+def test_adapt_meets_a_latency_budget(lenet, data):
+    t = na.build_latency_table(lenet, steps=2, repeat=1, verbose=0)
+    budget = 0.8 * t.predict(na.filters_of(lenet))
+    small, history = _adapt(lenet, data, budget, resource="latency", table=t, reduction_schedule=0.1,
+                            short_term_steps=1, long_term_epochs=0)
+    assert t.predict(na.filters_of(small)) <= budget == pytest.approx(0.8 * history[0]["resource"])
+    assert na.filters_of(small) != na.filters_of(lenet)
+    assert history.resource_name == "latency (ms)" and history[-1]["resource"] == t.predict(na.filters_of(small))
