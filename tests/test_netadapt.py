@@ -87,9 +87,10 @@ def test_l2_norm_is_per_filter(lenet):
 
 def test_latency_table_json_roundtrip(lenet, tmp_path):
     path = tmp_path / "lut.json"
-    t = na.build_latency_table(lenet, steps=2, repeat=2, path=path, verbose=0)
+    t = na.build_latency_table(lenet, steps=2, repeat=2, path=path, flush_mb=1, verbose=0)
     d = json.loads(path.read_text())
     assert d["format"] == "lowbit-latency-table/1" and d["repeat"] == 2 and d["statistic"] == "median"
+    assert d["flush_mb"] == 1 and d["unit"] == "ms" and d["batch"] == 1
     assert [e["out_channels"] for e in d["layers"]] == [[16, 32], [24, 48], [128, 256], [42, 84], [10]]
     assert d["layers"][0]["in_channels"] == [1] and d["layers"][2]["in_channels"] == [24, 48]
     assert d["layers"][2]["segment"] == [layer.name for layer in lenet.layers[3:6]]  # pool, flatten, dense
@@ -108,6 +109,10 @@ def test_latency_table_errors(lenet, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="lowbit-latency-table"):
         na.LatencyTable.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="flush_mb"):
+        na.measure_latency(lenet, flush_mb=-1)
+    with pytest.raises(ValueError, match="repeat"):
+        na.measure_latency(lenet, repeat=0)
     with pytest.raises(ValueError, match="steps"):
         na.build_latency_table(lenet, steps=0, verbose=0)
     with pytest.raises(TypeError, match="Sequential"):

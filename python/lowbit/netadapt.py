@@ -185,15 +185,25 @@ def _segments(model):
     return out
 
 
-def measure_latency(model, repeat=20, batch=1, seed=0):
-    """Median wall time in ms of ``model.predict`` on a random batch (one warm-up run first)."""
+def measure_latency(model, repeat=20, batch=1, seed=0, flush_mb=0):
+    """Median wall time in ms of ``model.predict`` on a random batch (one warm-up run first).
+
+    ``flush_mb > 0`` writes that many MiB before every timed run, evicting the caches: a
+    layer timed alone keeps its weights in cache from run to run, which a layer inside a
+    network does not when the other layers' weights pass through the cache in between
+    (S1's AlexNet: 4096x4096 fp32 weights are 64 MiB, 1365x4096 fit a 32 MiB L3)."""
     if int(repeat) < 1:
         raise ValueError(f"measure_latency: expected repeat >= 1, got {repeat}")
+    if flush_mb < 0:
+        raise ValueError(f"measure_latency: expected flush_mb >= 0, got {flush_mb}")
     model._require_built()
     x = np.random.default_rng(seed).standard_normal((int(batch),) + _input_shape(model)).astype(np.float32)
+    scratch = np.empty(int(flush_mb * 2 ** 20) // 8) if flush_mb else None
     model.predict(x, batch_size=int(batch))
     times = []
-    for _ in range(int(repeat)):
+    for k in range(int(repeat)):
+        if scratch is not None:
+            scratch.fill(k)
         t = time.perf_counter()
         model.predict(x, batch_size=int(batch))
         times.append((time.perf_counter() - t) * 1e3)
@@ -209,8 +219,8 @@ class LatencyTable:
     """Per kernel layer a grid of measured latencies (ms) over (input channels, output
     channels). JSON on disk (the seed's lut_alexnet.pkl, readable): ``save`` / ``load``."""
 
-    def __init__(self, layers, model="", cpu="", threads=1, batch=1, repeat=1, statistic="median"):
-        self.layers = layers
+    def __init__(self, layers, model="", cpu="", threads=1, batch=1, repeat=1, statistic="median", flush_mb=0):
+        self.layers, self.flush_mb = layers, flush_mb
         self.model, self.cpu, self.threads, self.batch, self.repeat = model, cpu, threads, batch, repeat
         self.statistic = statistic
         for e in layers:
@@ -221,7 +231,8 @@ class LatencyTable:
 
     def to_dict(self):
         return {"format": _TABLE_FORMAT, "model": self.model, "cpu": self.cpu, "threads": self.threads,
-                "batch": self.batch, "repeat": self.repeat, "statistic": self.statistic, "unit": "ms",
+                "batch": self.batch, "repeat": self.repeat, "statistic": self.statistic, "flush_mb": self.flush_mb,
+                "unit": "ms",
                 "layers": self.layers}
 
     def save(self, path):
@@ -235,7 +246,8 @@ class LatencyTable:
             d = json.load(f)
         if d.get("format") != _TABLE_FORMAT:
             raise ValueError(f"LatencyTable.load: {path} is not a {_TABLE_FORMAT} file")
-        return cls(d["layers"], d["model"], d["cpu"], d["threads"], d["batch"], d["repeat"], d["statistic"])
+        return cls(d["layers"], d["model"], d["cpu"], d["threads"], d["batch"], d["repeat"], d["statistic"],
+                   d.get("flush_mb", 0))
 
     def __eq__(self, other):
         return isinstance(other, LatencyTable) and self.to_dict() == other.to_dict()
@@ -255,10 +267,11 @@ class LatencyTable:
         return sum(self.lookup(j, ci, co) for j, (ci, co) in enumerate(zip(cins, filters)))
 
 
-def build_latency_table(model, input_shape=None, steps=8, repeat=10, batch=1, path=None, verbose=1):
+def build_latency_table(model, input_shape=None, steps=8, repeat=10, batch=1, path=None, flush_mb=0, verbose=1):
     """Measure, on this machine, each kernel layer's segment (see the module doc) for
     every (input channels, output channels) pair on a grid of ``steps`` widths per layer
-    (an int or one per kernel layer): median of ``repeat`` timed runs at batch ``batch``.
+    (an int or one per kernel layer): median of ``repeat`` timed runs at batch ``batch``,
+    caches flushed before each run with ``flush_mb`` (see ``measure_latency``).
     ``input_shape`` (C, H, W) defaults to the model's. Saved as JSON to ``path`` if given."""
     ks = _check_model(model, "build_latency_table")
     if input_shape is not None and tuple(input_shape) != _input_shape(model):
@@ -283,7 +296,7 @@ def build_latency_table(model, input_shape=None, steps=8, repeat=10, batch=1, pa
                 _set_width(seg[-1], cout)
                 m = Sequential(seg, name=f"{model.name}_seg{j}", seed=0, precision=model.default_precision)
                 m.build((cin,) + tuple(shape[1:]))
-                row.append(measure_latency(m, repeat=repeat, batch=batch))
+                row.append(measure_latency(m, repeat=repeat, batch=batch, flush_mb=flush_mb))
                 bar.update(1)
             ms.append(row)
         entries.append({"name": layers[-1].name, "kind": type(layers[-1]).__name__,
@@ -292,7 +305,7 @@ def build_latency_table(model, input_shape=None, steps=8, repeat=10, batch=1, pa
     bar.close()
     from . import _core
     table = LatencyTable(entries, model.name, cpu_name(), int(_core.build_info()["openmp_threads"]), int(batch),
-                         int(repeat))
+                         int(repeat), flush_mb=flush_mb)
     if path is not None:
         table.save(path)
     return table
