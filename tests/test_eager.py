@@ -393,3 +393,14 @@ def test_bad_inputs_raise_errors_naming_the_problem(rng):
         L.ReLU()(lb.Input((3,)), training=True)
     with pytest.raises(ValueError, match="input_shape"):
         L.Dense(2).build((0, 3))
+
+
+def test_deepcopy_of_a_built_layer_is_unbuilt_with_the_same_config():
+    import copy
+    layer = lb.layers.Conv2D(3, 3, padding="same", seed=1)
+    x = np.ones((1, 2, 5, 5), np.float32)
+    layer(x)
+    twin = copy.deepcopy(layer)
+    assert layer.built and not twin.built
+    assert twin.get_config() == layer.get_config()
+    np.testing.assert_array_equal(twin(x), layer(x))  # same seed, same weights when built anew

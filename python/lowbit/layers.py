@@ -186,6 +186,16 @@ class Layer:
         from . import eager
         eager.set_weights(self, weights)
 
+    def __deepcopy__(self, memo):
+        """A copy with the same configuration and formats, not built: engine graphs (the
+        layer's home and its array-call graphs) are not copied; the copy builds anew."""
+        import copy
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        skip = ("_home", "_eager_graphs", "_eager_step")
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in skip})
+        return new
+
     def get_config(self):
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
