@@ -50,6 +50,8 @@ __all__ = [
     "mnist",
     "cifar10",
     "digits",
+    "load",
+    "NAMES",
     "pad_to",
     "to_rgb",
     "clear_cache",
@@ -561,6 +563,18 @@ def digits():
     scikit-learn (imported lazily).  Returned arrays are cached and read-only.
     """
     return _load_digits_cached()
+
+
+#: Dataset names accepted by :func:`load` (and the command line).
+NAMES = ("fashion_mnist", "mnist", "cifar10", "digits")
+
+
+def load(name: str, root=None):
+    """The loader named ``name`` (one of :data:`NAMES`); ``root`` as for that loader
+    (``digits`` takes none)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r} (expected one of {', '.join(NAMES)})")
+    return digits() if name == "digits" else globals()[name](root)
 
 
 # --------------------------------------------------------------------------

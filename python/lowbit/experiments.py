@@ -1,0 +1,499 @@
+"""Studies: train several (model, precision) pairs on one dataset with identical seeds and
+data order, and collect a results table.
+
+    import lowbit as lb
+    res = lb.experiments.run(["lenet", "pure_cnn"], ["fp32", "fp16", "fixed8"],
+                             data="fashion_mnist", epochs=2, train_limit=10_000)
+    res                 # text / HTML table; res.rows are dicts, res.to_pandas() a DataFrame
+    lb.plots.plot_curves(res); lb.plots.plot_bars(res)
+
+Every pair starts from the same initial weights (the model is built with ``seed``) and
+sees the same batches in the same order and the same dropout masks (``fit(seed=seed)``);
+only the number formats differ.
+
+Each row holds: final test ``accuracy`` and ``loss`` (the last epoch's validation on the
+test split), the best test accuracy, last-epoch training loss and accuracy, per-epoch
+curves (``history``: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
+``epoch_time``), mean seconds per epoch, training images per second, the growth of the
+process's peak resident memory during the run, parameters, model size in bytes at that
+precision (packed deployed weights, see ``lowbit.energy``) against its float32 size, MACs
+per image, and the energy **estimate** of ``lowbit.energy`` (Horowitz, ISSCC 2014, 45 nm
+per-operation table): microjoules per inference image and joules for the whole training
+run (per-image training energy x images x epochs). Energy is arithmetic on operation
+counts, never a measurement; every view labels it "estimate".
+
+Resuming: with ``results_dir`` each finished pair is written there at once, as
+``<model>__<precision>__<key>.json`` (the row with its curves) and ``.curves.csv``, each
+written to a temporary file and renamed into place. ``key`` hashes the model, its
+arguments, the precision's full description, the data (a digest of the arrays) and the
+settings, so a rerun with the same arguments loads finished pairs instead of training
+them, and any change trains afresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+
+import numpy as np
+
+from . import energy as _energy
+from . import optimizers as _optimizers
+from . import precision as _precision
+
+__all__ = ["run", "Results", "cpu_name", "DISPLAY_COLUMNS"]
+
+# columns of the text / HTML views: (row key, header, format)
+DISPLAY_COLUMNS = (
+    ("model", "model", "{}"),
+    ("precision", "precision", "{}"),
+    ("accuracy", "test acc %", "{:.2f}"),
+    ("loss", "test loss", "{:.4f}"),
+    ("epoch_time_s", "s/epoch", "{:.2f}"),
+    ("images_per_s", "img/s", "{:,.0f}"),
+    ("size_bytes", "size KiB", "{:,.1f}"),
+    ("energy_inference_uJ", "uJ/img (est.)", "{:.2f}"),
+    ("energy_train_J", "train J (est.)", "{:.3g}"),
+)
+_PERCENT = {"accuracy"}
+_KIB = {"size_bytes"}
+
+
+def cpu_name():
+    """The CPU's model name (from /proc/cpuinfo) and the number of cores."""
+    name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+# ----------------------------------------------------------------------------------
+# results table
+# ----------------------------------------------------------------------------------
+class Results:
+    """A study's table: ``rows`` (one dict per (model, precision) run, curves in
+    ``row["history"]``), printed as text, rendered as HTML in Jupyter, ``to_pandas()``."""
+
+    def __init__(self, rows=(), title=None, models=None):
+        self.rows = [dict(r) for r in rows]
+        self.title = title
+        self.models = dict(models or {})  # {(model, precision): trained model} with run(keep_models=True)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def __add__(self, other):
+        if not isinstance(other, Results):
+            return NotImplemented
+        return Results(self.rows + other.rows, title=self.title or other.title, models={**self.models, **other.models})
+
+    @property
+    def model_labels(self):
+        return list(dict.fromkeys(r["model"] for r in self.rows))
+
+    @property
+    def precision_labels(self):
+        return list(dict.fromkeys(r["precision"] for r in self.rows))
+
+    def get(self, model, precision, loss_fn=None):
+        """The row of ``model`` at ``precision`` (and ``loss_fn``, when several)."""
+        found = [r for r in self.rows if r["model"] == model and r["precision"] == precision
+                 and (loss_fn is None or r["loss_fn"] == loss_fn)]
+        if len(found) != 1:
+            raise KeyError(f"Results.get: {len(found)} rows for model {model!r}, precision {precision!r}"
+                           + (f", loss {loss_fn!r}" if loss_fn else ""))
+        return found[0]
+
+    def _cells(self):
+        for r in self.rows:
+            cells = []
+            for key, _, fmt in DISPLAY_COLUMNS:
+                v = r.get(key)
+                if v is None:
+                    cells.append("-")
+                    continue
+                v = 100 * v if key in _PERCENT else v / 1024 if key in _KIB else v
+                cells.append(fmt.format(v))
+            yield cells
+
+    def _caption(self):
+        cpu = self.rows[0].get("cpu") if self.rows else None
+        parts = [self.title or "results", f"CPU: {cpu}" if cpu else None,
+                 f"energy: {_energy.SOURCE}"]
+        return " | ".join(p for p in parts if p)
+
+    def __str__(self):
+        headers = [h for _, h, _ in DISPLAY_COLUMNS]
+        body = list(self._cells())
+        widths = [max(len(x) for x in col) for col in zip(headers, *body)]
+        right = [i >= 2 for i in range(len(headers))]
+
+        def line(cells):
+            return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+        rule = "-" * len(line(headers))
+        return "\n".join([self._caption(), rule, line(headers), rule] + [line(c) for c in body] + [rule])
+
+    __repr__ = __str__
+
+    def _repr_html_(self):
+        esc = html.escape
+        head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in DISPLAY_COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in self._cells())
+        return (f"<div><table><caption>{esc(self._caption())}</caption><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table></div>")
+
+    def to_pandas(self):
+        """All row fields as a pandas DataFrame (curves in the ``history`` column)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Results.to_pandas needs pandas (pip install pandas); the same data is in .rows") \
+                from None
+        return pd.DataFrame(self.rows)
+
+    @classmethod
+    def load(cls, results_dir, title=None):
+        """Every run stored in ``results_dir`` (in file-name order)."""
+        if not os.path.isdir(results_dir):
+            raise FileNotFoundError(f"Results.load: no folder {results_dir}")
+        rows = []
+        for name in sorted(os.listdir(results_dir)):
+            if name.endswith(".json"):
+                with open(os.path.join(results_dir, name)) as f:
+                    rows.append(json.load(f))
+        return cls(rows, title=title)
+
+
+# ----------------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------------
+def _labelled(spec, what, label_of):
+    """A name, an object, a list of them or a {label: spec} dict -> [(label, spec)]."""
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    elif isinstance(spec, (list, tuple)):
+        items = [(label_of(s), s) for s in spec]
+    else:
+        items = [(label_of(spec), spec)]
+    if not items:
+        raise ValueError(f"run: expected at least one {what}, got none")
+    labels = [label for label, _ in items]
+    for label in labels:
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"run: {what} labels must be non-empty strings, got {label!r}")
+    dup = sorted({label for label in labels if labels.count(label) > 1})
+    if dup:
+        raise ValueError(f"run: duplicate {what} labels {dup} (pass a dict to label them)")
+    return items
+
+
+def _model_label(m):
+    if isinstance(m, str):
+        return m
+    if callable(m):
+        return getattr(m, "__name__", type(m).__name__)
+    raise ValueError(f"run: a model must be a name in lb.models or a callable returning a model, got {m!r}")
+
+
+def _model_builder(label, m):
+    from . import models as _models
+    if isinstance(m, str):
+        if m not in getattr(_models, "__all__", ()):
+            raise ValueError(f"run: unknown model {m!r} (lb.models has {', '.join(_models.__all__)})")
+        return getattr(_models, m), f"lowbit.models.{m}"
+    if not callable(m):
+        raise ValueError(f"run: model {label!r} must be a name in lb.models or a callable, got {m!r}")
+    return m, f"{getattr(m, '__module__', '?')}.{getattr(m, '__qualname__', label)}"
+
+
+def _precision_label(p):
+    if isinstance(p, str):
+        return p
+    if isinstance(p, _precision.Precision):
+        return p.name
+    raise ValueError(f"run: a precision must be a preset name ({', '.join(_precision.PRESETS)}) "
+                     f"or an lb.Precision, got {p!r}")
+
+
+def _precision_id(p):
+    """Everything that defines a precision, as a JSON-able dict (for the resume key)."""
+    return {"name": p.name, "roles": {r: repr(f) for r, f in p.roles.items() if f is not None},
+            "exempt": [p.exempt_first, p.exempt_last], "loss_scale": p.loss_scale, "activation": p.activation,
+            "calibration_percentile": p.calibration_percentile}
+
+
+def _load_data(data, data_root=None):
+    from . import datasets as _datasets
+    if isinstance(data, str):
+        return _datasets.load(data, data_root), data
+    try:
+        (x, y), (xt, yt) = data
+    except (TypeError, ValueError):
+        raise ValueError("run: data must be a dataset name or ((x_train, y_train), (x_test, y_test))") from None
+    return ((x, y), (xt, yt)), "arrays"
+
+
+def _limit(n, what):
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"run: expected {what} >= 1 or None, got {n!r}")
+    return int(n)
+
+
+def _positive_int(v, what):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"run: expected {what} >= 1, got {v!r}")
+    return int(v)
+
+
+def _digest(*arrays):
+    h = hashlib.blake2b(digest_size=12)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def _safe(s):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-") or "x"
+
+
+# ----------------------------------------------------------------------------------
+# storage
+# ----------------------------------------------------------------------------------
+def _atomic_write(path, text):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lowbit-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _curves_csv(history):
+    keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time") if k in history]
+    lines = [",".join(["epoch"] + keys)]
+    for e in range(len(history.get("loss", []))):
+        lines.append(",".join([str(e + 1)] + [repr(float(history[k][e])) for k in keys]))
+    return "\n".join(lines) + "\n"
+
+
+def _store(results_dir, stem, row):
+    _atomic_write(os.path.join(results_dir, stem + ".curves.csv"), _curves_csv(row["history"]))
+    _atomic_write(os.path.join(results_dir, stem + ".json"), json.dumps(row, indent=1))
+
+
+def _load_stored(path, key):
+    try:
+        with open(path) as f:
+            row = json.load(f)
+    except (OSError, ValueError):
+        return None  # missing, or cut short: train again
+    return row if row.get("key") == key else None
+
+
+# ----------------------------------------------------------------------------------
+# peak memory of this process (Linux): reset the high-water mark, read it afterwards
+# ----------------------------------------------------------------------------------
+def _status_kb(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return _status_kb("VmRSS")
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------------
+# the runner
+# ----------------------------------------------------------------------------------
+def run(models, precisions, data="fashion_mnist", epochs=1, batch_size=128, seed=0, optimizer="adam",
+        learning_rate=None, loss="categorical_crossentropy", train_limit=None, test_limit=None,
+        data_root=None, results_dir="results", resume=True, model_kwargs=None, keep_models=False, title=None,
+        verbose=True):
+    """Train every model at every precision; return a :class:`Results` table.
+
+    ``models``: a name in ``lb.models`` (``"lenet"``), a callable returning an uncompiled
+    model (called as ``f(input_shape=..., num_classes=..., seed=seed, **model_kwargs)``),
+    a list of these, or a ``{label: model}`` dict.
+    ``precisions``: a preset name of ``lowbit.precision`` (``"fp16"``), an
+    ``lb.Precision`` (labelled by its ``name``), a list, or a ``{label: precision}`` dict.
+    ``data``: a dataset name (``"fashion_mnist"``, ``"mnist"``, ``"cifar10"``,
+    ``"digits"``, read from ``data_root`` or the usual folders, see ``lowbit.datasets``)
+    or ``((x_train, y_train), (x_test, y_test))``; ``train_limit`` /
+    ``test_limit`` keep the first N samples of each split. The test split is the
+    validation data of every epoch.
+    ``optimizer``: a name (with ``learning_rate``, default the optimizer's) or an
+    ``lb.optimizers`` instance (its configuration is shared; state is per run).
+    ``loss``: ``"categorical_crossentropy"`` or ``"mse"``.
+    ``results_dir``: where finished runs are stored and found again (None: nowhere);
+    ``resume=False`` retrains and overwrites. ``keep_models``: keep the trained models in
+    ``Results.models[(model, precision)]`` (with ``results_dir`` their weights are stored
+    too, as ``.weights.npz``, and reloaded for stored runs). ``verbose``: progress bars
+    for the sweep and each run. Energy figures are estimates (``lowbit.energy``).
+    """
+    from .model import LOSSES, Model, _LOSS_ALIASES
+    model_items = _labelled(models, "model", _model_label)
+    builders = [(label, *_model_builder(label, m)) for label, m in model_items]
+    prec_items = [(label, _precision.get(p)) for label, p in _labelled(precisions, "precision", _precision_label)]
+    epochs = _positive_int(epochs, "epochs")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"run: expected an integer seed, got {seed!r}")
+    seed = int(seed)
+    if not isinstance(loss, str) or loss.lower() not in _LOSS_ALIASES:
+        raise ValueError(f"run: unknown loss {loss!r} (expected one of {', '.join(LOSSES)})")
+    loss = _LOSS_ALIASES[loss.lower()]
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in _optimizers._BY_NAME:
+            raise ValueError(f"run: unknown optimizer {optimizer!r} (expected one of {', '.join(_optimizers._BY_NAME)}"
+                             " or an lb.optimizers instance)")
+        cls = _optimizers._BY_NAME[optimizer.lower()]
+        optimizer = cls() if learning_rate is None else cls(learning_rate=learning_rate)
+    elif not isinstance(optimizer, _optimizers.Optimizer):
+        raise ValueError(f"run: optimizer must be a name or an lb.optimizers instance, got {optimizer!r}")
+    elif learning_rate is not None:
+        raise ValueError("run: give learning_rate with an optimizer name, not with an optimizer instance")
+    model_kwargs = dict(model_kwargs or {})
+    train_limit, test_limit = _limit(train_limit, "train_limit"), _limit(test_limit, "test_limit")
+
+    ((x, y), (xt, yt)), data_name = _load_data(data, data_root)
+    from .model import as_input, as_target
+    x, xt = as_input(x, "run: x_train")[:train_limit], as_input(xt, "run: x_test")[:test_limit]
+    y, yt = as_target(y, "run: y_train")[:train_limit], as_target(yt, "run: y_test")[:test_limit]
+    if len(x) != len(y) or len(xt) != len(yt):
+        raise ValueError(f"run: {len(x)} training images but {len(y)} labels, {len(xt)} test images but {len(yt)} labels")
+    if len(x) == 0 or len(xt) == 0:
+        raise ValueError("run: the training and test splits must not be empty")
+    num_classes = int(y.shape[1]) if y.ndim == 2 else int(max(y.max(), yt.max())) + 1
+    settings = {"data": data_name, "data_digest": _digest(x, y, xt, yt), "n_train": len(x), "n_test": len(xt),
+                "epochs": epochs, "batch_size": batch_size, "seed": seed, "loss": loss,
+                "optimizer": optimizer.config(), "schedule": optimizer.schedule.config(),
+                "model_kwargs": {k: repr(v) for k, v in sorted(model_kwargs.items())}}
+    if results_dir is not None:
+        os.makedirs(results_dir, exist_ok=True)
+    cpu = cpu_name()
+
+    pairs = [(b, p) for b in builders for p in prec_items]
+    sweep = None
+    if verbose:
+        from tqdm.auto import tqdm
+        sweep = tqdm(total=len(pairs), desc="study", unit="run")
+    rows, kept = [], {}
+    try:
+        for (mlabel, build, build_id), (plabel, prec) in pairs:
+            key = hashlib.sha256(json.dumps({"model": build_id, "precision": _precision_id(prec), **settings},
+                                            sort_keys=True, default=repr).encode()).hexdigest()[:16]
+            stem = f"{_safe(mlabel)}__{_safe(plabel)}__{key}"
+            path = os.path.join(results_dir, stem + ".json") if results_dir is not None else None
+            row = _load_stored(path, key) if (path and resume) else None
+            weights = os.path.join(results_dir, stem + ".weights.npz") if path else None
+            if row is not None and keep_models and not os.path.isfile(weights):
+                row = None  # stored without weights: train again to keep the model
+            if sweep is not None:
+                sweep.set_postfix_str(f"{mlabel} @ {plabel}" + (" (stored)" if row else ""))
+            model = None
+            if row is None or keep_models:
+                model = build(input_shape=tuple(x.shape[1:]), num_classes=num_classes, seed=seed, **model_kwargs)
+                if not isinstance(model, Model):
+                    raise ValueError(f"run: model {mlabel!r} must return an lb.Model, got {type(model).__name__}")
+                if model._compiled is not None:
+                    raise ValueError(f"run: model {mlabel!r} is already compiled; pass an uncompiled model")
+            if row is None:
+                row = _train_one(model, prec, optimizer, loss, x, y, xt, yt, epochs, batch_size, seed,
+                                 f"{mlabel} @ {plabel}", verbose)
+                row.update(model=mlabel, precision=plabel, loss_fn=loss, key=key, cpu=cpu, settings=settings)
+                if path is not None:
+                    if keep_models:
+                        model.save_weights(weights)
+                    _store(results_dir, stem, row)
+                row["stored"] = False
+            else:
+                if keep_models:
+                    model.compile(optimizer, loss, metrics=["accuracy"], precision=prec)
+                    model.load_weights(weights)
+                row["stored"] = True
+            if keep_models:
+                kept[(mlabel, plabel)] = model
+            rows.append(row)
+            if sweep is not None:
+                sweep.update(1)
+    finally:
+        if sweep is not None:
+            sweep.close()
+    return Results(rows, title=title, models=kept)
+
+
+def _train_one(model, prec, optimizer, loss, x, y, xt, yt, epochs, batch_size, seed, desc, verbose):
+    from .callbacks import LambdaCallback
+    model.compile(optimizer, loss, metrics=["accuracy"], precision=prec)
+    callbacks = []
+    bar = None
+    if verbose:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False)
+
+        def tick(epoch, logs):
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", val_acc=f"{logs.get('val_accuracy', float('nan')):.4f}")
+        callbacks.append(LambdaCallback(on_epoch_end=tick))
+    rss0 = _reset_peak()
+    try:
+        h = model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=(xt, yt), seed=seed, verbose=0,
+                      callbacks=callbacks).history
+    finally:
+        if bar is not None:
+            bar.close()
+    peak = _status_kb("VmHWM")
+    est = _energy.estimate(model, batch_size)
+    params = model.count_params()
+    epoch_time = float(np.mean(h["epoch_time"]))
+    history = {k: [float(v) for v in h[k]] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time")}
+    return dict(
+        accuracy=history["val_accuracy"][-1], loss=history["val_loss"][-1],
+        best_accuracy=max(history["val_accuracy"]),
+        train_accuracy=history["accuracy"][-1], train_loss=history["loss"][-1],
+        epochs=len(history["loss"]), epoch_time_s=epoch_time, train_time_s=float(np.sum(h["epoch_time"])),
+        images_per_s=len(x) / epoch_time,
+        peak_mem_mb=(peak - rss0) / 1024 if (peak is not None and rss0 is not None) else None,
+        params=params, size_bytes=est["weight_bits"] / 8, float32_bytes=4 * params, macs=est["macs"],
+        energy_inference_uJ=est["inference_uJ"],
+        energy_train_J=est["train_uJ"] * 1e-6 * len(x) * len(history["loss"]),
+        history=history)
