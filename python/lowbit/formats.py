@@ -113,7 +113,7 @@ class Float32(Format):
 
 
 class MiniFloat(Format):
-    """IEEE-like float with ``exp_bits`` exponent and ``man_bits`` mantissa bits
+    r"""IEEE-like float with ``exp_bits`` exponent and ``man_bits`` mantissa bits
     (1 + e + m bits). ``saturate`` clips overflow to the largest finite value
     :math:`(2 - 2^{-m})\,2^{2^e - 2 - bias}` instead of inf."""
 

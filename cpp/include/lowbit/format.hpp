@@ -108,41 +108,6 @@ inline int64_t overflow_int(int64_t k, int bits, Overflow o) {
 // y = Q(x) over n values laid out as `channels` rows (axis 0) for per-channel scales.
 void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t channels = 1,
               QuantState* state = nullptr);
-// One exact (double) value at a time onto a MiniFloat or static-MSB Fixed grid: the
-// accumulator of accumulate.hpp rounds once per multiply-add. Constants are computed once;
-// the minifloat rounding is round-half-to-even on the double's bit pattern (a carry moves
-// into the exponent as it should), below 2^emin on the fixed subnormal spacing.
-class ScalarRounder {
- public:
-  explicit ScalarRounder(const Format& f);
-  double operator()(double v) const {
-    if (fixed_) {
-      double k = floor_ ? std::floor(v * inv_q_) : std::nearbyint(v * inv_q_);
-      if (k != k) return v;
-      if (wrap_) return double(overflow_int(int64_t(std::min(std::max(k, -9e18), 9e18)), bits_, Overflow::wrap)) * q_;
-      return std::min(std::max(k, kmin_), kmax_) * q_;
-    }
-    const double a = std::fabs(v);
-    if (!(a < inf_)) return a != a ? v : std::copysign(sat_ ? maxv_ : inf_, v);  // NaN, +-inf
-    double r;
-    if (a >= min_normal_) {
-      uint64_t u;
-      std::memcpy(&u, &a, 8);
-      u = (u + half_ + ((u >> drop_) & 1u)) & mask_;
-      std::memcpy(&r, &u, 8);
-    } else {
-      r = std::nearbyint(a * sub_scale_) * sub_step_;
-    }
-    return std::copysign(r > maxv_ ? (sat_ ? maxv_ : inf_) : r, v);
-  }
-
- private:
-  bool fixed_ = false, floor_ = false, wrap_ = false, sat_ = false;
-  int bits_ = 32;
-  double q_ = 1, inv_q_ = 1, kmin_ = 0, kmax_ = 0;
-  uint64_t drop_ = 0, half_ = 0, mask_ = 0;
-  double min_normal_ = 0, sub_scale_ = 1, sub_step_ = 1, maxv_ = 0, inf_ = 0;
-};
 // dx = STE(x, dy) for the format's gradient rule.
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n);
 

@@ -295,24 +295,6 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
   }
 }
 
-ScalarRounder::ScalarRounder(const Format& f) {
-  LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto),
-           "accumulator: expected a MiniFloat or a Fixed format with a given msb, got ", f.repr());
-  if (f.kind == FormatKind::fixed) {
-    fixed_ = true, floor_ = f.rounding == Rounding::floor, wrap_ = f.overflow == Overflow::wrap, bits_ = f.bits;
-    q_ = std::ldexp(1.0, f.msb + 1 - f.bits), inv_q_ = std::ldexp(1.0, f.bits - 1 - f.msb);
-    kmin_ = -std::ldexp(1.0, f.bits - 1), kmax_ = std::ldexp(1.0, f.bits - 1) - 1;
-    return;
-  }
-  const int bias = (1 << (f.exp_bits - 1)) - 1, emin = 1 - bias;
-  drop_ = uint64_t(52 - f.man_bits);
-  half_ = (uint64_t(1) << (drop_ - 1)) - 1, mask_ = ~((uint64_t(1) << drop_) - 1);
-  min_normal_ = std::ldexp(1.0, emin);
-  sub_scale_ = std::ldexp(1.0, f.man_bits - emin), sub_step_ = std::ldexp(1.0, emin - f.man_bits);
-  maxv_ = minifloat_max(f.exp_bits, f.man_bits), sat_ = f.saturate;
-  inf_ = std::numeric_limits<double>::infinity();
-}
-
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n) {
   switch (f.ste) {
     case Ste::identity:
