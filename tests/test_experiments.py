@@ -130,6 +130,43 @@ def test_results_views(data):
     assert isinstance(df, pd.DataFrame) and list(df["precision"]) == ["fp32", "fixed8"]
 
 
+def test_pivot_and_epoch_tables(data):
+    res = lb.experiments.run({"tiny": Counting(), "simple": "simple_cnn"}, ["fp32", "fp16", "fixed8"], data=data,
+                             epochs=3, batch_size=32, results_dir=None, verbose=False)
+    acc = res.pivot("accuracy")
+    assert [r["model"] for r in acc] == ["tiny", "simple"] and list(acc[0])[1:] == ["fp32", "fp16", "fixed8"]
+    assert acc[1]["fixed8"] == pytest.approx(100 * res.get("simple", "fixed8")["accuracy"])
+    diff = res.pivot("accuracy", baseline="fp32")
+    assert diff[0]["fp32"] == 0 and diff[0]["fixed8"] == pytest.approx(acc[0]["fixed8"] - acc[0]["fp32"])
+    assert res.pivot("size_bytes")[0]["fp16"] == pytest.approx(res.get("tiny", "fp16")["size_bytes"] / 1024)
+    with pytest.raises(ValueError, match="baseline 'bf16'"):
+        res.pivot("accuracy", baseline="bf16")
+    with pytest.raises(ValueError, match="no rows with loss 'mse'"):
+        res.pivot("accuracy", loss_fn="mse")
+    seed = acc.join([{"model": "tiny", "fixed": 1.5}], on="model", prefix="seed ")
+    assert seed[0]["seed fixed"] == 1.5 and seed[1]["seed fixed"] is None and "seed fixed" in str(seed)
+    ep = res.at_epochs((1, 3), metrics=("val_accuracy", "loss"))
+    r = ep[4]
+    assert (r["model"], r["precision"]) == ("simple", "fp16")
+    h = res.get("simple", "fp16")["history"]
+    assert r["val_accuracy @1"] == h["val_accuracy"][0] and r["loss @3"] == h["loss"][2]
+    assert ep.rows[0]["train_s"] == res[0]["train_time_s"]
+    both = res + lb.experiments.run({"tiny": Counting()}, "fp32", data=data, epochs=1, batch_size=32, loss="mse",
+                                    results_dir=None, verbose=False)
+    with pytest.raises(ValueError, match="several rows"):
+        both.pivot("accuracy")
+    assert both.pivot("accuracy", loss_fn="mse")[0]["fp32"] == pytest.approx(100 * both[-1]["accuracy"])
+
+
+def test_partial_builders_have_stable_keys(data, tmp_path):
+    import functools
+    b = Counting()
+    wide = functools.partial(b)  # same function, stable key across reruns
+    _run(data, tmp_path, {"tiny": wide})
+    _run(data, tmp_path, {"tiny": functools.partial(b)})
+    assert b.calls == 2
+
+
 def test_bad_inputs(data, tmp_path):
     run = lb.experiments.run
     kw = dict(data=data, results_dir=None, verbose=False)

@@ -48,7 +48,8 @@ def cmd_compare(a):
     print(res)
     for path, plot in ((a.plot, plots.plot_curves), (a.bars, plots.plot_bars)):
         if path:
-            plot(res, path=path)
+            import matplotlib.pyplot as plt
+            plt.close(plot(res, path=path))
             print(f"plot written to {path}")
     return 0
 

@@ -54,6 +54,7 @@ __all__ = [
     "NAMES",
     "pad_to",
     "to_rgb",
+    "select_classes",
     "clear_cache",
     "IDX_IMAGES_MAGIC",
     "IDX_LABELS_MAGIC",
@@ -612,6 +613,26 @@ def to_rgb(x) -> np.ndarray:
         raise ValueError(f"to_rgb expects (..., 1, H, W) input, got shape {x.shape}")
     reps = (1,) * (x.ndim - 3) + (3 // x.shape[-3], 1, 1)
     return np.ascontiguousarray(np.tile(x, reps))
+
+
+def select_classes(x, y, classes):
+    """The samples whose label is in ``classes``, in their original order, relabelled
+    0, 1, ... in the order ``classes`` lists them: e.g. a two-class task such as
+    ``select_classes(x, y, (0, 6))`` (Fashion-MNIST T-shirt/top -> 0, shirt -> 1).
+    Returns new arrays (x float32 as given, y int64)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"select_classes: expected x with one sample per label, got x {x.shape} and y {y.shape}")
+    classes = [int(c) for c in classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"select_classes: expected at least two distinct classes, got {classes}")
+    missing = [c for c in classes if not np.any(y == c)]
+    if missing:
+        raise ValueError(f"select_classes: no samples of class {missing}")
+    new = np.full(int(max(y.max(), max(classes))) + 1, -1, dtype=np.int64)
+    new[classes] = np.arange(len(classes))
+    keep = new[y] >= 0
+    return np.ascontiguousarray(x[keep]), new[y[keep]]
 
 
 def clear_cache() -> None:

@@ -31,12 +31,14 @@ them, and any change trains afresh.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
 import os
 import platform
 import re
+import sys
 import tempfile
 import time
 
@@ -46,7 +48,7 @@ from . import energy as _energy
 from . import optimizers as _optimizers
 from . import precision as _precision
 
-__all__ = ["run", "Results", "cpu_name", "DISPLAY_COLUMNS"]
+__all__ = ["run", "Results", "Table", "pivot", "cpu_name", "DISPLAY_COLUMNS"]
 
 # columns of the text / HTML views: (row key, header, format)
 DISPLAY_COLUMNS = (
@@ -79,16 +81,30 @@ def cpu_name():
 
 
 # ----------------------------------------------------------------------------------
-# results table
+# tables
 # ----------------------------------------------------------------------------------
-class Results:
-    """A study's table: ``rows`` (one dict per (model, precision) run, curves in
-    ``row["history"]``), printed as text, rendered as HTML in Jupyter, ``to_pandas()``."""
+def _cell(v, fmt):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    if fmt is not None:
+        return fmt.format(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return str(v)
+    return f"{v:,}" if isinstance(v, (int, np.integer)) else f"{v:.2f}"
 
-    def __init__(self, rows=(), title=None, models=None):
+
+class Table:
+    """Rows of dicts shown as a text table (``print``), an HTML table (Jupyter) or a
+    pandas DataFrame (``to_pandas()``). ``columns``: ``(key, header, format)`` triples
+    (format a ``str.format`` pattern or None), default every key of the rows."""
+
+    def __init__(self, rows=(), columns=None, title=None):
         self.rows = [dict(r) for r in rows]
         self.title = title
-        self.models = dict(models or {})  # {(model, precision): trained model} with run(keep_models=True)
+        if columns is None:
+            keys = list(dict.fromkeys(k for r in self.rows for k in r))
+            columns = [(k, k, None) for k in keys]
+        self.columns = [tuple(c) for c in columns]
 
     def __len__(self):
         return len(self.rows)
@@ -99,10 +115,105 @@ class Results:
     def __getitem__(self, i):
         return self.rows[i]
 
+    def _cells(self):
+        for r in self.rows:
+            yield [_cell(self._value(r, key), fmt) for key, _, fmt in self.columns]
+
+    def _value(self, row, key):
+        return row.get(key)
+
+    def _caption(self):
+        return self.title or ""
+
+    def __str__(self):
+        headers = [h for _, h, _ in self.columns]
+        body = list(self._cells())
+        widths = [max(len(x) for x in col) for col in zip(headers, *body)]
+        text = [not any(isinstance(self._value(r, k), (int, float)) for r in self.rows) for k, _, _ in self.columns]
+
+        def line(cells):
+            return "  ".join(c.ljust(w) if t else c.rjust(w) for c, w, t in zip(cells, widths, text)).rstrip()
+
+        rule = "-" * max(len(line(headers)), 1)
+        head = [self._caption()] if self._caption() else []
+        return "\n".join(head + [rule, line(headers), rule] + [line(c) for c in body] + [rule])
+
+    __repr__ = __str__
+
+    def _repr_html_(self):
+        esc = html.escape
+        head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in self._cells())
+        return (f"<div><table><caption>{esc(self._caption())}</caption><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table></div>")
+
+    def to_pandas(self):
+        """All row fields as a pandas DataFrame."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(f"{type(self).__name__}.to_pandas needs pandas (pip install pandas); "
+                              "the same data is in .rows") from None
+        return pd.DataFrame(self.rows)
+
+    def join(self, other, on, prefix, keys=None):
+        """A new table with the columns ``keys`` (default: all but ``on``) of ``other``'s
+        rows (a Table or a list of dicts) matched on ``on`` and named ``prefix + key``,
+        e.g. a seed's published figures beside ours."""
+        others = list(other)
+        keys = keys or [k for k in dict.fromkeys(k for r in others for k in r) if k != on]
+        by = {r.get(on): r for r in others}
+        rows = [dict(r, **{prefix + k: by.get(r.get(on), {}).get(k) for k in keys}) for r in self.rows]
+        return Table(rows, self.columns + [(prefix + k, prefix + k, None) for k in keys], title=self.title)
+
+
+def pivot(rows, value, index="model", columns="precision", baseline=None, fmt="{:.2f}", title=None):
+    """Long rows -> a Table with one row per ``index`` and one column per ``columns``
+    value holding ``value``; with ``baseline`` (a ``columns`` value) the difference to it."""
+    rows = list(rows)
+    cols = list(dict.fromkeys(r[columns] for r in rows))
+    if baseline is not None and baseline not in cols:
+        raise ValueError(f"pivot: baseline {baseline!r} is not one of {cols}")
+    cells = {}
+    for r in rows:
+        k = (r[index], r[columns])
+        if k in cells:
+            raise ValueError(f"pivot: several rows for {index} {k[0]!r}, {columns} {k[1]!r}")
+        cells[k] = r.get(value)
+    out = []
+    for i in dict.fromkeys(r[index] for r in rows):
+        base = cells.get((i, baseline))
+        row = {index: i}
+        for c in cols:
+            v = cells.get((i, c))
+            row[c] = v if baseline is None or v is None or base is None else v - base
+        out.append(row)
+    return Table(out, [(index, index, None)] + [(c, c, fmt) for c in cols], title=title or value)
+
+
+class Results(Table):
+    """A study's table: ``rows`` (one dict per (model, precision) run, curves in
+    ``row["history"]``). The views show ``DISPLAY_COLUMNS``; ``to_pandas()`` has all."""
+
+    def __init__(self, rows=(), title=None, models=None):
+        super().__init__(rows, DISPLAY_COLUMNS, title)
+        self.models = dict(models or {})  # {(model, precision): trained model} with run(keep_models=True)
+
     def __add__(self, other):
         if not isinstance(other, Results):
             return NotImplemented
         return Results(self.rows + other.rows, title=self.title or other.title, models={**self.models, **other.models})
+
+    def _value(self, row, key):
+        v = row.get(key)
+        if v is None:
+            return None
+        return 100 * v if key in _PERCENT else v / 1024 if key in _KIB else v
+
+    def _caption(self):
+        cpu = self.rows[0].get("cpu") if self.rows else None
+        parts = [self.title or "results", f"CPU: {cpu}" if cpu else None, f"energy: {_energy.SOURCE}"]
+        return " | ".join(p for p in parts if p)
 
     @property
     def model_labels(self):
@@ -121,53 +232,40 @@ class Results:
                            + (f", loss {loss_fn!r}" if loss_fn else ""))
         return found[0]
 
-    def _cells(self):
-        for r in self.rows:
-            cells = []
-            for key, _, fmt in DISPLAY_COLUMNS:
-                v = r.get(key)
-                if v is None:
-                    cells.append("-")
-                    continue
-                v = 100 * v if key in _PERCENT else v / 1024 if key in _KIB else v
-                cells.append(fmt.format(v))
-            yield cells
+    def _select(self, loss_fn):
+        rows = [r for r in self.rows if loss_fn is None or r["loss_fn"] == loss_fn]
+        if not rows:
+            raise ValueError(f"Results: no rows with loss {loss_fn!r}")
+        return rows
 
-    def _caption(self):
-        cpu = self.rows[0].get("cpu") if self.rows else None
-        parts = [self.title or "results", f"CPU: {cpu}" if cpu else None,
-                 f"energy: {_energy.SOURCE}"]
-        return " | ".join(p for p in parts if p)
+    def pivot(self, value="accuracy", baseline=None, loss_fn=None, fmt="{:.2f}"):
+        """One row per model, one column per precision holding ``value`` as the views show
+        it (accuracy in %, size in KiB); with ``baseline`` (a precision label) each entry is
+        the difference to that precision's (in points for accuracy). ``loss_fn`` picks the
+        runs of one loss when the table holds several."""
+        rows = self._select(loss_fn)
+        if value not in rows[0]:
+            raise ValueError(f"Results.pivot: no column {value!r}")
+        scaled = [dict(r, **{value: self._value(r, value)}) for r in rows]
+        header = dict((k, h) for k, h, _ in DISPLAY_COLUMNS).get(value, value)
+        return pivot(scaled, value, index="model", columns="precision", baseline=baseline, fmt=fmt,
+                     title=header + (f", difference to {baseline}" if baseline is not None else ""))
 
-    def __str__(self):
-        headers = [h for _, h, _ in DISPLAY_COLUMNS]
-        body = list(self._cells())
-        widths = [max(len(x) for x in col) for col in zip(headers, *body)]
-        right = [i >= 2 for i in range(len(headers))]
-
-        def line(cells):
-            return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
-
-        rule = "-" * len(line(headers))
-        return "\n".join([self._caption(), rule, line(headers), rule] + [line(c) for c in body] + [rule])
-
-    __repr__ = __str__
-
-    def _repr_html_(self):
-        esc = html.escape
-        head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in DISPLAY_COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in self._cells())
-        return (f"<div><table><caption>{esc(self._caption())}</caption><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table></div>")
-
-    def to_pandas(self):
-        """All row fields as a pandas DataFrame (curves in the ``history`` column)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("Results.to_pandas needs pandas (pip install pandas); the same data is in .rows") \
-                from None
-        return pd.DataFrame(self.rows)
+    def at_epochs(self, epochs, metrics=("val_accuracy",), loss_fn=None, fmt="{:.4f}"):
+        """Per run: total training time and ``metrics`` (history keys) after each of the
+        1-based ``epochs`` - the layout of seed 003's precision table."""
+        rows = self._select(loss_fn)
+        out = []
+        for r in rows:
+            h = r["history"]
+            row = {"model": r["model"], "precision": r["precision"], "train_s": r["train_time_s"]}
+            for e in epochs:
+                for m in metrics:
+                    row[f"{m} @{e}"] = h[m][e - 1] if 1 <= e <= len(h[m]) else None
+            out.append(row)
+        cols = [("model", "model", None), ("precision", "precision", None), ("train_s", "train s", "{:.2f}")]
+        cols += [(f"{m} @{e}", f"{m} @{e}", fmt) for e in epochs for m in metrics]
+        return Table(out, cols, title=self.title)
 
     @classmethod
     def load(cls, results_dir, title=None):
@@ -208,6 +306,8 @@ def _labelled(spec, what, label_of):
 def _model_label(m):
     if isinstance(m, str):
         return m
+    if isinstance(m, functools.partial):
+        return _model_label(m.func)
     if callable(m):
         return getattr(m, "__name__", type(m).__name__)
     raise ValueError(f"run: a model must be a name in lb.models or a callable returning a model, got {m!r}")
@@ -221,7 +321,16 @@ def _model_builder(label, m):
         return getattr(_models, m), f"lowbit.models.{m}"
     if not callable(m):
         raise ValueError(f"run: model {label!r} must be a name in lb.models or a callable, got {m!r}")
-    return m, f"{getattr(m, '__module__', '?')}.{getattr(m, '__qualname__', label)}"
+    return m, _callable_id(m, label)
+
+
+def _callable_id(f, label):
+    """A stable name of a model builder for the resume key (functools.partial included:
+    its function and arguments, not its address)."""
+    if isinstance(f, functools.partial):
+        return {"partial": _callable_id(f.func, label), "args": [repr(a) for a in f.args],
+                "keywords": {k: repr(v) for k, v in sorted(f.keywords.items())}}
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', label)}"
 
 
 def _precision_label(p):
@@ -412,13 +521,14 @@ def run(models, precisions, data="fashion_mnist", epochs=1, batch_size=128, seed
     cpu = cpu_name()
 
     pairs = [(b, p) for b in builders for p in prec_items]
-    sweep = None
+    sweep, tqdm, nested = None, None, False
     if verbose:
-        from tqdm.auto import tqdm
-        sweep = tqdm(total=len(pairs), desc="study", unit="run")
+        tqdm, nested = _progress()
+        if nested:
+            sweep = tqdm(total=len(pairs), desc="study", unit="run")
     rows, kept = [], {}
     try:
-        for (mlabel, build, build_id), (plabel, prec) in pairs:
+        for i, ((mlabel, build, build_id), (plabel, prec)) in enumerate(pairs):
             key = hashlib.sha256(json.dumps({"model": build_id, "precision": _precision_id(prec), **settings},
                                             sort_keys=True, default=repr).encode()).hexdigest()[:16]
             stem = f"{_safe(mlabel)}__{_safe(plabel)}__{key}"
@@ -429,6 +539,8 @@ def run(models, precisions, data="fashion_mnist", epochs=1, batch_size=128, seed
                 row = None  # stored without weights: train again to keep the model
             if sweep is not None:
                 sweep.set_postfix_str(f"{mlabel} @ {plabel}" + (" (stored)" if row else ""))
+            elif verbose and row is not None:
+                print(f"[{i + 1}/{len(pairs)}] {mlabel} @ {plabel}: stored, not retrained", file=sys.stderr)
             model = None
             if row is None or keep_models:
                 model = build(input_shape=tuple(x.shape[1:]), num_classes=num_classes, seed=seed, **model_kwargs)
@@ -437,8 +549,11 @@ def run(models, precisions, data="fashion_mnist", epochs=1, batch_size=128, seed
                 if model._compiled is not None:
                     raise ValueError(f"run: model {mlabel!r} is already compiled; pass an uncompiled model")
             if row is None:
-                row = _train_one(model, prec, optimizer, loss, x, y, xt, yt, epochs, batch_size, seed,
-                                 f"{mlabel} @ {plabel}", verbose)
+                bar = None
+                if verbose:  # nested under the sweep's bar, or one line per run with its place in the sweep
+                    bar = tqdm(total=epochs, desc=f"{'' if nested else f'[{i + 1}/{len(pairs)}] '}{mlabel} @ {plabel}",
+                               unit="epoch", leave=not nested)
+                row = _train_one(model, prec, optimizer, loss, x, y, xt, yt, epochs, batch_size, seed, bar)
                 row.update(model=mlabel, precision=plabel, loss_fn=loss, key=key, cpu=cpu, settings=settings)
                 if path is not None:
                     if keep_models:
@@ -461,15 +576,28 @@ def run(models, precisions, data="fashion_mnist", epochs=1, batch_size=128, seed
     return Results(rows, title=title, models=kept)
 
 
-def _train_one(model, prec, optimizer, loss, x, y, xt, yt, epochs, batch_size, seed, desc, verbose):
+def _progress():
+    """(tqdm class, nested?): a sweep bar with a bar per run nested under it where bars
+    can redraw in place (a terminal, or Jupyter with ipywidgets); else plain text bars,
+    one line per run (a notebook without widgets, a log file)."""
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
+        widgets = get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except Exception:
+        widgets = False
+    if widgets:
+        from tqdm.auto import tqdm
+        return tqdm, True
+    from tqdm import tqdm
+    return tqdm, sys.stderr.isatty()
+
+
+def _train_one(model, prec, optimizer, loss, x, y, xt, yt, epochs, batch_size, seed, bar):
     from .callbacks import LambdaCallback
     model.compile(optimizer, loss, metrics=["accuracy"], precision=prec)
     callbacks = []
-    bar = None
-    if verbose:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False)
-
+    if bar is not None:
         def tick(epoch, logs):
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", val_acc=f"{logs.get('val_accuracy', float('nan')):.4f}")

@@ -30,10 +30,9 @@ BAR_METRICS = {
 }
 
 
-def _pyplot(path):
-    import matplotlib
-    if path is not None:
-        matplotlib.use("Agg", force=False)
+def _pyplot():
+    # no matplotlib.use(): Jupyter's inline backend must stay; without a display
+    # matplotlib falls back to Agg by itself
     import matplotlib.pyplot as plt
     return plt
 
@@ -63,7 +62,7 @@ def plot_histories(runs, metrics=("loss", "val_loss", "accuracy", "val_accuracy"
     metrics = [m for m in metrics if any(m in h for h in hists.values())]
     if not metrics:
         raise ValueError("plot_histories: none of the metrics is in the histories")
-    plt = _pyplot(path)
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, h in hists.items():
@@ -100,7 +99,7 @@ def plot_curves(results, path=None, title=None):
     """Loss (top) and accuracy (bottom) per epoch, one column per model, one colour per
     precision; training dashed, validation (test split) solid."""
     _check_results(results, "plot_curves")
-    plt = _pyplot(path)
+    plt = _pyplot()
     models = results.model_labels
     labels = _run_labels(results)
     colour = {lab: f"C{i % 10}" for i, lab in enumerate(dict.fromkeys(labels))}
@@ -131,7 +130,7 @@ def plot_bars(results, metrics=("accuracy", "size_bytes", "energy_inference_uJ")
     unknown = [m for m in metrics if m not in BAR_METRICS]
     if unknown or not metrics:
         raise ValueError(f"plot_bars: unknown metrics {unknown} (expected some of {', '.join(BAR_METRICS)})")
-    plt = _pyplot(path)
+    plt = _pyplot()
     models = results.model_labels
     labels = _run_labels(results)
     runs = list(dict.fromkeys(labels))
@@ -213,7 +212,7 @@ def plot_weight_histograms(models, layer=None, bins=80, path=None, title=None):
         models = {models.name: models}
     if not isinstance(models, dict) or not models:
         raise ValueError("plot_weight_histograms: expected a model or a non-empty {label: model} dict")
-    plt = _pyplot(path)
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
     for ax, (label, model) in zip(axes[0], models.items()):
         if not isinstance(model, Model):

@@ -4,7 +4,9 @@ instead of restating them. Each table is a list of row dicts; ``source`` names t
 place in the seed.
 
 - ``S0_ACCURACY``: seed 000, conclusion table - test accuracy (%) on MNIST after 20
-  epochs per number format. The Pure CNN row (43%) is a defect of that study.
+  epochs per number format, rows named by the ``lb.models`` network that stands for
+  each (the seed's small ResNet with identity blocks and batch norm by ``resnet20``).
+  The Pure CNN row (43%) is a defect of that study.
 - ``S2_SUMMARY``: seed 002, Tables 5.1 and 6.1 - the Larq model summaries of the binary
   AlexNet and GoogLeNet (cats vs dogs, 3 channels).
 - ``S2_ACCURACY``: seed 002, Tables 5.2 and 6.2 - optimal validation accuracy (%) and
@@ -24,7 +26,7 @@ S0_ACCURACY = {
         {"model": "alexnet_mnist", "fixed": 98.0, "fp32": 98.4, "fp16": 98.6},
         {"model": "lenet", "fixed": 99.2, "fp32": 99.6, "fp16": 99.4},
         {"model": "vgg_mnist", "fixed": 99.38, "fp32": 99.2, "fp16": 99.2},
-        {"model": "resnet", "fixed": 98.8, "fp32": 98.58, "fp16": 98.76},
+        {"model": "resnet20", "fixed": 98.8, "fp32": 98.58, "fp16": 98.76},
     ],
 }
 
