@@ -48,7 +48,9 @@ def cmd_compare(a):
     print(res)
     for path, plot in ((a.plot, plots.plot_curves), (a.bars, plots.plot_bars)):
         if path:
+            import os
             import matplotlib.pyplot as plt
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             plt.close(plot(res, path=path))
             print(f"plot written to {path}")
     return 0
