@@ -62,7 +62,7 @@ DISPLAY_COLUMNS = (
     ("energy_inference_uJ", "uJ/img (est.)", "{:.2f}"),
     ("energy_train_J", "train J (est.)", "{:.3g}"),
 )
-_PERCENT = {"accuracy"}
+_PERCENT = {"accuracy", "best_accuracy", "train_accuracy"}
 _KIB = {"size_bytes"}
 
 

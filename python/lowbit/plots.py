@@ -115,8 +115,10 @@ def plot_curves(results, path=None, title=None):
                 ax.plot(ep, h[train], ls="--", color=colour[label], alpha=0.8)
                 ax.plot(ep, h[val], ls="-", marker="o", ms=3, color=colour[label], label=label)
         axes[0][col].set_title(m)
+        n = max(len(r["history"]["loss"]) for r in results.rows if r["model"] == m)
         for r, name in enumerate(("loss", "accuracy")):
             axes[r][col].set_ylabel(name)
+            axes[r][col].set_xlim(0.5, n + 0.5)
             _integer_epochs(axes[r][col])
     axes[0][0].legend(fontsize=8, title="solid: test, dashed: train", title_fontsize=7)
     return _finish(fig, title or results.title, path, _cpu(results))
@@ -135,8 +137,12 @@ def plot_bars(results, metrics=("accuracy", "size_bytes", "energy_inference_uJ")
     labels = _run_labels(results)
     runs = list(dict.fromkeys(labels))
     width = 0.8 / len(runs)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.2, 1.2 + 1.1 * len(models) * len(runs) * 0.35)
-                                                       * len(metrics), 3.8), squeeze=False)
+    # one panel's width from its number of bars; panels side by side while they fit, else stacked
+    w = min(max(1.5 + 0.3 * len(models) * len(runs), 4.2), 11.0)
+    side = w * len(metrics) <= 14
+    fig, axes = plt.subplots(1 if side else len(metrics), len(metrics) if side else 1,
+                             figsize=(w * len(metrics), 3.8) if side else (w, 3.2 * len(metrics)), squeeze=False)
+    axes = [axes.ravel()]
     for ax, metric in zip(axes[0], metrics):
         name, scale = BAR_METRICS[metric]
         for j, run in enumerate(runs):
