@@ -39,12 +39,11 @@ import os
 import platform
 import re
 import sys
-import tempfile
-import time
 
 import numpy as np
 
 from . import energy as _energy
+from ._atomic import atomic_write
 from . import optimizers as _optimizers
 from . import precision as _precision
 
@@ -390,21 +389,6 @@ def _safe(s):
 # ----------------------------------------------------------------------------------
 # storage
 # ----------------------------------------------------------------------------------
-def _atomic_write(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lowbit-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _curves_csv(history):
     keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time") if k in history]
     lines = [",".join(["epoch"] + keys)]
@@ -414,8 +398,9 @@ def _curves_csv(history):
 
 
 def _store(results_dir, stem, row):
-    _atomic_write(os.path.join(results_dir, stem + ".curves.csv"), _curves_csv(row["history"]))
-    _atomic_write(os.path.join(results_dir, stem + ".json"), json.dumps(row, indent=1))
+    csv, text = _curves_csv(row["history"]), json.dumps(row, indent=1)
+    atomic_write(os.path.join(results_dir, stem + ".curves.csv"), lambda f: f.write(csv), mode="w")
+    atomic_write(os.path.join(results_dir, stem + ".json"), lambda f: f.write(text), mode="w")
 
 
 def _load_stored(path, key):
