@@ -73,11 +73,15 @@ def _batch_size(b, what):
 
 
 class Model:
-    """A DAG of layers: ``x = lb.Input((1, 28, 28)); y = lb.layers.Dense(10)(...); lb.Model(x, y)``."""
+    """A DAG of layers: ``x = lb.Input((1, 28, 28)); y = lb.layers.Dense(10)(...); lb.Model(x, y)``.
+    ``precision``: the default of ``compile(precision=...)`` (a preset name or an
+    ``lb.Precision``), e.g. set by the model zoo."""
 
-    def __init__(self, inputs=None, outputs=None, name=None, seed=None):
+    def __init__(self, inputs=None, outputs=None, name=None, seed=None, precision=None):
         self.name = name or type(self).__name__.lower()
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2 ** 63))
+        _precision.get(precision)  # unknown names fail here, not at compile
+        self.default_precision = precision
         self.stop_training = False
         self._graph = None
         self._compiled = None
@@ -260,7 +264,7 @@ class Model:
                 raise ValueError(f"compile: unknown metric {m!r} (only 'accuracy' is supported)")
         opt = _optimizers.get(optimizer)
         self._compiled = (opt, _LOSS_ALIASES[loss.lower()])
-        self._precision = _precision.get(precision)
+        self._precision = _precision.get(self.default_precision if precision is None else precision)
         self._calibrated = False
         self._assign_precision()
         if self._graph is not None:
@@ -443,31 +447,23 @@ class Model:
 
     # ----- inspection ---------------------------------------------------------------
     def summary(self, print_fn=print):
-        """Layer table: output shape, parameters and forward MACs per sample."""
-        self._require_built()
-        g = self._graph
-        rows = [("Layer (type)", "Output shape", "Params", "MACs")]
-        total_macs = 0
-        for layer, nodes in self._layers:
-            params = sum(int(np.prod(s)) for n in nodes for _, s, _ in g.node_params(n))
-            macs = sum(g.node_macs(n) for n in nodes)
-            total_macs += macs
-            rows.append((f"{layer.name} ({type(layer).__name__})", str(tuple(g.node_shape(nodes[-1]))),
-                         f"{params:,}", f"{macs:,}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        line = "-" * (sum(widths) + 6)
-        out = [line, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)), line]
-        out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows[1:]]
-        out += [line, f"Total params: {self.count_params():,}", f"Forward MACs per sample: {total_macs:,}", line]
-        print_fn("\n".join(out))
+        """The model table (``lowbit.summary.Summary``): per layer output shape,
+        parameters, bits per parameter, memory and MACs, at the compiled precision (before
+        compile: the default precision). Printed with ``print_fn`` (None: not printed) and
+        returned; ``.totals`` holds the sums, ``.to_pandas()`` a DataFrame."""
+        from .summary import Summary
+        table = Summary(self)
+        if print_fn is not None:
+            print_fn(str(table))
+        return table
 
 
 class Sequential(Model):
     """A linear stack of layers. Built when the first layer has ``input_shape`` (or at
     the first fit/evaluate/predict from the data's shape)."""
 
-    def __init__(self, layers=None, name=None, seed=None):
-        super().__init__(name=name, seed=seed)
+    def __init__(self, layers=None, name=None, seed=None, precision=None):
+        super().__init__(name=name, seed=seed, precision=precision)
         self._stack = []
         for layer in layers or []:
             self.add(layer)
