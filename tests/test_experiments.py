@@ -250,6 +250,18 @@ def test_energy_estimate_by_hand(precision, mac, bwd, wbits, abits):
         energy.estimate(m, 0)
 
 
+def test_energy_of_an_input_binarised_by_binact():
+    # layer 1: binary kernel, fp32 input -> fp32 multiply-adds; layer 2 reads BinAct's
+    # +-1 output with a binary kernel -> XNOR-popcount, and its input costs 1 bit of SRAM
+    m = lb.Sequential([L.Dense(8, weight_format=F.Binary(), input_shape=(16,)), L.BinAct(),
+                       L.Dense(4, weight_format=F.Binary())], seed=0)
+    m.compile("sgd")
+    B = 16
+    inference = 128 * 4.6 + 32 * (0.03 / 8 + 0.03) + (160 * 1 + 12 * 32) / 32 * 640 / B \
+        + (16 * 32 + 8 * 32) / 32 * 5 + (8 * 1 + 4 * 32) / 32 * 5
+    assert energy.estimate(m, B)["inference_uJ"] == pytest.approx(inference * 1e-6)
+
+
 def test_run_energy_matches_estimate(data):
     res = _run(data, None, Counting(), results_dir=None, keep_models=True, epochs=1)
     for (name, prec), model in res.models.items():

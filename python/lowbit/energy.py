@@ -37,10 +37,11 @@ Formula, per image, for each Conv2D / Dense layer :math:`l` with :math:`M_l` MAC
   ``accum`` format, whose row is used;
 - backward: two products per forward MAC (input gradient and weight gradient) in the
   ``grad`` format (fp32 when the precision leaves gradients in fp32, as ``fixed8`` and
-  ``fw16bw32`` do);
-- memory: the deployed weights (``bits`` of the weight format per kernel entry, 32 for
-  biases and batch-norm parameters) are read from DRAM once per batch; each layer's
-  input and output are read / written once in SRAM at their format's width.
+  ``fw16bw32`` do), accumulated in ``grad_accum`` when the layer has one;
+- memory: the deployed weights (the model summary's memory: ``bits`` of the weight
+  format per kernel entry, 32 for biases and batch-norm parameters) are read from DRAM
+  once per batch; each layer's input and output are read / written once in SRAM at
+  their format's width.
 
 .. math::
 
@@ -99,20 +100,21 @@ def _row(kind, bits):
     return ENERGY_PJ[(kind, wider[0] if wider else widths[-1])]
 
 
+def _mac(kind, bits, accum=None):
+    """pJ of one multiply-add of ``kind`` ("int" or "float") operands of ``bits``."""
+    row = _row(kind, bits)
+    add = row["add"] if kind == "float" or bits == 1 else _row("int", 32)["add"]
+    if accum is not None:
+        add = _row(*_operand(accum))["add"]
+    return row["mul"] + add
+
+
 def op_energy(weight=None, input=None, accum=None):
     """pJ of one multiply-add with these formats (None = fp32), by the rules above."""
     (kw, bw), (ki, bi) = _operand(weight), _operand(input)
     if kw == ki == "int":
-        mul_kind, mul_bits = "int", max(bw, bi)
-        add = _row("int", 32)["add"] if mul_bits > 1 else _row("int", 1)["add"]
-    else:
-        mul_kind = "float"
-        mul_bits = max(b for k, b in ((kw, bw), (ki, bi)) if k == "float")
-        add = _row("float", mul_bits)["add"]
-    mul = _row(mul_kind, mul_bits)["mul"]
-    if accum is not None:
-        add = _row(*_operand(accum))["add"]
-    return mul + add
+        return _mac("int", max(bw, bi), accum)
+    return _mac("float", max(b for k, b in ((kw, bw), (ki, bi)) if k == "float"), accum)
 
 
 def _numel(shape):
@@ -122,38 +124,37 @@ def _numel(shape):
     return n
 
 
-def estimate(model, batch_size):
+def estimate(model, batch_size, summary=None):
     """Energy estimate of a built (and compiled) model in microjoules per image:
-    ``{"inference_uJ", "train_uJ", "weight_bits", "macs"}`` by the module's formula."""
+    ``{"inference_uJ", "train_uJ", "weight_bits", "macs"}`` by the module's formula.
+    Counts (MACs, multiply widths, deployed weight bits) are those of the model's
+    ``lowbit.summary.Summary`` (pass ``summary`` to reuse one): a layer's input takes
+    its input format, or the grid of a QuantAct / BinAct / QuantizedReLU feeding it."""
+    from .summary import Summary, _input_bits, _kernel_formats
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"energy.estimate: expected batch_size >= 1, got {batch_size!r}")
-    model._require_built()
+    s = summary if summary is not None else Summary(model)
     g = model._graph
-    kernel_layers = {id(layer) for layer in model._kernel_layers()}
-    e = {"compute": 0.0, "backward": 0.0, "act": 0.0}
-    weight_bits = n_params = macs_total = 0
-    for layer, nodes in model._layers:
-        fm = dict(getattr(layer, "_precision_formats", {}))
-        fm.update({r: getattr(layer, f"{r}_format") for r in ("weight", "input", "output", "grad", "accum")
-                   if getattr(layer, f"{r}_format", None) is not None})
-        wbits = _operand(fm.get("weight"))[1] if id(layer) in kernel_layers else 32
-        for n in nodes:
-            for name, shape, _ in g.node_params(n):
-                size = _numel(shape)
-                n_params += size
-                weight_bits += size * (wbits if name == "kernel" else 32)
-        if id(layer) not in kernel_layers:
+    formats, _ = _kernel_formats(model)
+    nodes_of = {layer.name: (layer, nodes) for layer, nodes in model._layers}
+    producer = {nodes[-1]: layer for layer, nodes in model._layers}
+    compute = backward = act = 0.0
+    for row in s.rows:
+        if row["mac_bits"] is None:  # not a conv / dense layer
             continue
-        macs = sum(int(g.node_macs(n)) for n in nodes)
-        macs_total += macs
-        e["compute"] += macs * op_energy(fm.get("weight"), fm.get("input"), fm.get("accum"))
-        e["backward"] += 2 * macs * op_energy(fm.get("grad"), fm.get("grad"))
+        layer, nodes = nodes_of[row["name"]]
+        fm = formats[id(layer)]
+        in_bits = _input_bits(model, layer, fm, producer)
+        in_kind = _operand(fm["input"])[0] if fm.get("input") is not None else ("int" if in_bits < 32 else "float")
+        kind = "int" if _operand(fm.get("weight"))[0] == in_kind == "int" else "float"
+        compute += row["macs"] * _mac(kind, row["mac_bits"], fm.get("accum"))
+        backward += 2 * row["macs"] * _mac(*_operand(fm.get("grad")), fm.get("grad_accum"))
         n_in = _numel(g.node_shape(model._layer_inputs[id(layer)][0]))
         n_out = _numel(g.node_shape(nodes[0]))
-        e["act"] += (n_in * _operand(fm.get("input"))[1] + n_out * _operand(fm.get("output"))[1]) / 32 \
-            * ENERGY_PJ["sram32"]
+        act += (n_in * in_bits + n_out * _operand(fm.get("output"))[1]) / 32 * ENERGY_PJ["sram32"]
+    weight_bits = s.totals["memory_bytes"] * 8
     weights = weight_bits / 32 * ENERGY_PJ["dram32"] / batch_size
-    inference = e["compute"] + weights + e["act"]
-    train = inference + e["backward"] + weights + 2 * e["act"] + 2 * n_params * ENERGY_PJ["dram32"] / batch_size
-    return {"inference_uJ": inference * 1e-6, "train_uJ": train * 1e-6, "weight_bits": weight_bits,
-            "macs": macs_total}
+    inference = compute + weights + act
+    train = inference + backward + weights + 2 * act + 2 * s.totals["params"] * ENERGY_PJ["dram32"] / batch_size
+    return {"inference_uJ": inference * 1e-6, "train_uJ": train * 1e-6, "weight_bits": int(weight_bits),
+            "macs": int(s.totals["macs"])}
