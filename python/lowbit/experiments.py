@@ -16,8 +16,8 @@ test split), the best test accuracy, last-epoch training loss and accuracy, per-
 curves (``history``: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
 ``epoch_time``), mean seconds per epoch, training images per second, the growth of the
 process's peak resident memory during the run, parameters, model size in bytes at that
-precision (packed deployed weights, see ``lowbit.energy``) against its float32 size, MACs
-per image, and the energy **estimate** of ``lowbit.energy`` (Horowitz, ISSCC 2014, 45 nm
+precision (``model.summary()``'s memory: kernels at their format's bits, the rest fp32)
+against its float32 size, MACs per image, and the energy **estimate** of ``lowbit.energy`` (Horowitz, ISSCC 2014, 45 nm
 per-operation table): microjoules per inference image and joules for the whole training
 run (per-image training energy x images x epochs). Energy is arithmetic on operation
 counts, never a measurement; every view labels it "estimate".
@@ -27,7 +27,8 @@ Resuming: with ``results_dir`` each finished pair is written there at once, as
 written to a temporary file and renamed into place. ``key`` hashes the model, its
 arguments, the precision's full description, the data (a digest of the arrays) and the
 settings, so a rerun with the same arguments loads finished pairs instead of training
-them, and any change trains afresh.
+them, and any change trains afresh. The key names a model builder, not its code: after
+editing a model's definition, pass ``resume=False`` or another ``results_dir``.
 """
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ import sys
 import numpy as np
 
 from . import energy as _energy
-from ._atomic import atomic_write
 from . import optimizers as _optimizers
 from . import precision as _precision
+from ._atomic import atomic_write
 
 __all__ = ["run", "Results", "Table", "pivot", "cpu_name", "DISPLAY_COLUMNS"]
 
