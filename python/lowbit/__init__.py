@@ -7,15 +7,15 @@
     model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
 """
 from . import _core
-from . import (callbacks, constraints, datasets, energy, experiments, formats, layers, models, optimizers, plots,
-               precision, seeds, summary)
+from . import (callbacks, constraints, datasets, energy, experiments, formats, kernels, layers, models, optimizers,
+               plots, precision, seeds, summary)
 from .layers import Input
 from .model import Model, Sequential
 from .precision import Precision
 
 __version__ = "0.1.0"
 __all__ = ["Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "energy", "experiments",
-           "formats", "layers", "precision", "models", "optimizers", "plots", "seeds", "summary",
+           "formats", "kernels", "layers", "precision", "models", "optimizers", "plots", "seeds", "summary",
            "build_info", "set_num_threads"]
 
 build_info = _core.build_info

@@ -102,6 +102,7 @@ def main(argv=None):
         import lowbit as lb
         for k, v in lb.build_info().items():
             print(f"{k}: {v}")
+        print(f"binary kernels: {lb.kernels.info()['binary']}")
         return 0
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"lowbit: error: {e}", file=sys.stderr)

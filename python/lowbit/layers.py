@@ -61,6 +61,12 @@ def _set_formats(layer, weight, input, output, grad, accum, grad_accum):
     kernel -> op -> quantize output -> bias -> activation; grad_format applies to the
     gradient passed backward and to the weight gradient.
 
+    Block formats (MX, NVFP4) block each tensor along the reduction axis of the product, as
+    MX hardware does: a Conv2D kernel (O, C, kh, kw) in blocks over C kh kw per filter, a
+    Dense kernel (K, M) over K per unit, the input and output feature maps (N, C, H, W)
+    over the channels at each pixel ((N, F): over the features); gradients like the tensor
+    they belong to. Such layers take NCHW (not channel-blocked) activations.
+
     ``accum_format`` puts every partial sum of the forward dot products on its grid
     (MiniFloat/Float16/BFloat16: one rounding per fused multiply-add; Fixed(bits, msb);
     Int(bits): an integer register over the integer-grid input and weight, saturating or
