@@ -224,6 +224,8 @@ def test_op_energy_table():
     assert energy.op_energy(F.Binary(), F.Binary()) == pytest.approx(0.03 / 8 + 0.03)
     assert energy.op_energy(F.Binary(), None) == pytest.approx(4.6)  # float input: fp32 multiply
     assert energy.op_energy(F.Fixed(8, msb=0), F.Float16()) == pytest.approx(1.5)
+    assert energy.op_energy(F.MXINT8(), F.MXINT8()) == pytest.approx(0.3)  # MX blocks count as their element
+    assert energy.op_energy(F.MXFP4(), F.MXFP4()) == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize("precision, mac, bwd, wbits, abits", [

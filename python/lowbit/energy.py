@@ -24,7 +24,9 @@ DRAM read, 32 bit      640.0
 =====================  =========  =========  =========================================
 
 A format without its own row takes the next wider row of its kind (bf16 and fp8 ->
-fp16, int4 -> int8, Fixed(12) -> int16): an upper bound.
+fp16, int4 -> int8, Fixed(12) -> int16): an upper bound. MX block formats count as
+their element (MXFP4 as a 4-bit float, MXINT8 as int8); the one scale multiply per
+block is left out.
 
 Formula, per image, for each Conv2D / Dense layer :math:`l` with :math:`M_l` MACs
 (``graph.node_macs``: multiply-adds of the conv / dense op, no bias):
@@ -84,9 +86,9 @@ def _operand(fmt):
     """(kind, bits) of a tensor in format ``fmt`` (None = fp32)."""
     if fmt is None or isinstance(fmt, F.Float32):
         return "float", 32
-    if isinstance(fmt, _INTEGER_GRID):
+    if isinstance(fmt, _INTEGER_GRID) or (isinstance(fmt, F.MX) and fmt.element == "int8"):
         return "int", int(fmt.bits)
-    return "float", int(fmt.bits)
+    return "float", int(fmt.bits)  # MiniFloat, and MX blocks by their element
 
 
 def _row(kind, bits):
