@@ -43,7 +43,6 @@ def test_study_notebooks_exist():
 @pytest.mark.parametrize("name", _notebooks())
 def test_notebook_runs_quick(name, tmp_path, monkeypatch):
     monkeypatch.setenv("LOWBIT_QUICK", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     with open(os.path.join(NOTEBOOKS, name)) as f:
         nb = nbformat.read(f, as_version=4)
     first = next(c for c in nb.cells if c.cell_type == "code")
