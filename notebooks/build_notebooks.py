@@ -85,10 +85,12 @@ accuracy = results.pivot("accuracy")
 display(accuracy.join(lb.seeds.S0_ACCURACY["rows"], on="model", prefix="seed "))
 gap = results.pivot("accuracy", baseline="fp32")
 display(gap)
-# EXPERIMENTS.md: fp16, bf16 and fixed16 within 0.5 point of fp32, fixed8 within 2
+# expected (EXPERIMENTS.md): fp16, bf16 and fixed16 lose at most 0.5 point against fp32, fixed8 at most 2
 for row in gap:
-    ok = all(abs(row[p]) <= 0.5 for p in ("fp16", "bf16", "fixed16")) and row["fixed8"] >= -2
-    print(f"{row['model']:14s} {'within' if ok else 'OUTSIDE'} the expected gaps")
+    worst = {p: row[p] for p in ("fp16", "bf16", "fixed16", "fixed8")}
+    ok = all(worst[p] >= -0.5 for p in ("fp16", "bf16", "fixed16")) and worst["fixed8"] >= -2
+    print(f"{row['model']:14s} {'as expected' if ok else 'LARGER LOSS'}: "
+          + ", ".join(f"{p} {v:+.2f}" for p, v in worst.items()))
 """),
     md("""
 ## Loss and accuracy per epoch

@@ -140,6 +140,8 @@ def test_pivot_and_epoch_tables(data):
     assert diff[0]["fp32"] == 0 and diff[0]["fixed8"] == pytest.approx(acc[0]["fixed8"] - acc[0]["fp32"])
     assert res.pivot("size_bytes")[0]["fp16"] == pytest.approx(res.get("tiny", "fp16")["size_bytes"] / 1024)
     assert res.pivot("best_accuracy")[1]["fp32"] == pytest.approx(100 * res.get("simple", "fp32")["best_accuracy"])
+    partial = lb.experiments.Results([r for r in res if (r["model"], r["precision"]) != ("simple", "fp32")])
+    assert partial.pivot("accuracy", baseline="fp32")[1]["fp16"] is None  # no baseline, no difference
     with pytest.raises(ValueError, match="baseline 'bf16'"):
         res.pivot("accuracy", baseline="bf16")
     with pytest.raises(ValueError, match="no rows with loss 'mse'"):

@@ -186,7 +186,7 @@ def pivot(rows, value, index="model", columns="precision", baseline=None, fmt="{
         row = {index: i}
         for c in cols:
             v = cells.get((i, c))
-            row[c] = v if baseline is None or v is None or base is None else v - base
+            row[c] = v if baseline is None else None if v is None or base is None else v - base
         out.append(row)
     return Table(out, [(index, index, None)] + [(c, c, fmt) for c in cols], title=title or value)
 
