@@ -11,6 +11,8 @@ from . import (  # one submodule per line
     callbacks,
     constraints,
     datasets,
+    energy,
+    experiments,
     formats,
     kernels,
     layers,
@@ -19,6 +21,7 @@ from . import (  # one submodule per line
     optimizers,
     plots,
     precision,
+    seeds,
     summary,
 )
 from .layers import Input
@@ -30,6 +33,8 @@ __all__ = ["Input", "Model", "Sequential", "Precision", "build_info", "set_num_t
            "callbacks",
            "constraints",
            "datasets",
+           "energy",
+           "experiments",
            "formats",
            "kernels",
            "layers",
@@ -38,6 +43,7 @@ __all__ = ["Input", "Model", "Sequential", "Precision", "build_info", "set_num_t
            "optimizers",
            "plots",
            "precision",
+           "seeds",
            "summary",
            ]
 

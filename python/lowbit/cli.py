@@ -1,29 +1,16 @@
-"""Command line: ``lowbit train ...``, ``lowbit info``."""
+"""Command line: ``lowbit train ...``, ``lowbit compare ...``, ``lowbit info``."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 
-def _load(name, root):
-    from . import datasets
-    if name == "fashion_mnist":
-        return datasets.fashion_mnist(root)
-    if name == "mnist":
-        return datasets.mnist(root)
-    if name == "cifar10":
-        return datasets.cifar10(root)
-    if name == "digits":
-        return datasets.digits()
-    raise ValueError(f"unknown dataset {name!r}")
-
-
 def cmd_train(a):
     import lowbit as lb
-    (x, y), (xt, yt) = _load(a.dataset, a.data_root)
+    (x, y), (xt, yt) = lb.datasets.load(a.dataset, a.data_root)
     if a.limit:
         x, y = x[:a.limit], y[:a.limit]
-    build = {"lenet": lb.models.lenet, "simple_cnn": lb.models.simple_cnn}[a.model]
+    build = getattr(lb.models, a.model)
     model = build(input_shape=x.shape[1:], num_classes=int(max(y.max(), yt.max())) + 1, seed=a.seed)
     opt = {"adam": lb.optimizers.Adam, "sgd": lb.optimizers.SGD, "adadelta": lb.optimizers.Adadelta,
            "rmsprop": lb.optimizers.RMSprop}[a.optimizer](learning_rate=a.lr)
@@ -44,29 +31,28 @@ def cmd_train(a):
     return 0
 
 
+def _names(csv):
+    return [v.strip() for v in csv.split(",") if v.strip()]
+
+
 def cmd_compare(a):
-    """Train the same model, seed and data at several precisions: a table and a plot."""
-    import lowbit as lb
-    (x, y), (xt, yt) = _load(a.dataset, a.data_root)
-    if a.limit:
-        x, y = x[:a.limit], y[:a.limit]
-    build = {"lenet": lb.models.lenet, "simple_cnn": lb.models.simple_cnn}[a.model]
-    runs, rows = {}, []
-    for p in a.precisions.split(","):
-        model = build(input_shape=x.shape[1:], num_classes=int(max(y.max(), yt.max())) + 1, seed=a.seed)
-        model.compile(lb.optimizers.Adam(a.lr), a.loss, metrics=["accuracy"], precision=p)
-        h = model.fit(x, y, batch_size=a.batch_size, epochs=a.epochs, validation_data=(xt, yt), seed=a.seed,
-                      verbose=1 if a.verbose else 0)
-        runs[p] = h
-        t = sum(h.history["epoch_time"]) / len(h.history["epoch_time"])
-        rows.append((p, h.history["val_accuracy"][-1], h.history["val_loss"][-1], t, len(x) / t))
-    print(f"{'precision':<10} {'test_acc':>8} {'test_loss':>9} {'s/epoch':>8} {'img/s':>7}")
-    for p, acc, loss, t, ips in rows:
-        print(f"{p:<10} {acc * 100:>7.2f}% {loss:>9.4f} {t:>8.1f} {ips:>7.0f}")
-    if a.plot:
-        from .plots import plot_histories
-        plot_histories(runs, path=a.plot, title=f"{a.model} on {a.dataset}: loss and accuracy per precision")
-        print(f"plot written to {a.plot}")
+    """Train models at several precisions with the same seed and data (lb.experiments.run):
+    the results table, and optionally the curves and bar plots."""
+    from . import experiments, plots
+    res = experiments.run(_names(a.models), _names(a.precisions), data=a.dataset, data_root=a.data_root,
+                          epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, optimizer="adam",
+                          learning_rate=a.lr, loss=a.loss, train_limit=a.limit or None,
+                          test_limit=a.test_limit or None, results_dir=a.results_dir or None, verbose=a.verbose,
+                          title=f"{a.dataset}: {a.epochs} epoch(s), "
+                                f"{'first ' + str(a.limit) if a.limit else 'all'} training images")
+    print(res)
+    for path, plot in ((a.plot, plots.plot_curves), (a.bars, plots.plot_bars)):
+        if path:
+            import os
+            import matplotlib.pyplot as plt
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            plt.close(plot(res, path=path))
+            print(f"plot written to {path}")
     return 0
 
 
@@ -74,8 +60,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="lowbit", description="Reduced-precision CNN training on a C++ engine.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a reference model and report per-epoch loss/accuracy")
-    t.add_argument("--model", choices=["lenet", "simple_cnn"], default="lenet")
-    t.add_argument("--dataset", choices=["fashion_mnist", "mnist", "cifar10", "digits"], default="fashion_mnist")
+    from .models import __all__ as model_names
+    from .datasets import NAMES as dataset_names
+    t.add_argument("--model", choices=model_names, default="lenet")
+    t.add_argument("--dataset", choices=dataset_names, default="fashion_mnist")
     t.add_argument("--data-root", default=None)
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--batch-size", type=int, default=128)
@@ -86,11 +74,18 @@ def main(argv=None):
     t.add_argument("--limit", type=int, default=0, help="use only the first N training images")
     t.add_argument("--save", default=None, help="write the trained weights (.npz) here")
     t.add_argument("--quiet", dest="verbose", action="store_false")
-    c = sub.add_parser("compare", help="train one model at several precisions: table and loss/accuracy plot")
-    c.add_argument("--precisions", default="fp32,fp16,bf16,fixed16,fixed8,binary")
-    c.add_argument("--plot", default=None, help="write the loss/accuracy plot here (PNG/SVG/PDF)")
-    for arg, kw in [("--model", dict(choices=["lenet", "simple_cnn"], default="lenet")),
-                    ("--dataset", dict(choices=["fashion_mnist", "mnist", "cifar10", "digits"], default="fashion_mnist")),
+    c = sub.add_parser("compare", help="train models at several precisions (same seed and data): results table "
+                                       "(accuracy, time, size, energy estimate) and plots")
+    c.add_argument("--models", "--model", dest="models", default="lenet",
+                   help=f"comma-separated names in lb.models ({', '.join(model_names)})")
+    c.add_argument("--precisions", default="fp32,fp16,bf16,fixed16,fixed8,binary",
+                   help="comma-separated precision presets")
+    c.add_argument("--plot", default=None, help="write the loss/accuracy curves here (PNG/SVG/PDF)")
+    c.add_argument("--bars", default=None, help="write the accuracy/size/energy bars here")
+    c.add_argument("--results-dir", default=None,
+                   help="store each finished run here; a rerun skips the stored ones")
+    c.add_argument("--test-limit", type=int, default=0, help="use only the first N test images")
+    for arg, kw in [("--dataset", dict(choices=dataset_names, default="fashion_mnist")),
                     ("--data-root", dict(default=None)), ("--epochs", dict(type=int, default=2)),
                     ("--batch-size", dict(type=int, default=128)), ("--lr", dict(type=float, default=1e-3)),
                     ("--loss", dict(choices=["categorical_crossentropy", "mse"], default="categorical_crossentropy")),
