@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point that does all set-up on a fresh Debian machine, then runs a job:
-#   bash run.sh main    # set up, then train LeNet on Fashion-MNIST (the main job)
+#   bash run.sh main    # set up, then a short S0 study: LeNet and the pure CNN at fp32 / fp16 / fixed8
+#                       # on Fashion-MNIST, same seed and data; prints the results table
 #   bash run.sh test    # set up, then run the whole test suite
 # Set-up is idempotent: apt packages, a venv in .venv, `pip install .[test,plot]`.
 set -euo pipefail
@@ -28,7 +29,9 @@ echo "== pip install .[test,plot]"
   || echo "(torch not installed: torch comparisons will be skipped)"
 
 case "$job" in
-  main) exec .venv/bin/lowbit train --model lenet --dataset fashion_mnist --epochs 2 --batch-size 128 "$@" ;;
+  main) exec .venv/bin/lowbit compare --models lenet,pure_cnn --precisions fp32,fp16,fixed8 \
+          --dataset fashion_mnist --epochs 2 --limit 8000 --test-limit 5000 --batch-size 128 \
+          --plot results/main/curves.png --bars results/main/bars.png "$@" ;;
   test) cd tests && exec ../.venv/bin/python -m pytest -q -p no:cacheprovider "$@" ;;
   *) echo "usage: bash run.sh [main|test] [extra args]" >&2; exit 2 ;;
 esac

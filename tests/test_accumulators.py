@@ -359,8 +359,15 @@ FAMILIES = {
     "int": lambda: F.Int(8),
     "binary": lambda: F.Binary(scale="mean_abs"),
     "ternary": lambda: F.Ternary(),
+    "fp8": lambda: F.FP8E4M3FN(),
+    "fp4": lambda: F.FP4E2M1(),
+    "bf16_stochastic": lambda: F.BFloat16(rounding="stochastic", seed=1),
+    "mxfp4": lambda: F.MXFP4(),
+    "mxint8": lambda: F.MXINT8(),
+    "nvfp4": lambda: F.NVFP4(),
 }
-ACCUMULATORS = {"float32", "fp16", "bf16", "minifloat", "fixed", "int"}  # the rest: ValueError
+# the rest: ValueError (stochastic rounding is no accumulator mode, block formats no register)
+ACCUMULATORS = {"float32", "fp16", "bf16", "minifloat", "fixed", "int", "fp8", "fp4"}
 GRAD_ACCUMULATORS = ACCUMULATORS - {"int"}
 
 

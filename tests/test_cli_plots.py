@@ -14,7 +14,7 @@ def test_compare_prints_table_and_writes_plot(tmp_path, capsys):
                    "--limit", "2000", "--quiet", "--plot", str(png)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "fp32" in out and "fixed8" in out and "test_acc" in out
+    assert "fp32" in out and "fixed8" in out and "test acc %" in out and "uJ/img (est.)" in out
     assert png.exists() and os.path.getsize(png) > 10_000
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

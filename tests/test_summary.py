@@ -188,3 +188,15 @@ def test_summary_of_an_unbuilt_model_raises():
 def test_readable_bytes():
     rb = lb.summary.readable_bytes
     assert rb(512) == "512 B" and rb(1536) == "1.50 KiB" and rb(143_233_410 * 4) == "546.39 MiB"
+
+
+def test_block_format_memory_counts_the_scales():
+    """MXFP4 kernels: 4 bits per weight plus an 8-bit scale per block of 32 along each
+    filter's C kh kw (conv) or each unit's inputs (dense); NVFP4 adds the tensor scale."""
+    m = lb.models.lenet(seed=0)
+    m.compile(lb.optimizers.Adam(1e-3), precision="mxfp4")
+    t = m.summary(print_fn=None)
+    conv2 = [r for r in t.rows if r["type"] == "Conv2D"][1]  # 48 filters over 32 x 5 x 5 = 800 inputs
+    assert conv2["memory_bytes"] == (48 * 800 * 4 + 48 * 25 * 8) / 8 + 4 * 48
+    dense1 = [r for r in t.rows if r["type"] == "Dense"][0]  # (1200, 256): 38 blocks per unit (last of 16)
+    assert dense1["memory_bytes"] == (1200 * 256 * 4 + 256 * 38 * 8) / 8 + 4 * 256

@@ -281,7 +281,7 @@ def test_precision_argument_is_compile_default():
     (lambda: M.googlenet(width=-1.0), "width"),
     (lambda: M.vgg_mnist(filters=(32, 64)), "filters"),
     (lambda: M.alexnet_netadapt(filters=(64, 192, 384, 256, 256, 4096, 0)), "filters"),
-    (lambda: M.simple_cnn(precision="fp8"), "precision"),
+    (lambda: M.simple_cnn(precision="fp7"), "precision"),
     (lambda: M.lenet(input_shape=(1, 8, 8)), "conv2d|dense|shape|size"),  # too small for the layout
     (lambda: M.alexnet_netadapt(input_shape=(3, 32, 32)), "conv2d|pool|shape|size"),
 ])

@@ -7,14 +7,47 @@
     model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
 """
 from . import _core
-from . import callbacks, constraints, datasets, formats, layers, models, optimizers, plots, precision, quantize, summary
+from . import (  # one submodule per line
+    callbacks,
+    constraints,
+    datasets,
+    energy,
+    experiments,
+    formats,
+    kernels,
+    layers,
+    models,
+    netadapt,
+    optimizers,
+    plots,
+    precision,
+    quantize,
+    seeds,
+    summary,
+)
 from .layers import Input
 from .model import Model, Sequential
 from .precision import Precision
 
 __version__ = "0.1.0"
-__all__ = ["Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "formats", "layers",
-           "precision", "models", "optimizers", "quantize", "summary", "build_info", "set_num_threads"]
+__all__ = ["Input", "Model", "Sequential", "Precision", "build_info", "set_num_threads",
+           "callbacks",
+           "constraints",
+           "datasets",
+           "energy",
+           "experiments",
+           "formats",
+           "kernels",
+           "layers",
+           "models",
+           "netadapt",
+           "optimizers",
+           "plots",
+           "precision",
+           "quantize",
+           "seeds",
+           "summary",
+           ]
 
 build_info = _core.build_info
 set_num_threads = _core.set_num_threads

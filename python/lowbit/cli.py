@@ -6,7 +6,7 @@
     lowbit output-extraction -m M   kernels and convolution outputs: percentile limits, MSBs
     lowbit summary [-m M]           the layer table and the formats set on layers
     lowbit export -m M              float and integer (quantized) weights per layer, .npz
-    lowbit compare                  one model at several precisions: table and plot
+    lowbit compare                  models at several precisions (lb.experiments.run): table, plots
     lowbit info                     engine build and CPU features
 
 Every run prints its settings and its elapsed time, and writes ``results.json`` with
@@ -22,8 +22,10 @@ import os
 import sys
 import time
 
+from .datasets import NAMES as dataset_names
+from .models import __all__ as model_names
+
 MODEL_FILE, ARCH_FILE, RESULTS_FILE = "model.npz", "model.json", "results.json"
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "digits")
 STRATEGY_ALIASES = {"qal": "quantize_and_lock", "qwt": "quantize_while_train", "grl": "gradual_resolution_loss"}
 
 
@@ -39,8 +41,7 @@ class _Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- inputs
 def _load_data(a):
     from . import datasets
-    loaders = {"fashion_mnist": datasets.fashion_mnist, "mnist": datasets.mnist, "cifar10": datasets.cifar10}
-    (x, y), (xt, yt) = datasets.digits() if a.dataset == "digits" else loaders[a.dataset](a.data_root)
+    (x, y), (xt, yt) = datasets.load(a.dataset, a.data_root)
     if a.limit:
         x, y = x[:a.limit], y[:a.limit]
     if getattr(a, "val_limit", 0):
@@ -171,7 +172,7 @@ def _save_model(a, model):
 
 def _finish(a, t0, results, model=None):
     import lowbit as lb
-    from .plots import cpu_name
+    from .experiments import cpu_name
     elapsed = time.perf_counter() - t0
     if model is not None:
         _save_model(a, model)
@@ -337,27 +338,27 @@ def cmd_export(a):
     return _finish(a, t0, {"export": "export.npz", "layers": layers}, model)
 
 
+def _names(csv):
+    return [v.strip() for v in csv.split(",") if v.strip()]
+
+
 def cmd_compare(a):
-    """Train the same model, seed and data at several precisions: a table and a plot."""
-    import lowbit as lb
-    (x, y), (xt, yt) = _load_data(a)
-    build = {"lenet": lb.models.lenet, "simple_cnn": lb.models.simple_cnn}[a.model]
-    runs, rows = {}, []
-    for p in a.precisions.split(","):
-        model = build(input_shape=x.shape[1:], num_classes=int(max(y.max(), yt.max())) + 1, seed=a.seed)
-        model.compile(lb.optimizers.Adam(a.lr), a.loss, metrics=["accuracy"], precision=p)
-        h = model.fit(x, y, batch_size=a.batch_size, epochs=a.epochs, validation_data=(xt, yt), seed=a.seed,
-                      verbose=1 if a.verbose else 0)
-        runs[p] = h
-        t = sum(h.history["epoch_time"]) / len(h.history["epoch_time"])
-        rows.append((p, h.history["val_accuracy"][-1], h.history["val_loss"][-1], t, len(x) / t))
-    print(f"{'precision':<10} {'test_acc':>8} {'test_loss':>9} {'s/epoch':>8} {'img/s':>7}")
-    for p, acc, loss, t, ips in rows:
-        print(f"{p:<10} {acc * 100:>7.2f}% {loss:>9.4f} {t:>8.1f} {ips:>7.0f}")
-    if a.plot:
-        from .plots import plot_histories
-        plot_histories(runs, path=a.plot, title=f"{a.model} on {a.dataset}: loss and accuracy per precision")
-        print(f"plot written to {a.plot}")
+    """Train models at several precisions with the same seed and data (lb.experiments.run):
+    the results table, and optionally the curves and bar plots."""
+    from . import experiments, plots
+    res = experiments.run(_names(a.models), _names(a.precisions), data=a.dataset, data_root=a.data_root,
+                          epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, optimizer="adam",
+                          learning_rate=a.lr, loss=a.loss, train_limit=a.limit or None,
+                          test_limit=a.test_limit or None, results_dir=a.results_dir or None, verbose=a.verbose,
+                          title=f"{a.dataset}: {a.epochs} epoch(s), "
+                                f"{'first ' + str(a.limit) if a.limit else 'all'} training images")
+    print(res)
+    for path, plot in ((a.plot, plots.plot_curves), (a.bars, plots.plot_bars)):
+        if path:
+            import matplotlib.pyplot as plt
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            plt.close(plot(res, path=path))
+            print(f"plot written to {path}")
     return 0
 
 
@@ -365,6 +366,7 @@ def cmd_info(a):
     import lowbit as lb
     for k, v in lb.build_info().items():
         print(f"{k}: {v}")
+    print(f"binary kernels: {lb.kernels.info()['binary']}")
     return 0
 
 
@@ -388,7 +390,7 @@ _count = _int_at_least(0, "an integer >= 0")
 def _common():
     """Options shared by the model commands (the seed's -f -d -s -c -m -e -q --msb -v)."""
     p = _Parser(add_help=False)
-    p.add_argument("-d", "--dataset", choices=DATASETS, default="fashion_mnist")
+    p.add_argument("-d", "--dataset", choices=dataset_names, default="fashion_mnist")
     p.add_argument("-f", "--data-root", default=None, help="datasets folder (default: the standard places)")
     p.add_argument("-s", "--size", type=_positive, default=None, help="image size (zero-padded, e.g. 28 -> 32)")
     p.add_argument("-c", "--channels", type=_positive, default=None, help="1, or 3 to replicate gray images")
@@ -443,11 +445,18 @@ def parser():
     s.set_defaults(func=cmd_summary)
     x = sub.add_parser("export", parents=[common], help="per-layer float and integer (quantized) weights, .npz")
     x.set_defaults(func=cmd_export)
-    c = sub.add_parser("compare", help="train one model at several precisions: table and loss/accuracy plot")
-    c.add_argument("--precisions", default="fp32,fp16,bf16,fixed16,fixed8,binary")
-    c.add_argument("--plot", default=None, help="write the loss/accuracy plot here (PNG/SVG/PDF)")
-    c.add_argument("--model", choices=["lenet", "simple_cnn"], default="lenet")
-    c.add_argument("-d", "--dataset", choices=DATASETS, default="fashion_mnist")
+    c = sub.add_parser("compare", help="train models at several precisions (same seed and data): results table "
+                                       "(accuracy, time, size, energy estimate) and plots")
+    c.add_argument("--models", "--model", dest="models", default="lenet",
+                   help=f"comma-separated names in lb.models ({', '.join(model_names)})")
+    c.add_argument("--precisions", default="fp32,fp16,bf16,fixed16,fixed8,binary",
+                   help="comma-separated precision presets")
+    c.add_argument("--plot", default=None, help="write the loss/accuracy curves here (PNG/SVG/PDF)")
+    c.add_argument("--bars", default=None, help="write the accuracy/size/energy bars here")
+    c.add_argument("--results-dir", default=None,
+                   help="store each finished run here; a rerun skips the stored ones")
+    c.add_argument("--test-limit", type=_count, default=0, help="use only the first N test images")
+    c.add_argument("-d", "--dataset", choices=dataset_names, default="fashion_mnist")
     c.add_argument("-f", "--data-root", default=None)
     c.add_argument("-e", "--epochs", type=_count, default=2)
     c.add_argument("--batch-size", type=_positive, default=128)
@@ -456,7 +465,7 @@ def parser():
     c.add_argument("--seed", type=_count, default=0)
     c.add_argument("--limit", type=_count, default=0)
     c.add_argument("--quiet", dest="verbose", action="store_false")
-    c.set_defaults(func=cmd_compare, size=None, channels=1)
+    c.set_defaults(func=cmd_compare)
     i = sub.add_parser("info", help="engine build and CPU features")
     i.set_defaults(func=cmd_info)
     return p

@@ -13,13 +13,14 @@ ValueError; non-numeric data raises TypeError.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import numpy as np
 
 from . import _core
+from . import eager as _eager
 from . import formats as _formats
+from ._atomic import atomic_write
 from . import optimizers as _optimizers
 from . import precision as _precision
 from .callbacks import Callback, History
@@ -143,6 +144,8 @@ class Model:
             layers.append((layer, nodes))
         g.set_output(node_of[id(outputs)])
         g.init_params(self.seed)
+        for layer, nodes in layers:  # weights a layer built on arrays come along
+            _eager.attach(layer, g, nodes)
         for layer, nodes in layers:  # frozen layers: the optimizer skips their parameters
             if not getattr(layer, "trainable", True):
                 for n in nodes:
@@ -201,17 +204,7 @@ class Model:
         arrays = {f"w{i:04d}": w for i, w in enumerate(self.get_weights())}
         arrays["step"] = np.array(self._graph.step, dtype=np.uint64)
         arrays.update(self._quant_state_arrays())
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lowbit-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def load_weights(self, path):
         self._require_built()

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import numbers
 
+from . import formats as F
 from . import layers as L
+from .constraints import weight_clip
 from .layers import Input
 from .model import Model, Sequential
 
-__all__ = ["pure_cnn", "lenet", "alexnet_mnist", "vgg_mnist", "resnet20", "alexnet_cifar", "alexnet_netadapt",
+__all__ = ["pure_cnn", "lenet", "alexnet_mnist", "vgg_mnist", "resnet20", "fit_bnn", "alexnet_cifar", "alexnet_netadapt",
            "googlenet", "squeezenet_v1_1", "simple_cnn", "lenet5"]
 
 
@@ -146,7 +148,11 @@ def vgg_mnist(input_shape=(1, 28, 28), num_classes=10, seed=None, precision=None
 
 
 # ----------------------------------------------------------------------- S1 (seed 001)
-def resnet20(input_shape=(3, 32, 32), num_classes=10, seed=None, precision=None):
+_S1_PRECISIONS = ("w1a8", "binary")
+
+
+def resnet20(input_shape=(3, 32, 32), num_classes=10, seed=None, precision=None, scaling="channel", hysteresis=0.0,
+             bireal=False, quantize_shortcuts=False, binarize_weights=True, kernel_clip=1.0, feature_msb=3, bn_momentum=0.99):
     """S1 ResNet-20 for CIFAR-10 in the Keras ResNet20v1 layout the seed trained to ~84 %
     (seed 001 Figure 31): conv 3x3 16 + BN + ReLU; three stages (16, 32, 64 filters) of
     three basic blocks conv3x3-BN-ReLU-conv3x3-BN, added to the shortcut, then ReLU; the
@@ -155,31 +161,93 @@ def resnet20(input_shape=(3, 32, 32), num_classes=10, seed=None, precision=None)
     Convs 'same', he_normal, with bias. 274,442 parameters in the Keras count: 273,066
     trainable plus 1,376 batch-norm moving means and variances.
 
-    The quantized S1 network (Figure 23: BinAct before each conv, 1-bit weights, 8-bit
-    feature maps) is this layout under ``precision="w1a8"``."""
-    shape, k = _check("resnet20", input_shape, num_classes)
+    ``precision="w1a8"`` or ``"binary"`` builds the quantized S1 network (Figure 23)
+    explicitly, block by block - the first conv, the 1x1 shortcuts and the classifier stay
+    full precision (``quantize_shortcuts=True`` binarizes the shortcuts too):
 
-    def unit(x, filters, kernel, strides, name, bn=True, relu=True):
+    - every 3x3 conv inside a block reads binary weights ``(||w||_1 / n) sign(w)`` with
+      ``n`` the size of the tensor (``scaling="tensor"``) or of one output channel
+      (``"channel"``, XNOR-Net); ``hysteresis=t`` keeps a weight's sign until its latent
+      value crosses -t / +t (the seed's 0.1, Figure 21); latent weights are clipped to
+      ``[-kernel_clip, kernel_clip]`` (None: no clip) so the clipped STE keeps passing
+      gradient; ``binarize_weights=False`` leaves them fp32 (stage one of two-stage training);
+    - in front of each such conv a feature-map quantizer: ``"w1a8"`` an 8-bit fixed-point
+      QuantAct (range [-2^feature_msb, 2^feature_msb)), ``"binary"`` a BinAct (sign,
+      gradient 1{|x| <= 1}). A sign after a ReLU is constantly +1, so in the binary network
+      the ReLUs feeding a BinAct are left out (the binarization is the nonlinearity, as in
+      BNN / Bi-Real Net); the seed kept them, one reason it stayed at chance;
+    - ``bireal=True`` adds a real-valued shortcut around every binary conv (Bi-Real Net):
+      ``y = x + BN(conv(Q(x)))`` for both convs of a block, the first one's shortcut
+      through the 1x1 downsample where the shape changes.
+
+    ``bn_momentum``: batch norm's moving-average momentum (Keras' 0.99; 0.9 for short
+    runs of a few hundred steps, where 0.99 leaves the moving statistics near their
+    initial values and the test accuracy near chance while the training loss falls).
+
+    Layer names are those of the fp32 model, so weights move between variants with
+    get_weights / set_weights (quantizers have no weights). Any other ``precision`` is
+    the compile default, as for every zoo model."""
+    shape, k = _check("resnet20", input_shape, num_classes)
+    s1 = precision in _S1_PRECISIONS
+    if scaling not in ("channel", "tensor"):
+        raise ValueError(f"resnet20: expected scaling 'channel' or 'tensor', got {scaling!r}")
+    if isinstance(hysteresis, bool) or not isinstance(hysteresis, numbers.Real) or hysteresis < 0:
+        raise ValueError(f"resnet20: expected hysteresis >= 0, got {hysteresis!r}")
+    if kernel_clip is not None:
+        _positive("resnet20", "kernel_clip", kernel_clip)
+    if (bireal or quantize_shortcuts) and not s1:
+        raise ValueError(f"resnet20: bireal / quantize_shortcuts need precision 'w1a8' or 'binary', got {precision!r}")
+    binary_acts = precision == "binary"
+    relu = not binary_acts  # see the docstring: no ReLU in front of a sign
+
+    def wfmt():
+        if not (s1 and binarize_weights):
+            return {}
+        f = F.Binary(scale="channel_mean_abs" if scaling == "channel" else "mean_abs", hysteresis=hysteresis)
+        clip = {} if kernel_clip is None else {"kernel_constraint": weight_clip(kernel_clip)}
+        return dict(weight_format=f, **clip)
+
+    def quant(x, name):
+        if not s1:
+            return x
+        if binary_acts:
+            return L.BinAct(name=f"{name}_binact")(x)
+        return L.QuantAct(F.Fixed(8, msb=feature_msb), name=f"{name}_quant")(x)
+
+    def unit(x, filters, kernel, strides, name, bn=True, act=True, binary=False):
+        if binary:
+            x = quant(x, name)
         x = L.Conv2D(filters, kernel, strides=strides, padding="same", kernel_initializer="he_normal",
-                     name=f"{name}_conv")(x)
+                     name=f"{name}_conv", **(wfmt() if binary else {}))(x)
         if bn:
-            x = L.BatchNormalization(name=f"{name}_bn")(x)
-        return L.ReLU(name=f"{name}_relu")(x) if relu else x
+            x = L.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+        return L.ReLU(name=f"{name}_relu")(x) if act else x
 
     inp = Input(shape)
-    x = unit(inp, 16, 3, 1, "conv1")
+    x = unit(inp, 16, 3, 1, "conv1", act=relu)
     for stage, filters in enumerate((16, 32, 64), 1):
         for block in range(1, 4):
             name = f"stage{stage}_block{block}"
             strides = 2 if stage > 1 and block == 1 else 1
-            y = unit(x, filters, 3, strides, f"{name}_a")
-            y = unit(y, filters, 3, 1, f"{name}_b", relu=False)
+            shortcut = x
             if strides != 1:
-                x = unit(x, filters, 1, strides, f"{name}_shortcut", bn=False, relu=False)
-            x = L.ReLU(name=f"{name}_out")(L.Add(name=f"{name}_add")([x, y]))
+                shortcut = unit(x, filters, 1, strides, f"{name}_shortcut", bn=False, act=False,
+                                binary=s1 and quantize_shortcuts)
+            if bireal:  # a real-valued path around each binary conv
+                y = unit(x, filters, 3, strides, f"{name}_a", act=False, binary=True)
+                y = L.Add(name=f"{name}_a_add")([shortcut, y])
+                y = L.ReLU(name=f"{name}_a_relu")(y) if relu else y
+                z = unit(y, filters, 3, 1, f"{name}_b", act=False, binary=True)
+                x = L.Add(name=f"{name}_add")([y, z])
+            else:
+                y = unit(x, filters, 3, strides, f"{name}_a", act=relu, binary=s1)
+                y = unit(y, filters, 3, 1, f"{name}_b", act=False, binary=s1)
+                x = L.Add(name=f"{name}_add")([shortcut, y])
+            x = L.ReLU(name=f"{name}_out")(x) if relu else x
     x = L.GlobalAveragePooling2D(name="avg_pool")(x)
     out = L.Dense(k, activation="softmax", kernel_initializer="he_normal", name="fc")(x)
-    return Model(inp, out, name="resnet20", seed=seed, precision=precision)
+    name = f"resnet20_{precision}{'_bireal' if bireal else ''}" if s1 else "resnet20"
+    return Model(inp, out, name=name, seed=seed, precision=None if s1 else precision)
 
 
 def alexnet_cifar(input_shape=(3, 32, 32), num_classes=10, seed=None, precision=None):
@@ -360,3 +428,53 @@ def lenet5(input_shape=(1, 32, 32), num_classes=10, seed=None, precision=None):
         L.Dense(84, activation="tanh"),
         L.Dense(k, activation="softmax"),
     ], shape, seed, precision)
+
+
+# ----------------------------------------------------------------------- S1 training recipe
+def fit_bnn(model, x, y, epochs, validation_data=None, batch_size=128, learning_rate=1e-3, warmup_epochs=1,
+            min_lr=0.0, optimizer="adam", weight_decay=0.0, bop_threshold=1e-8, bop_gamma=1e-4, stage_one=None,
+            stage_one_epochs=0, seed=None, verbose=1):
+    """The recipe that trains the binary ResNet-20 (the seed's SGD 0.1 stayed at chance):
+
+    1. optional two-stage training (``stage_one``: the same network built with
+       ``binarize_weights=False``): ``stage_one_epochs`` with binary activations and fp32
+       weights, whose weights then start ``model``;
+    2. linear warm-up: epoch e < ``warmup_epochs`` at ``learning_rate * (e + 1) / (warmup_epochs + 1)``
+       (each warm-up epoch recompiles, so Adam's moments restart);
+    3. Adam with a cosine schedule from ``learning_rate`` to ``min_lr`` over all ``epochs``
+       (the warm-up epochs count; schedules run on the model's epoch counter), latent
+       weights clipped by the layers' ``kernel_constraint`` (resnet20's ``kernel_clip``);
+       ``optimizer="bop"`` updates the binary weights with Bop (``bop_threshold``,
+       ``bop_gamma``) and the rest with that Adam.
+
+    Returns the per-epoch history (dict of lists) of all stages in order, with a
+    ``stage`` list naming each epoch's stage."""
+    from . import optimizers as O
+    if optimizer not in ("adam", "bop"):
+        raise ValueError(f"fit_bnn: expected optimizer 'adam' or 'bop', got {optimizer!r}")
+    for name, v in (("epochs", epochs), ("warmup_epochs", warmup_epochs), ("stage_one_epochs", stage_one_epochs)):
+        if not _is_int(v) or v < 0:
+            raise ValueError(f"fit_bnn: expected {name} >= 0, got {v!r}")
+    if warmup_epochs > epochs:
+        raise ValueError(f"fit_bnn: warmup_epochs={warmup_epochs} exceeds epochs={epochs}")
+    _positive("fit_bnn", "learning_rate", learning_rate)
+    history = {}
+
+    def run(m, opt, n, stage):
+        m.compile(opt, metrics=["accuracy"])
+        h = m.fit(x, y, batch_size=batch_size, epochs=n, validation_data=validation_data, seed=seed,
+                  verbose=verbose).history
+        for key, vals in h.items():
+            history.setdefault(key, []).extend(vals)
+        history.setdefault("stage", []).extend([stage] * len(next(iter(h.values()), [])))
+
+    if stage_one is not None and stage_one_epochs:
+        run(stage_one, O.Adam(O.CosineDecay(learning_rate, t_max=stage_one_epochs, min_lr=min_lr),
+                              weight_decay=weight_decay), stage_one_epochs, "stage one (fp32 weights)")
+        model.set_weights(stage_one.get_weights())
+    for e in range(warmup_epochs):
+        run(model, O.Adam(learning_rate * (e + 1) / (warmup_epochs + 1), weight_decay=weight_decay), 1, "warm-up")
+    adam = O.Adam(O.CosineDecay(learning_rate, t_max=max(epochs, 1), min_lr=min_lr), weight_decay=weight_decay)
+    opt = O.Bop(threshold=bop_threshold, gamma=bop_gamma, fp_optimizer=adam) if optimizer == "bop" else adam
+    run(model, opt, epochs - warmup_epochs, "cosine")
+    return history

@@ -30,34 +30,15 @@ import time
 import numpy as np
 
 from . import formats as F
-from .table import Table
+from .experiments import Table
 
-__all__ = ["PERCENTILES", "SEED", "STRATEGIES", "ORDERS", "SCHEMES", "Scheme", "Histogram", "Extraction", "Limits",
+__all__ = ["PERCENTILES", "STRATEGIES", "ORDERS", "SCHEMES", "Scheme", "Histogram", "Extraction", "Limits",
            "ProgressiveHistory", "kernel_layers", "units", "extract", "percentile_limits", "msb_from_limits",
            "msb_table", "copy_model", "quantize_weights", "quantize_layers", "clear_quantization", "layer_formats",
            "apply_layer_formats", "fold_batch_norm", "grl_schedule", "progressive"]
 
 PERCENTILES = (95, 98, 99.9, 99.99)
 
-# The seed's figures (SqueezeNet v1.1 on ImageNet, top-1 %, fp32 base 51%): one definition,
-# for the notebook and the tables that print ours next to them.
-SEED = {
-    "base": 51.0,
-    # Table 4: kernel clipping at the MSB of each percentile (32-bit resolution)
-    "kernel_clipping": {99.99: (0, 49.1), 99.9: (-1, 16.4), 98: (-2, 0.17)},
-    # Tables 5 and 6: kernel bits at MSB 0, off-model and on-model
-    "kernel_bits": {16: (48.2, 49.3), 8: (7.16, 7.3), 4: (0.14, 0.11)},
-    # Table 9: static on-model w-i-o, MSB 0 (kernel) and 9 (input, output)
-    "static": {(8, 6, 6): 0.08, (8, 8, 8): 0.25, (16, 8, 8): 43.9, (16, 16, 16): 47.59},
-    # Table 10: Quantize-and-Lock, generic MSB, by epochs per layer
-    "qal_generic": {((8, 6, 6), 10): 0.41, ((8, 6, 6), 100): 6.28, ((8, 8, 8), 10): 36.3, ((8, 8, 8), 100): 44.9},
-    # Table 12: Quantize-and-Lock with the 98% per-layer MSBs, 100 epochs per layer
-    "qal_custom": {((8, 6, 6), 100): 30.31, ((8, 8, 8), 100): 45.6},
-    # Table 13: 10 epochs per layer, custom MSB: (Quantize-and-Lock, Quantize-while-Train)
-    "qal_vs_qwt": {(8, 6, 6): (3.97, 44.5), (6, 6, 6): (0.15, 37.16), (4, 4, 4): (0.1, 0.14)},
-    # Table 14: Quantize-while-Train, 100 epochs per layer
-    "qwt_long": {(6, 6, 6): 41.30, (4, 4, 4): 0.19},
-}
 ROLES = ("kernel", "input", "output")
 _FORMAT_ROLE = {"kernel": "weight", "input": "input", "output": "output"}
 STRATEGIES = ("quantize_and_lock", "quantize_while_train", "gradual_resolution_loss")
@@ -367,7 +348,8 @@ def percentile_limits(stats, percentiles=PERCENTILES, role="kernel", by="layer")
             lo, hi = _limits(v, p)
             rows.append({"layer": name, "percentile": p, "low": lo, "high": hi, "limit": max(abs(lo), abs(hi)),
                          "msb": msb_from_limits((lo, hi))})
-    return Limits(rows, ["layer", "percentile", "low", "high", "limit", "msb"],
+    return Limits(rows, [("layer", "layer", None), ("percentile", "percentile", "{:g}"), ("low", "low", "{:.4g}"),
+                         ("high", "high", "{:.4g}"), ("limit", "max |limit|", "{:.4g}"), ("msb", "MSB", "{}")],
                   title=f"{role} percentile limits (S4 Eq. 11 MSB)")
 
 
@@ -380,7 +362,8 @@ def msb_table(stats, percentiles=PERCENTILES, roles=("kernel", "output"), by="un
             if r["layer"] == "all":
                 continue
             rows.setdefault(r["layer"], {"layer": r["layer"]})[f"{role}_{r['percentile']:g}"] = r["msb"]
-    cols = ["layer"] + [f"{role}_{float(p):g}" for role in roles for p in percentiles]
+    cols = [("layer", "layer", None)] + [(f"{role}_{float(p):g}", f"{role} {float(p):g}%", "{}")
+                                        for role in roles for p in percentiles]
     return Table(list(rows.values()), cols, title="MSB per layer and percentile (S4 Table 11)")
 
 
@@ -784,9 +767,10 @@ class ProgressiveHistory(Table):
     (before any training). ``plot()`` draws S4 Figures 22-25."""
 
     def __init__(self, rows, phases, settings):
-        super().__init__(rows, ["epoch", "phase", "unit", "bits", "loss", "accuracy", "val_loss", "val_accuracy",
-                                "epoch_time"], title=f"progressive quantization: {settings.get('strategy')}",
-                         formats={"epoch_time": ".1f"})
+        cols = [("epoch", "epoch", "{}"), ("phase", "phase", "{}"), ("unit", "unit", None), ("bits", "w-i-o", None),
+                ("loss", "loss", "{:.4f}"), ("accuracy", "accuracy", "{:.4f}"), ("val_loss", "val loss", "{:.4f}"),
+                ("val_accuracy", "val accuracy", "{:.4f}"), ("epoch_time", "s/epoch", "{:.1f}")]
+        super().__init__(rows, cols, title=f"progressive quantization: {settings.get('strategy')}")
         self.phases, self.settings = phases, settings
 
     @property

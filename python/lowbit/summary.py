@@ -10,7 +10,9 @@ Conventions (those of Larq's summary):
   precision the model is compiled with (fp32 32, Float16/BFloat16 16, MiniFloat(e, m)
   1 + e + m, Fixed/Int(bits) bits, Ternary 2, Binary 1); biases, batch-norm parameters
   and moving statistics stay float32. Memory is bits / 8 bytes per parameter (packed
-  storage of the deployed model; training keeps fp32 master weights).
+  storage of the deployed model; training keeps fp32 master weights); block formats
+  (MX, NVFP4) add their scales (``Format.storage_bits``: MXFP4 4.25 bits per weight, one
+  block row per conv filter or dense unit).
 - MACs: multiply-adds of the conv and dense layers per sample, bias excluded:
   :math:`O\\,H_o W_o\\,(C/g)\\,k_h k_w` for a convolution, :math:`K M` for a dense layer.
 - MAC precision: the bits of the multiply, max(weight bits, input bits). The input bits
@@ -93,7 +95,8 @@ class Summary:
         trainable = 0
         for layer, nodes in model._layers:
             fm = formats.get(id(layer))
-            wbits = fm["weight"].bits if fm and fm.get("weight") is not None else 32
+            wf = fm["weight"] if fm and fm.get("weight") is not None else None
+            wbits = wf.bits if wf is not None else 32
             n_params = n_train = mem_bits = 0
             for n in nodes:
                 for pname, shape, is_trainable in g.node_params(n):
@@ -103,7 +106,10 @@ class Summary:
                     bits = wbits if pname == "kernel" else 32
                     n_params += size
                     n_train += size if is_trainable else 0
-                    mem_bits += size * bits
+                    if pname == "kernel" and wf is not None:  # block rows: per filter (O, ...) or unit (K, M)
+                        mem_bits += wf.storage_bits(size, rows=int(shape[0] if len(shape) != 2 else shape[1]))
+                    else:
+                        mem_bits += size * bits
                     params_by_bits[bits] = params_by_bits.get(bits, 0) + size
             macs, mac_bits = 0, None
             if fm is not None:

@@ -36,7 +36,11 @@ struct FloatRound {
     min_normal = std::ldexp(1.0, emin);
     magic = std::ldexp(1.0, emin - f.man_bits + 52);
     maxv = double(f.clip_value());  // the largest finite value, exact in float
-    ovf = f.saturate ? maxv : std::numeric_limits<double>::infinity();
+    // overflow (format.hpp): saturate, or NaN for OCP "fn" (E4M3FN), inf for IEEE-like;
+    // fn formats without a NaN code (FP6/FP4) always saturate
+    ovf = f.saturate || (f.fn && !f.fn_nan) ? maxv
+          : f.fn                            ? std::numeric_limits<double>::quiet_NaN()
+                                            : std::numeric_limits<double>::infinity();
   }
   double operator()(double v) const {
     const double a = std::fabs(v);
