@@ -88,6 +88,19 @@ struct Quantized : Op {
   }
 
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
+  // The inner op's primitives, except the passes lowbit's accumulator loops replace.
+  std::vector<Kernel> kernels() const override {
+    if (!accum_ && !grad_accum_) return inner->kernels();
+    const auto ran = inner->kernels();
+    std::vector<Kernel> ks;
+    for (const char* pass : {"forward", "backward_data", "backward_weights"}) {
+      const auto& acc = pass[0] == 'f' ? accum_ : grad_accum_;
+      if (acc) ks.push_back({pass, "lowbit:accumulator_simulation:" + acc->repr()});
+      for (auto& k : ran)
+        if (!acc && k.pass == pass) ks.push_back(k);
+    }
+    return ks;
+  }
   // Activation quantizers are per tensor, so they work on any layout; the accumulator
   // simulation indexes NCHW.
   bool accepts_blocked() const override { return kind == "conv2d" && !accum_ && !grad_accum_; }
