@@ -6,14 +6,16 @@
     model.compile(lb.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
 """
-from . import _core
-from . import callbacks, constraints, datasets, formats, layers, models, optimizers, plots, precision
+from ._loader import load_core
+
+_core = load_core(__name__)  # finds libdnnl.so.3 / libgomp.so.1 in any install layout (see _loader)
+from . import callbacks, constraints, datasets, formats, kernels, layers, models, optimizers, plots, precision
 from .layers import Input
 from .model import Model, Sequential
 from .precision import Precision
 
 __version__ = "0.1.0"
-__all__ = ["Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "formats", "layers", "precision", "models", "optimizers",
+__all__ = ["Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "formats", "kernels", "layers", "precision", "models", "optimizers",
            "build_info", "set_num_threads"]
 
 build_info = _core.build_info

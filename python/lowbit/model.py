@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from . import _core
+from .kernels import kernel_table
 from . import formats as _formats
 from . import optimizers as _optimizers
 from . import precision as _precision
@@ -452,6 +453,14 @@ class Model:
         return loss, [self._graph.get_grad(n, k) for n, k in self._param_slots()]
 
     # ----- inspection ---------------------------------------------------------------
+    def kernels(self, batch_size=None):
+        """Per conv/dense/pool/normalisation layer and pass (forward, backward_data,
+        backward_weights, ...), the implementation oneDNN picked on this CPU, e.g.
+        ``brg:avx512_core``: a :class:`lowbit.kernels.KernelTable` (print it for a table).
+        Reports the last run; with `batch_size` (or before any run) it runs an inference
+        forward over a zero batch of that size (default 32) first."""
+        return kernel_table(self, batch_size)
+
     def summary(self, print_fn=print):
         """Layer table: output shape, parameters and forward MACs per sample."""
         self._require_built()
