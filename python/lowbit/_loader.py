@@ -15,10 +15,12 @@ import os
 import site
 import sys
 
-# soname -> (what it is, the package that provides it)
+# soname -> (what it is, how to provide it)
 NEEDS = {
-    "libdnnl.so.3": ("oneDNN 3.2, GNU OpenMP build", "pip install onednn-cpu-gomp==2023.2.0"),
-    "libgomp.so.1": ("GCC's OpenMP runtime", "apt-get install libgomp1, or reinstall lowbit (its wheel ships one)"),
+    "libdnnl.so.3": ("oneDNN 3.2, GNU OpenMP build",
+                     f"{sys.executable} -m pip install onednn-cpu-gomp==2023.2.0  (PyPI package onednn-cpu-gomp)"),
+    "libgomp.so.1": ("GCC's OpenMP runtime",
+                     "apt-get install libgomp1, or reinstall lowbit: its wheel ships lowbit/_libs/libgomp.so.1"),
 }
 
 
@@ -41,7 +43,7 @@ def candidates(soname):
     if soname == "libgomp.so.1":
         return [soname, os.path.join(os.path.dirname(__file__), "_libs", soname)]
     paths = [_recorded("onednn-cpu-gomp", soname)]
-    prefixes = [sys.prefix, getattr(site, "USER_BASE", None), sys.base_prefix, sys.exec_prefix]
+    prefixes = [sys.prefix, site.getuserbase(), sys.base_prefix, sys.exec_prefix]
     paths += [os.path.join(p, "lib", soname) for p in prefixes if p]
     return [p for p in dict.fromkeys(paths) if p]
 
@@ -55,20 +57,20 @@ def missing_library(err):
 def explain(soname, tried, err):
     what, fix = NEEDS[soname]
     return (f"lowbit: the engine needs {soname} ({what}) and the dynamic loader cannot find it.\n"
-            f"  Fix: {fix}  (for this Python: {sys.executable} -m pip ...)\n"
-            f"  Also tried: {', '.join(tried) or 'nothing'}\n"
+            f"  Fix: {fix}\n"
+            f"  Looked for it at: {', '.join(tried)}\n"
             f"  Loader said: {err}")
 
 
 def preload(soname):
-    """Load the first loadable candidate with RTLD_GLOBAL: (True, tried, None) or (False, tried, last error)."""
+    """Load the first loadable candidate with RTLD_GLOBAL: (True, paths, None) or (False, paths, last error)."""
     import ctypes
 
     tried, last = [], None
     for path in candidates(soname):
+        tried.append(path)
         if os.sep in path and not os.path.exists(path):
             continue
-        tried.append(path)
         try:
             ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             return True, tried, None

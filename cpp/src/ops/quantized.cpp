@@ -44,6 +44,7 @@ struct Quantized : Op {
   Tensor wq_, xq_, z_, dz_, dxq_;
   std::optional<Format> accum_, grad_accum_;
   ConvGeometry geo_{};
+  bool ran_forward_ = false;
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -91,6 +92,7 @@ struct Quantized : Op {
   // The inner op's primitives, except the passes lowbit's accumulator loops replace.
   std::vector<Kernel> kernels() const override {
     if (!accum_ && !grad_accum_) return inner->kernels();
+    if (!ran_forward_) return {};
     const auto ran = inner->kernels();
     std::vector<Kernel> ks;
     for (const char* pass : {"forward", "backward_data", "backward_weights"}) {
@@ -112,6 +114,7 @@ struct Quantized : Op {
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     in_.st.track = w_.st.track = out_.st.track = ctx.training;
+    ran_forward_ = true;
     const bool may_block = dst.blocked;  // the executor's permission
     const Tensor* x = src[0];
     if (in_) {
