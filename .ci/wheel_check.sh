@@ -74,4 +74,19 @@ else
   echo "== (not root or no mount namespaces: system packages stay visible)"
   bash "$work/check.sh" "$work" "$whl" "$PY" 0
 fi
+# The other layouts the rpath serves (on the machine as it is): `pip install --prefix`
+# (= /usr/local, conda-like prefixes) and `--user`: the dynamic loader itself must
+# resolve libdnnl.so.3 to <prefix>/lib.
+for layout in prefix user; do
+  base="$work/$layout"
+  if [ $layout = prefix ]; then where=(--prefix "$base"); else where=(--user); fi
+  PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PYTHONUSERBASE="$base" \
+    "$PY" -m pip install -q --ignore-installed --no-deps --no-warn-script-location \
+    "${where[@]}" "$whl" onednn-cpu-gomp==2023.2.0
+  so="$(ls "$base"/lib/python3*/site-packages/lowbit/_core*.so)"
+  got="$(ldd "$so" | awk '$1 == "libdnnl.so.3" {print $3}')"
+  [ -n "$got" ] && [ "$(realpath "$got")" = "$(realpath "$base/lib/libdnnl.so.3")" ] \
+    || { echo "--$layout: libdnnl.so.3 -> '$got', expected $base/lib" >&2; exit 1; }
+  echo "== --$layout install: the rpath finds $(realpath -s "$got")"
+done
 echo "== wheel check ok"
