@@ -131,6 +131,11 @@ void register_graph(py::module_& m) {
         auto& n = g.nodes().at(size_t(i));
         return n.op ? n.op->macs : int64_t(0);
       })
+      .def("node_kernels", [](Graph& g, int i) {
+        py::list out;
+        for (auto& k : g.nodes().at(size_t(i)).op_kernels()) out.append(py::make_tuple(k.pass, k.impl));
+        return out;
+      }, "(pass, oneDNN implementation) of the primitives node i used in the last forward/backward")
       .def("node_params", [](Graph& g, int i) {
         py::list r;
         auto& n = g.nodes().at(size_t(i));

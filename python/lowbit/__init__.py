@@ -6,7 +6,9 @@
     model.compile(lb.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
 """
-from . import _core
+from ._loader import load_core
+
+_core = load_core(__name__)  # finds libdnnl.so.3 / libgomp.so.1 in any install layout (see _loader)
 from . import (  # one submodule per line
     callbacks,
     constraints,

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _core
 from . import eager as _eager
+from .kernel_table import kernel_table
 from . import formats as _formats
 from ._atomic import atomic_write
 from . import optimizers as _optimizers
@@ -455,6 +456,14 @@ class Model:
         return loss, [self._graph.get_grad(n, k) for n, k in self._param_slots()]
 
     # ----- inspection ---------------------------------------------------------------
+    def kernels(self, batch_size=None):
+        """Per conv/dense/pool/normalisation layer and pass (forward, backward_data,
+        backward_weights, ...), the implementation oneDNN picked on this CPU, e.g.
+        ``brg:avx512_core``: a :class:`lowbit.kernel_table.KernelTable` (print it for a table).
+        Reports the last run; with `batch_size` (or before any run) it runs an inference
+        forward over a zero batch of that size (default 32) first."""
+        return kernel_table(self, batch_size)
+
     def summary(self, print_fn=print):
         """The model table (``lowbit.summary.Summary``): per layer output shape,
         parameters, bits per parameter, memory and MACs, at the compiled precision (before

@@ -18,6 +18,7 @@ struct Node {
   std::unique_ptr<Op> op;
   std::vector<int> inputs;
   Shape out_shape;  // per sample
+  std::vector<Kernel> op_kernels() const { return op ? op->kernels() : std::vector<Kernel>{}; }
 };
 
 struct Metrics {

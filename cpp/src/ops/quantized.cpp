@@ -47,6 +47,7 @@ struct Quantized : Op {
   ConvGeometry geo_{};
   std::unique_ptr<kernels::BinaryLayer> binary_;  // Binary x Binary: xnor-popcount in evaluate/predict
   QuantState::Axis w_axis_, in_axis_;
+  bool ran_forward_ = false;
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -105,6 +106,20 @@ struct Quantized : Op {
   }
 
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
+  // The inner op's primitives, except the passes lowbit's accumulator loops replace.
+  std::vector<Kernel> kernels() const override {
+    if (!accum_ && !grad_accum_) return inner->kernels();
+    if (!ran_forward_) return {};
+    const auto ran = inner->kernels();
+    std::vector<Kernel> ks;
+    for (const char* pass : {"forward", "backward_data", "backward_weights"}) {
+      const auto& acc = pass[0] == 'f' ? accum_ : grad_accum_;
+      if (acc) ks.push_back({pass, "lowbit:accumulator_simulation:" + acc->repr()});
+      for (auto& k : ran)
+        if (!acc && k.pass == pass) ks.push_back(k);
+    }
+    return ks;
+  }
   // Activation quantizers are per tensor, so they work on any layout; the accumulator
   // simulation indexes NCHW.
   bool accepts_blocked() const override {
@@ -120,6 +135,7 @@ struct Quantized : Op {
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     in_.st.track = w_.st.track = out_.st.track = ctx.training;
+    ran_forward_ = true;
     const bool may_block = dst.blocked;  // the executor's permission
     const Tensor* x = src[0];
     // Binary() x Binary() in evaluate/predict: the kernel reads signs, so the input needs no
