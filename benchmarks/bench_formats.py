@@ -9,19 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def best_time(fn, repeats):
@@ -44,6 +32,7 @@ def main():
     import numpy as np
 
     import lowbit as lb
+    from lowbit.experiments import cpu_model as cpu_name
     F = lb.formats
 
     rows = 1024 if a.n % 1024 == 0 else 1

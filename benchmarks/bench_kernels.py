@@ -21,29 +21,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 
 import lowbit as lb
+from lowbit.experiments import cpu_model as cpu_name
 
 CASES = [  # name, kind, input shape (with batch), filters/units
     ("conv3x3 256->256 14x14 b16", "conv", (16, 256, 14, 14), 256),
     ("conv3x3 64->64 56x56 b16", "conv", (16, 64, 56, 56), 64),
     ("dense 4096->4096 b64", "dense", (64, 4096), 4096),
 ]
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_flags():

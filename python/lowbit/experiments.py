@@ -48,7 +48,7 @@ from . import optimizers as _optimizers
 from . import precision as _precision
 from ._atomic import atomic_write
 
-__all__ = ["run", "Results", "Table", "pivot", "cpu_name", "DISPLAY_COLUMNS"]
+__all__ = ["run", "Results", "Table", "pivot", "cpu_model", "cpu_name", "DISPLAY_COLUMNS"]
 
 # columns of the text / HTML views: (row key, header, format)
 DISPLAY_COLUMNS = (
@@ -66,18 +66,21 @@ _PERCENT = {"accuracy", "best_accuracy", "train_accuracy"}
 _KIB = {"size_bytes"}
 
 
-def cpu_name():
-    """The CPU's model name (from /proc/cpuinfo) and the number of cores."""
-    name = None
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return platform.processor() or platform.machine()
+
+
+def cpu_name():
+    """The CPU's model name and the number of cores."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 # ----------------------------------------------------------------------------------

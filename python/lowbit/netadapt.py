@@ -25,13 +25,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
-import tempfile
 import time
 
 import numpy as np
 
 from . import layers as L
+from ._atomic import atomic_write
+from .experiments import cpu_model as cpu_name
 from .model import Sequential
 
 __all__ = ["LatencyTable", "build_latency_table", "measure_latency", "with_filters", "prune", "filters_of",
@@ -40,35 +40,12 @@ __all__ = ["LatencyTable", "build_latency_table", "measure_latency", "with_filte
 _TABLE_FORMAT = "lowbit-latency-table/1"
 
 
-def cpu_name():
-    """The CPU's model name (Linux /proc/cpuinfo), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _atomic_write(path, write):
-    """``write(file)`` into a temporary file beside ``path``, fsync, rename over it."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    """``write(file)`` into ``path`` atomically (text mode); the folder must exist."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"netadapt: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".netadapt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(os.fspath(path), write, mode="w")
 
 
 # ----------------------------------------------------------------------- network surgery
