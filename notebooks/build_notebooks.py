@@ -400,7 +400,8 @@ EPOCHS_PER_UNIT = 1 if QUICK else 2    # the seed's --phase: epochs after each u
 MSB = 98                               # per-layer MSBs from the 98th percentiles (the seed's best)
 STATIC = [(8, 6, 6)] if QUICK else [(8, 6, 6), (8, 8, 8), (16, 8, 8), (16, 16, 16), (6, 6, 6), (4, 4, 4)]
 RESOLUTIONS = [(8, 6, 6)] if QUICK else [(8, 8, 8), (8, 6, 6), (6, 6, 6), (4, 4, 4)]
-STRATEGIES = ["quantize_and_lock", "quantize_while_train"] + ([] if QUICK else ["gradual_resolution_loss"])
+STRATEGIES = (["quantize_while_train"] if QUICK else
+              ["quantize_and_lock", "quantize_while_train", "gradual_resolution_loss"])
 SCHEMES_444 = ["per_channel"] if QUICK else ["s4", "nearest", "per_channel", "per_channel_int"]
 CALIBRATION = 32 if QUICK else 256     # training images that choose the MSBs
 SEED = 0
