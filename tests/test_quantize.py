@@ -384,7 +384,7 @@ def test_quantization_plots(trained, digits, tmp_path):
     h.plot(tmp_path / "p.png")
     for f in ("kernel.png", "output_l.png", "h.png", "p.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "val_accuracy" in str(h) and h.to_dict()["phases"][0]["unit"] == "conv1"
+    assert "val accuracy" in str(h) and h.to_dict()["phases"][0]["unit"] == "conv1"
 
 
 # ----------------------------------------------------------------------------- the CLI
