@@ -1,0 +1,275 @@
+// fp16 accumulation kernels (see accum_fp16.hpp): one RN16(acc + a b) per step.
+//
+// Why the paths agree bit for bit, for binary16 a, b, acc (finite; inf and NaN propagate
+// alike through every path):
+// * The simulation's float64 sum equals RN16 of the exact sum x = acc + ab. x is a
+//   multiple of 2^-48, so it is exact in float64 when |x| < 2^5; above 2^17 both round to
+//   inf. In between, RN16(RN64(x)) could differ from RN16(x) only if RN64(x) landed on a
+//   binary16 midpoint or the overflow bound m (|m| <= 65520, a multiple of 2^-6) with x != m,
+//   i.e. 0 < |x - m| <= 2^-38. acc - m is a nonzero multiple of 2^-6 (acc is no midpoint)
+//   and ab = A B 2^g with integers A, B < 2^11; |x - m| <= 2^-38 needs |ab| > 2^-7, so
+//   2^g > 2^-29, and x - m is a nonzero multiple of 2^-28: a contradiction.
+// * ab is exact in float32 (22 significant bits, exponents -48 .. 31).
+// * Round-to-odd (RO: truncate, then set the last bit if anything was dropped) to float32's
+//   24 bits, then RN to binary16's 11 bits, is RN16(x): a binary16 midpoint has at most 12
+//   bits, so it is a float32 with an even last bit; RO(x) is odd unless x is exact, hence
+//   RO(x) lies strictly on x's side of every midpoint (also at the overflow bound and in
+//   the subnormal range, where float32 still has >= 13 more bits).
+// * avx512f: fp32 FMAs rounded up and down; if RU(x) != RD(x) (x inexact) they are
+//   neighbours and RO(x) is the odd one: RD(x) if its last bit is set, else RU(x); an exact
+//   x is RU(x), with RU's sign of a zero sum (RD's x + (-x) = -0, the simulation's +0).
+// * portable: TwoSum gives x = s + e exactly (s = RN32(x)); if e != 0 and s is even, RO(x)
+//   is s's neighbour towards e, one step of s's bit pattern.
+// * avx512_fp16: VFMADD231PH rounds x once to binary16; FP16 arithmetic handles
+//   subnormals whatever MXCSR.DAZ/FTZ say.
+// No float32 intermediate is subnormal (|ab| >= 2^-48), so DAZ/FTZ do not matter either,
+// and a compiler contracting acc + a*b or p - bp into an FMA changes nothing: ab is exact.
+#include "lowbit/accum_fp16.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "lowbit/check.hpp"
+#include "lowbit/float_round.hpp"
+#include "lowbit/kernels.hpp"
+#include "lowbit/simd.hpp"
+
+#define LB_AVX512F __attribute__((target("avx512f")))
+#define LB_AVX512FP16 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512fp16")))
+
+namespace lowbit {
+namespace fp16acc {
+namespace {
+
+Format half_format() {
+  Format f;
+  f.kind = FormatKind::minifloat, f.exp_bits = 5, f.man_bits = 10, f.bits = 16;
+  return f;
+}
+
+std::atomic<int64_t> n_kernel{0}, n_simulated{0};
+std::mutex setting_mutex;
+std::string the_setting = "auto";
+
+uint32_t bits_of(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u;
+}
+float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// ---- portable ------------------------------------------------------------------------
+// RN16(acc + p) for binary16 acc and an exact float32 product p: TwoSum, round to odd,
+// then FloatRound<float> (bits, not F16C, so that any compiler target runs it).
+inline float ro_sum(float acc, float p) {
+  const float s = acc + p, bp = s - acc;
+  const float e = (acc - (s - bp)) + (p - bp);
+  const uint32_t u = bits_of(s), eb = bits_of(e);
+  // integer selects only, so that the loop vectorises: adjust (0/1) when e != 0, s is
+  // even and finite; one step away from zero, or towards it when e and s differ in sign
+  const uint32_t adjust = ((eb << 1) != 0 ? 1u : 0u) & (~u & 1u) & ((u & 0x7F800000u) != 0x7F800000u ? 1u : 0u);
+  const uint32_t towards = (eb ^ u) >> 31;
+  return from_bits(u + adjust - 2u * (adjust & towards));
+}
+
+// One step of n chains; a loop like mac_lanes of accumulate.cpp, which the compiler vectorises.
+LB_CLONES void step_portable(const FloatRound<float>& q, float* __restrict acc, const float* __restrict a, float b,
+                             int64_t n) {
+  for (int64_t l = 0; l < n; ++l) acc[l] = q(ro_sum(acc[l], a[l] * b));
+}
+
+void chains_portable(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t n) {
+  const FloatRound<float> q(half_format());
+  for (int64_t k = 0; k < K; ++k) step_portable(q, acc, a + k * lda, b[k * ldb], n);
+}
+
+// ---- avx512f: fp32 FMAs with embedded rounding, VCVTPS2PH ------------------------------
+LB_AVX512F inline __m512 step_avx512f(__m512 c, __m512 a, __m512 b) {
+  constexpr int kUp = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC, kDown = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+  const __m512 up = _mm512_fmadd_round_ps(a, b, c, kUp), down = _mm512_fmadd_round_ps(a, b, c, kDown);
+  // round to odd: RD if its last bit is set, else RU (odd when inexact, x itself when exact)
+  const __mmask16 odd = _mm512_test_epi32_mask(_mm512_castps_si512(down), _mm512_set1_epi32(1));
+  const __m512 ro = _mm512_mask_blend_ps(odd, up, down);
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(ro, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// One tile of V vectors of 16 lanes (the last one masked) through all K steps.
+template <int V>
+LB_AVX512F void tile_avx512f(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K,
+                             __mmask16 last) {
+  __mmask16 m[V];
+  __m512 c[V];
+  for (int v = 0; v < V; ++v) m[v] = v == V - 1 ? last : __mmask16(0xFFFF), c[v] = _mm512_maskz_loadu_ps(m[v], acc + 16 * v);
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 bk = _mm512_set1_ps(b[k * ldb]);
+    const float* row = a + k * lda;
+    for (int v = 0; v < V; ++v) c[v] = step_avx512f(c[v], _mm512_maskz_loadu_ps(m[v], row + 16 * v), bk);
+  }
+  for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(acc + 16 * v, m[v], c[v]);
+}
+
+// Tiles of up to 8 vectors: a step's latency (FMA, VRANGEPS, two conversions) is covered
+// by the independent chains of the other vectors.
+LB_AVX512F void chains_avx512f(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K,
+                               int64_t n) {
+  // n lanes in equal tiles of whole vectors: 784 = 7 x 112, not 6 x 128 + 16
+  const int64_t tiles = (n + 127) / 128, per = ((n + tiles - 1) / tiles + 15) / 16 * 16;
+  for (int64_t l = 0; l < n; l += per) {
+    const int64_t rem = std::min(per, n - l), V = (rem + 15) / 16, tail = rem - 16 * (V - 1);
+    const __mmask16 last = __mmask16((1u << tail) - 1);
+    float* c = acc + l;
+    const float* x = a + l;
+    switch (V) {
+      case 8: tile_avx512f<8>(c, x, lda, b, ldb, K, last); break;
+      case 7: tile_avx512f<7>(c, x, lda, b, ldb, K, last); break;
+      case 6: tile_avx512f<6>(c, x, lda, b, ldb, K, last); break;
+      case 5: tile_avx512f<5>(c, x, lda, b, ldb, K, last); break;
+      case 4: tile_avx512f<4>(c, x, lda, b, ldb, K, last); break;
+      case 3: tile_avx512f<3>(c, x, lda, b, ldb, K, last); break;
+      case 2: tile_avx512f<2>(c, x, lda, b, ldb, K, last); break;
+      default: tile_avx512f<1>(c, x, lda, b, ldb, K, last); break;
+    }
+  }
+}
+
+// ---- avx512_fp16: VFMADD231PH -----------------------------------------------------------
+// 32 float32 lanes (two 16-lane masks) as one vector of binary16 (exact: they are binary16 values).
+LB_AVX512FP16 inline __m512h load_half(const float* p, __mmask16 lo, __mmask16 hi) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m256i l = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(lo, p), kRn);
+  const __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(hi, p + 16), kRn);
+  return _mm512_castsi512_ph(_mm512_inserti64x4(_mm512_castsi256_si512(l), h, 1));
+}
+LB_AVX512FP16 inline void store_half(float* p, __m512h v, __mmask16 lo, __mmask16 hi) {
+  const __m512i i = _mm512_castph_si512(v);
+  _mm512_mask_storeu_ps(p, lo, _mm512_cvtph_ps(_mm512_castsi512_si256(i)));
+  _mm512_mask_storeu_ps(p + 16, hi, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(i, 1)));
+}
+
+template <int V>
+LB_AVX512FP16 void tile_fp16(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K,
+                             __mmask32 last) {
+  constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __mmask16 lo[V], hi[V];
+  __m512h c[V];
+  for (int v = 0; v < V; ++v) {
+    const __mmask32 m = v == V - 1 ? last : __mmask32(0xFFFFFFFFu);
+    lo[v] = __mmask16(m), hi[v] = __mmask16(m >> 16), c[v] = load_half(acc + 32 * v, lo[v], hi[v]);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512h bk = _mm512_set1_ph(_Float16(b[k * ldb]));
+    const float* row = a + k * lda;
+    for (int v = 0; v < V; ++v) c[v] = _mm512_fmadd_round_ph(load_half(row + 32 * v, lo[v], hi[v]), bk, c[v], kRn);
+  }
+  for (int v = 0; v < V; ++v) store_half(acc + 32 * v, c[v], lo[v], hi[v]);
+}
+
+LB_AVX512FP16 void chains_fp16(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K,
+                               int64_t n) {
+  for (int64_t l = 0; l < n; l += 128) {
+    const int64_t rem = std::min<int64_t>(128, n - l), V = (rem + 31) / 32, tail = rem - 32 * (V - 1);
+    const __mmask32 last = tail == 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << tail) - 1);
+    switch (V) {
+      case 4: tile_fp16<4>(acc + l, a + l, lda, b, ldb, K, last); break;
+      case 3: tile_fp16<3>(acc + l, a + l, lda, b, ldb, K, last); break;
+      case 2: tile_fp16<2>(acc + l, a + l, lda, b, ldb, K, last); break;
+      default: tile_fp16<1>(acc + l, a + l, lda, b, ldb, K, last); break;
+    }
+  }
+}
+
+LB_CLONES int64_t count_not_half(const float* x, int64_t n) {
+  const FloatRound<float> q(half_format());
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += (q(x[i]) != x[i]) & (x[i] == x[i]);
+  return bad;
+}
+
+}  // namespace
+
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::simulate: return "simulate";
+    case Path::portable: return "portable";
+    case Path::avx512f: return "avx512f";
+    default: return "avx512_fp16";
+  }
+}
+
+bool avx512f_supported() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+bool native_supported() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  return avx512f_supported() && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512fp16");
+#else
+  return false;
+#endif
+}
+
+Path best_path() {
+  if (kernels::portable_forced()) return Path::portable;
+  return native_supported() ? Path::avx512_fp16 : avx512f_supported() ? Path::avx512f : Path::portable;
+}
+
+void set_path(const std::string& name) {
+  LB_CHECK(name == "auto" || name == "simulate" || name == "portable" || name == "avx512f" || name == "avx512_fp16",
+           "fp16 accumulation: unknown path '", name,
+           "' (expected 'auto', 'simulate', 'portable', 'avx512f' or 'avx512_fp16')");
+  LB_CHECK(name != "avx512f" || avx512f_supported(), "fp16 accumulation: path 'avx512f' needs AVX-512F; this CPU lacks it");
+  LB_CHECK(name != "avx512_fp16" || native_supported(),
+           "fp16 accumulation: path 'avx512_fp16' needs AVX512-FP16 (with BW, VL); this CPU lacks it");
+  std::lock_guard<std::mutex> lock(setting_mutex);
+  the_setting = name;
+}
+
+std::string setting() {
+  std::lock_guard<std::mutex> lock(setting_mutex);
+  return the_setting;
+}
+
+Path current() {
+  const std::string s = setting();
+  if (s == "simulate") return Path::simulate;
+  if (s == "portable") return Path::portable;
+  if (s == "avx512f") return Path::avx512f;
+  if (s == "avx512_fp16") return Path::avx512_fp16;
+  return best_path();
+}
+
+bool applies(const Format& f) {
+  return f.kind == FormatKind::minifloat && f.exp_bits == 5 && f.man_bits == 10 && !f.saturate && !f.fn &&
+         f.rounding == Rounding::nearest;
+}
+
+bool all_half(const float* x, int64_t n) { return count_not_half(x, n) == 0; }
+
+void chains(Path p, float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t n) {
+  if (p == Path::avx512_fp16) chains_fp16(acc, a, lda, b, ldb, K, n);
+  else if (p == Path::avx512f) chains_avx512f(acc, a, lda, b, ldb, K, n);
+  else chains_portable(acc, a, lda, b, ldb, K, n);
+}
+
+void count_call(bool kernel) { (kernel ? n_kernel : n_simulated).fetch_add(1, std::memory_order_relaxed); }
+int64_t kernel_calls() { return n_kernel.load(); }
+int64_t simulated_calls() { return n_simulated.load(); }
+
+}  // namespace fp16acc
+}  // namespace lowbit
