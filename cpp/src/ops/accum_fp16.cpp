@@ -108,10 +108,12 @@ LB_AVX512F void tile_avx512f(float* acc, const float* a, int64_t lda, const floa
                              __mmask16 last) {
   __mmask16 m[V];
   __m512 c[V];
+#pragma GCC unroll 8
   for (int v = 0; v < V; ++v) m[v] = v == V - 1 ? last : __mmask16(0xFFFF), c[v] = _mm512_maskz_loadu_ps(m[v], acc + 16 * v);
   for (int64_t k = 0; k < K; ++k) {
     const __m512 bk = _mm512_set1_ps(b[k * ldb]);
     const float* row = a + k * lda;
+#pragma GCC unroll 8
     for (int v = 0; v < V; ++v) c[v] = step_avx512f(c[v], _mm512_maskz_loadu_ps(m[v], row + 16 * v), bk);
   }
   for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(acc + 16 * v, m[v], c[v]);

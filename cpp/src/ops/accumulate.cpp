@@ -8,6 +8,7 @@
 // already on its grid unchanged, so the result equals the one-chain-at-a-time definition.
 #include "lowbit/accumulate.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -260,7 +261,7 @@ void accum_conv_backward_data(const Format& f, const ConvGeometry& g, const Tens
     using A = typename Lanes<std::decay_t<decltype(r)>>::acc;
 #pragma omp parallel
     {
-      std::vector<float> taps(static_cast<size_t>(g.O * KK * HW));
+      std::vector<float> taps(static_cast<size_t>(g.O * KK * HW)), wc(static_cast<size_t>(Og * KK));
       std::vector<A> acc(static_cast<size_t>(HW));
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < N; ++n) {
@@ -282,9 +283,11 @@ void accum_conv_backward_data(const Format& f, const ConvGeometry& g, const Tens
             }
         for (int64_t cc = 0; cc < g.C; ++cc) {
           const int64_t grp = cc / Cg, c = cc % Cg;
+          // the (o, i, j) weights of input channel c in a row: one chain of Og KK steps
+          for (int64_t o = 0; o < Og; ++o)
+            std::copy_n(w.data() + ((grp * Og + o) * Cg + c) * KK, KK, wc.begin() + o * KK);
           std::fill(acc.begin(), acc.end(), A(0));
-          for (int64_t o = grp * Og; o < (grp + 1) * Og; ++o)
-            dot_rows(r, acc.data(), taps.data() + o * KK * HW, HW, w.data() + (o * Cg + c) * KK, 1, KK, HW);
+          dot_rows(r, acc.data(), taps.data() + grp * Og * KK * HW, HW, wc.data(), 1, Og * KK, HW);
           float_rows(dx.data(), 0, HW)(0, n * g.C + cc, acc.data(), HW);
         }
       }
@@ -314,12 +317,13 @@ void accum_conv_backward_weights(const Format& f, const ConvGeometry& g, const T
 #pragma omp parallel
     {
       std::vector<A> acc(static_cast<size_t>(K));
+      std::vector<float> dzo(static_cast<size_t>(N * P));  // dz[:, o] as one row over (n, p)
 #pragma omp for schedule(static)
       for (int64_t o = 0; o < g.O; ++o) {
         const int64_t k0 = (o / Og) * K;
+        for (int64_t n = 0; n < N; ++n) std::copy_n(dz.data() + (n * g.O + o) * P, P, dzo.begin() + n * P);
         std::fill(acc.begin(), acc.end(), A(0));
-        for (int64_t n = 0; n < N; ++n)
-          dot_rows(r, acc.data(), colsT.data() + n * P * KC + k0, KC, dz.data() + (n * g.O + o) * P, 1, P, K);
+        dot_rows(r, acc.data(), colsT.data() + k0, KC, dzo.data(), 1, N * P, K);
         float_rows(dw.data(), 0, K)(0, o, acc.data(), K);
       }
     }
