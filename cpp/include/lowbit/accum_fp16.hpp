@@ -41,9 +41,11 @@ bool applies(const Format& f);
 // Every value is a binary16 value (NaN counts: it stays NaN either way).
 bool all_half(const float* x, int64_t n);
 
-// acc[l] = RN16(acc[l] + a[k * lda + l] * b[k * ldb]) for k = 0 .. K-1, for l < n: the
-// chains side by side, each in the simulation's order. acc, a and b hold binary16 values.
-void chains(Path p, float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t n);
+// acc[o ldc + l] = RN16(acc[o ldc + l] + a[k lda + l] b[o ldbo + k ldb]) for k = 0 .. K-1,
+// for l < n and o < outs: the chains side by side (the outputs o share the rows of a),
+// each in the simulation's order. acc, a and b hold binary16 values.
+void chains(Path p, float* acc, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t ldbo,
+            int64_t K, int64_t n, int64_t outs);
 
 // Dot-product calls (conv/dense forward or backward, bias) with a Float16 accumulator
 // that ran on a kernel / on the simulation, since the library loaded.

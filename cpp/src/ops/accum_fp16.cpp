@@ -102,45 +102,77 @@ LB_AVX512F inline __m512 step_avx512f(__m512 c, __m512 a, __m512 b) {
   return _mm512_cvtph_ps(_mm512_cvtps_ph(ro, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-// One tile of V vectors of 16 lanes (the last one masked) through all K steps.
-template <int V>
-LB_AVX512F void tile_avx512f(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K,
-                             __mmask16 last) {
+// One tile: V vectors of 16 lanes (the last one masked) of NO outputs, through all K
+// steps; the NO outputs share each loaded vector of a.
+template <int V, int NO>
+LB_AVX512F void tile_avx512f(float* acc, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb,
+                             int64_t ldbo, int64_t K, __mmask16 last) {
   __mmask16 m[V];
-  __m512 c[V];
+  __m512 c[NO][V];
 #pragma GCC unroll 8
-  for (int v = 0; v < V; ++v) m[v] = v == V - 1 ? last : __mmask16(0xFFFF), c[v] = _mm512_maskz_loadu_ps(m[v], acc + 16 * v);
+  for (int v = 0; v < V; ++v) m[v] = v == V - 1 ? last : __mmask16(0xFFFF);
+#pragma GCC unroll 4
+  for (int o = 0; o < NO; ++o)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) c[o][v] = _mm512_maskz_loadu_ps(m[v], acc + o * ldc + 16 * v);
   for (int64_t k = 0; k < K; ++k) {
-    const __m512 bk = _mm512_set1_ps(b[k * ldb]);
     const float* row = a + k * lda;
+    __m512 bk[NO];
+#pragma GCC unroll 4
+    for (int o = 0; o < NO; ++o) bk[o] = _mm512_set1_ps(b[o * ldbo + k * ldb]);
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) c[v] = step_avx512f(c[v], _mm512_maskz_loadu_ps(m[v], row + 16 * v), bk);
-  }
-  for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(acc + 16 * v, m[v], c[v]);
-}
-
-// Tiles of up to 8 vectors: a step's latency (FMA, VRANGEPS, two conversions) is covered
-// by the independent chains of the other vectors.
-LB_AVX512F void chains_avx512f(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K,
-                               int64_t n) {
-  // n lanes in equal tiles of whole vectors: 784 = 7 x 112, not 6 x 128 + 16
-  const int64_t tiles = (n + 127) / 128, per = ((n + tiles - 1) / tiles + 15) / 16 * 16;
-  for (int64_t l = 0; l < n; l += per) {
-    const int64_t rem = std::min(per, n - l), V = (rem + 15) / 16, tail = rem - 16 * (V - 1);
-    const __mmask16 last = __mmask16((1u << tail) - 1);
-    float* c = acc + l;
-    const float* x = a + l;
-    switch (V) {
-      case 8: tile_avx512f<8>(c, x, lda, b, ldb, K, last); break;
-      case 7: tile_avx512f<7>(c, x, lda, b, ldb, K, last); break;
-      case 6: tile_avx512f<6>(c, x, lda, b, ldb, K, last); break;
-      case 5: tile_avx512f<5>(c, x, lda, b, ldb, K, last); break;
-      case 4: tile_avx512f<4>(c, x, lda, b, ldb, K, last); break;
-      case 3: tile_avx512f<3>(c, x, lda, b, ldb, K, last); break;
-      case 2: tile_avx512f<2>(c, x, lda, b, ldb, K, last); break;
-      default: tile_avx512f<1>(c, x, lda, b, ldb, K, last); break;
+    for (int v = 0; v < V; ++v) {
+      const __m512 av = _mm512_maskz_loadu_ps(m[v], row + 16 * v);
+#pragma GCC unroll 4
+      for (int o = 0; o < NO; ++o) c[o][v] = step_avx512f(c[o][v], av, bk[o]);
     }
   }
+  for (int o = 0; o < NO; ++o)
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(acc + o * ldc + 16 * v, m[v], c[o][v]);
+}
+
+// n lanes in equal tiles of at most `most` vectors (784 = 7 x 112, not 6 x 128 + 16);
+// calls tile(l, V, last mask) for each.
+template <class Tile>
+LB_AVX512F void tiles_avx512f(int64_t n, int64_t most, Tile&& tile) {
+  const int64_t tiles = (n + 16 * most - 1) / (16 * most), per = ((n + tiles - 1) / tiles + 15) / 16 * 16;
+  for (int64_t l = 0; l < n; l += per) {
+    const int64_t rem = std::min(per, n - l), V = (rem + 15) / 16, tail = rem - 16 * (V - 1);
+    tile(l, V, __mmask16((1u << tail) - 1));
+  }
+}
+
+// Four outputs at a time in tiles of up to 4 vectors (16 chains), the rest one at a time
+// in tiles of up to 8: either way enough independent chains to cover a step's latency.
+LB_AVX512F void chains_avx512f(float* acc, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb,
+                               int64_t ldbo, int64_t K, int64_t n, int64_t outs) {
+  int64_t o = 0;
+  for (; o + 4 <= outs; o += 4)
+    tiles_avx512f(n, 4, [&](int64_t l, int64_t V, __mmask16 last) {
+      float* c = acc + o * ldc + l;
+      const float *x = a + l, *bo = b + o * ldbo;
+      switch (V) {
+        case 4: tile_avx512f<4, 4>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        case 3: tile_avx512f<3, 4>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        case 2: tile_avx512f<2, 4>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        default: tile_avx512f<1, 4>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+      }
+    });
+  for (; o < outs; ++o)
+    tiles_avx512f(n, 8, [&](int64_t l, int64_t V, __mmask16 last) {
+      float* c = acc + o * ldc + l;
+      const float *x = a + l, *bo = b + o * ldbo;
+      switch (V) {
+        case 8: tile_avx512f<8, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        case 7: tile_avx512f<7, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        case 6: tile_avx512f<6, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        case 5: tile_avx512f<5, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        case 4: tile_avx512f<4, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        case 3: tile_avx512f<3, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        case 2: tile_avx512f<2, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+        default: tile_avx512f<1, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
+      }
+    });
 }
 
 // ---- avx512_fp16: VFMADD231PH -----------------------------------------------------------
@@ -263,10 +295,13 @@ bool applies(const Format& f) {
 
 bool all_half(const float* x, int64_t n) { return count_not_half(x, n) == 0; }
 
-void chains(Path p, float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t n) {
-  if (p == Path::avx512_fp16) chains_fp16(acc, a, lda, b, ldb, K, n);
-  else if (p == Path::avx512f) chains_avx512f(acc, a, lda, b, ldb, K, n);
-  else chains_portable(acc, a, lda, b, ldb, K, n);
+void chains(Path p, float* acc, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t ldbo,
+            int64_t K, int64_t n, int64_t outs) {
+  if (p == Path::avx512f) return chains_avx512f(acc, ldc, a, lda, b, ldb, ldbo, K, n, outs);
+  for (int64_t o = 0; o < outs; ++o) {
+    if (p == Path::avx512_fp16) chains_fp16(acc + o * ldc, a, lda, b + o * ldbo, ldb, K, n);
+    else chains_portable(acc + o * ldc, a, lda, b + o * ldbo, ldb, K, n);
+  }
 }
 
 void count_call(bool kernel) { (kernel ? n_kernel : n_simulated).fetch_add(1, std::memory_order_relaxed); }

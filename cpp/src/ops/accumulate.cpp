@@ -86,15 +86,20 @@ template <class R> struct Lanes { using acc = double; using operand = float; };
 template <> struct Lanes<IntRegister> { using acc = int64_t; using operand = int64_t; };
 template <> struct Lanes<HalfChains> { using acc = float; using operand = float; };
 
-// K multiply-add steps of n chains: acc[l] = R(acc[l] + a[k * lda + l] * b[k * ldb]), k ascending.
+// K multiply-add steps of n chains for each of `outs` outputs o, k ascending:
+//   acc[o ldc + l] = R(acc[o ldc + l] + a[k lda + l] * b[o ldbo + k ldb])
+// (the outputs share the rows of a; a kernel loads them once for several outputs).
 template <class R, class A, class T>
-void dot_rows(const R& r, A* acc, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t K, int64_t n) {
-  for (int64_t k = 0; k < K; ++k) mac_lanes(r, acc, a + k * lda, A(b[k * ldb]), n);
+void dot_rows(const R& r, A* acc, int64_t ldc, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t ldbo,
+              int64_t K, int64_t n, int64_t outs = 1) {
+  for (int64_t o = 0; o < outs; ++o)
+    for (int64_t k = 0; k < K; ++k) mac_lanes(r, acc + o * ldc, a + k * lda, A(b[o * ldbo + k * ldb]), n);
 }
-void dot_rows(const HalfChains& r, float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K,
-              int64_t n) {
-  fp16acc::chains(r.path, acc, a, lda, b, ldb, K, n);
+void dot_rows(const HalfChains& r, float* acc, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb,
+              int64_t ldbo, int64_t K, int64_t n, int64_t outs = 1) {
+  fp16acc::chains(r.path, acc, ldc, a, lda, b, ldb, ldbo, K, n, outs);
 }
+constexpr int64_t kOuts = 4;  // outputs per dot_rows call where they share rows
 
 // Calls fn(rounder) with the rounder of a float or fixed-point accumulator format.
 template <class Fn>
@@ -151,16 +156,17 @@ void conv_forward(const R& r, const ConvGeometry& g, int64_t N, const T* x, cons
 #pragma omp parallel
   {
     std::vector<T> cols(static_cast<size_t>(g.C * g.kh * g.kw * P));
-    std::vector<A> acc(static_cast<size_t>(P));
+    std::vector<A> acc(static_cast<size_t>(kOuts * P));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       im2col(g, x + n * g.C * g.H * g.W, cols.data());
-      for (int64_t o = 0; o < g.O; ++o) {
-        const T* rows = cols.data() + (o / Og) * K * P;
-        std::fill(acc.begin(), acc.end(), A(0));
-        dot_rows(r, acc.data(), rows, P, w + o * K, 1, K, P);
-        out(n, o, acc.data(), P);
-      }
+      for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t o = grp * Og; o < (grp + 1) * Og; o += kOuts) {
+          const int64_t outs = std::min(kOuts, (grp + 1) * Og - o);
+          std::fill(acc.begin(), acc.end(), A(0));
+          dot_rows(r, acc.data(), P, cols.data() + grp * K * P, P, w + o * K, 1, K, K, P, outs);
+          for (int64_t j = 0; j < outs; ++j) out(n, o + j, acc.data() + j * P, P);
+        }
     }
   }
 }
@@ -169,14 +175,16 @@ void conv_forward(const R& r, const ConvGeometry& g, int64_t N, const T* x, cons
 template <class R, class T, class Out>
 void dense_forward(const R& r, int64_t N, int64_t K, int64_t M, const T* x, const T* w, Out out) {
   using A = typename Lanes<R>::acc;
+  const int64_t blocks = (N + kOuts - 1) / kOuts;
 #pragma omp parallel
   {
-    std::vector<A> acc(static_cast<size_t>(M));
+    std::vector<A> acc(static_cast<size_t>(kOuts * M));
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t nb = 0; nb < blocks; ++nb) {
+      const int64_t n = nb * kOuts, outs = std::min(kOuts, N - n);
       std::fill(acc.begin(), acc.end(), A(0));
-      dot_rows(r, acc.data(), w, M, x + n * K, 1, K, M);
-      out(n, 0, acc.data(), M);
+      dot_rows(r, acc.data(), M, w, M, x + n * K, 1, K, K, M, outs);
+      for (int64_t j = 0; j < outs; ++j) out(n + j, 0, acc.data() + j * M, M);
     }
   }
 }
@@ -261,8 +269,8 @@ void accum_conv_backward_data(const Format& f, const ConvGeometry& g, const Tens
     using A = typename Lanes<std::decay_t<decltype(r)>>::acc;
 #pragma omp parallel
     {
-      std::vector<float> taps(static_cast<size_t>(g.O * KK * HW)), wc(static_cast<size_t>(Og * KK));
-      std::vector<A> acc(static_cast<size_t>(HW));
+      std::vector<float> taps(static_cast<size_t>(g.O * KK * HW)), wc(static_cast<size_t>(kOuts * Og * KK));
+      std::vector<A> acc(static_cast<size_t>(kOuts * HW));
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < N; ++n) {
         const float* dzn = dz.data() + n * g.O * OH * OW;
@@ -281,15 +289,19 @@ void accum_conv_backward_data(const Format& f, const ConvGeometry& g, const Tens
                 }
               }
             }
-        for (int64_t cc = 0; cc < g.C; ++cc) {
-          const int64_t grp = cc / Cg, c = cc % Cg;
-          // the (o, i, j) weights of input channel c in a row: one chain of Og KK steps
-          for (int64_t o = 0; o < Og; ++o)
-            std::copy_n(w.data() + ((grp * Og + o) * Cg + c) * KK, KK, wc.begin() + o * KK);
-          std::fill(acc.begin(), acc.end(), A(0));
-          dot_rows(r, acc.data(), taps.data() + grp * Og * KK * HW, HW, wc.data(), 1, Og * KK, HW);
-          float_rows(dx.data(), 0, HW)(0, n * g.C + cc, acc.data(), HW);
-        }
+        for (int64_t grp = 0; grp < g.groups; ++grp)
+          for (int64_t c0 = 0; c0 < Cg; c0 += kOuts) {
+            const int64_t outs = std::min(kOuts, Cg - c0);
+            // the (o, i, j) weights of input channel c in a row: one chain of Og KK steps
+            for (int64_t j = 0; j < outs; ++j)
+              for (int64_t o = 0; o < Og; ++o)
+                std::copy_n(w.data() + ((grp * Og + o) * Cg + c0 + j) * KK, KK, wc.begin() + (j * Og + o) * KK);
+            std::fill(acc.begin(), acc.end(), A(0));
+            dot_rows(r, acc.data(), HW, taps.data() + grp * Og * KK * HW, HW, wc.data(), 1, Og * KK, Og * KK, HW,
+                     outs);
+            for (int64_t j = 0; j < outs; ++j)
+              float_rows(dx.data(), 0, HW)(0, n * g.C + grp * Cg + c0 + j, acc.data() + j * HW, HW);
+          }
       }
     }
   });
@@ -316,15 +328,19 @@ void accum_conv_backward_weights(const Format& f, const ConvGeometry& g, const T
     using A = typename Lanes<std::decay_t<decltype(r)>>::acc;
 #pragma omp parallel
     {
-      std::vector<A> acc(static_cast<size_t>(K));
-      std::vector<float> dzo(static_cast<size_t>(N * P));  // dz[:, o] as one row over (n, p)
+      std::vector<A> acc(static_cast<size_t>(kOuts * K));
+      std::vector<float> dzo(static_cast<size_t>(kOuts * N * P));  // dz[:, o] as one row over (n, p)
+      const int64_t per_group = (Og + kOuts - 1) / kOuts;
 #pragma omp for schedule(static)
-      for (int64_t o = 0; o < g.O; ++o) {
-        const int64_t k0 = (o / Og) * K;
-        for (int64_t n = 0; n < N; ++n) std::copy_n(dz.data() + (n * g.O + o) * P, P, dzo.begin() + n * P);
+      for (int64_t t = 0; t < g.groups * per_group; ++t) {
+        const int64_t grp = t / per_group, o = grp * Og + (t % per_group) * kOuts;
+        const int64_t outs = std::min(kOuts, (grp + 1) * Og - o);
+        for (int64_t j = 0; j < outs; ++j)
+          for (int64_t n = 0; n < N; ++n)
+            std::copy_n(dz.data() + (n * g.O + o + j) * P, P, dzo.begin() + (j * N + n) * P);
         std::fill(acc.begin(), acc.end(), A(0));
-        dot_rows(r, acc.data(), colsT.data() + k0, KC, dzo.data(), 1, N * P, K);
-        float_rows(dw.data(), 0, K)(0, o, acc.data(), K);
+        dot_rows(r, acc.data(), K, colsT.data() + grp * K, KC, dzo.data(), 1, N * P, N * P, K, outs);
+        for (int64_t j = 0; j < outs; ++j) float_rows(dw.data(), 0, K)(0, o + j, acc.data() + j * K, K);
       }
     }
   });
@@ -357,7 +373,7 @@ void accum_bias_backward(const Format& f, const float* dy, int64_t N, int64_t C,
   const float one = 1.f;
   with_rounder(f, {{dyT.data(), int64_t(dyT.size())}}, [&](const auto& r) {
     std::vector<typename Lanes<std::decay_t<decltype(r)>>::acc> acc(static_cast<size_t>(C));
-    dot_rows(r, acc.data(), dyT.data(), C, &one, 0, N * S, C);
+    dot_rows(r, acc.data(), C, dyT.data(), C, &one, 0, 0, N * S, C);
     float_rows(db, 0, 0)(0, 0, acc.data(), C);
   });
 }
