@@ -112,6 +112,7 @@ py::dict metrics(const Metrics& m) {
 }  // namespace
 
 void register_graph(py::module_& m) {
+  py::register_exception<Diverged>(m, "Diverged", PyExc_FloatingPointError);
   m.def("scheduled_lr", [](const py::dict& sched, double lr, int64_t epoch) {
     return scheduled_lr(to_schedule(sched), lr, epoch);
   }, py::arg("schedule"), py::arg("learning_rate"), py::arg("epoch"), "The engine's learning rate of an epoch.");

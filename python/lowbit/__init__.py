@@ -13,8 +13,9 @@ from .model import Model, Sequential
 from .precision import Precision
 
 __version__ = "0.1.0"
-__all__ = ["Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "formats", "layers", "precision", "models", "optimizers",
+__all__ = ["Diverged", "Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "formats", "layers", "precision", "models", "optimizers",
            "build_info", "set_num_threads"]
 
+Diverged = _core.Diverged
 build_info = _core.build_info
 set_num_threads = _core.set_num_threads

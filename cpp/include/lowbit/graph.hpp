@@ -4,6 +4,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <stdexcept>
 
 #include "dnnl_util.hpp"
 #include "ops.hpp"
@@ -21,6 +22,12 @@ struct Node {
 struct Metrics {
   double loss = 0, accuracy = 0;
   int64_t seen = 0;
+};
+
+// fit stopped because the loss, the gradients or the updated weights became NaN or
+// infinite; the weights are those from before the batch (Python: FloatingPointError).
+struct Diverged : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 // progress(done_samples, running_loss, running_accuracy)
@@ -80,7 +87,13 @@ class Graph {
   bool dynamic_scale_ = false;
   double loss_scale_ = 1.0;
   int64_t growth_interval_ = 2000, good_steps_ = 0, skipped_ = 0;
-  bool unscale_and_check(const std::vector<Param*>& ps);
+  bool all_finite(const std::vector<Param*>& ps, bool grads) const;
+  bool unscale_and_check(const std::vector<Param*>& ps, bool finite);
+  // copies of the weights and optimizer slots before an update, to undo one that overflowed
+  std::vector<std::vector<float>> undo_;
+  int64_t undo_t_ = 0;
+  void save_undo(const std::vector<Param*>& ps);
+  void restore_undo(const std::vector<Param*>& ps);
   std::vector<Tensor> act_, grad_;
   std::vector<char> grad_set_;
   std::vector<Tensor> scratch_, dplain_;

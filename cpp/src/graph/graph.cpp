@@ -294,15 +294,32 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
     double l = loss_and_grad(nb, labels ? lab.data() : nullptr, targets ? tgt.data() : nullptr, &loss_grad_, &hits);
     grad_.resize(nodes_.size());
     std::swap(grad_[size_t(from)], loss_grad_);  // buffers swap, nothing is copied or freed
-    LB_CHECK(std::isfinite(l), "fit: the loss became ", l, " at step ", step_,
-             " (diverged: lower the learning rate, or check the data)");
+    auto diverged = [&](const std::string& what) {
+      return Diverged(str("fit diverged: ", what, " in epoch ", epoch + 1, ", batch ", b0 / batch + 1, " of ",
+                          (n + batch - 1) / batch, " (counting from 1; training step ", step_,
+                          "); training stopped with the weights from before this batch. Lower the learning "
+                          "rate, or check the scale of the data"));
+    };
+    if (!std::isfinite(l)) throw diverged(str("the loss became ", l));
     if (loss_scale_ != 1.0) {
       const float sc = float(loss_scale_);
       float* gd = grad_[size_t(from)].data();
       for (int64_t e = 0, m = grad_[size_t(from)].size(); e < m; ++e) gd[e] *= sc;
     }
     run_backward(from, false);
-    if (unscale_and_check(ps)) opt_->step(ps, lr_);
+    const bool finite = all_finite(ps, true);
+    // non-finite gradients: with dynamic loss scaling the step is skipped and the scale halved
+    if (!finite && !dynamic_scale_)
+      throw diverged(loss_scale_ == 1.0 ? std::string("the gradients became NaN or infinite")
+                                        : str("the gradients overflowed with a static loss scale of ", loss_scale_));
+    if (unscale_and_check(ps, finite)) {
+      save_undo(ps);
+      opt_->step(ps, lr_);
+      if (!all_finite(ps, false)) {
+        restore_undo(ps);
+        throw diverged("the update made weights NaN or infinite");
+      }
+    }
     ++step_;
     loss_sum += l * double(nb);
     hits_sum += hits;
@@ -327,17 +344,24 @@ void Graph::set_loss_scaling(bool dynamic, double init, int64_t growth_interval)
   good_steps_ = skipped_ = 0;
 }
 
+bool Graph::all_finite(const std::vector<Param*>& ps, bool grads) const {
+  bool ok = true;
+#pragma omp parallel for schedule(static) reduction(&& : ok)
+  for (size_t k = 0; k < ps.size(); ++k) {
+    const Tensor& t = grads ? ps[k]->grad : ps[k]->value;
+    const float* v = t.data();
+    bool f = true;
+    for (int64_t i = 0, m = t.size(); i < m; ++i) f &= std::isfinite(v[i]);
+    ok = ok && f;
+  }
+  return ok;
+}
+
 // Divide the gradients by the loss scale; with dynamic scaling, report (false) and
 // shrink the scale when any gradient overflowed, so the step is skipped.
-bool Graph::unscale_and_check(const std::vector<Param*>& ps) {
+bool Graph::unscale_and_check(const std::vector<Param*>& ps, bool finite) {
   if (loss_scale_ == 1.0 && !dynamic_scale_) return true;
-  bool finite = true;
-  for (auto* p : ps) {
-    const float* g = p->grad.data();
-    for (int64_t i = 0, n = p->grad.size(); i < n && finite; ++i) finite = std::isfinite(g[i]);
-  }
   if (!finite) {
-    LB_CHECK(dynamic_scale_, "fit: gradients overflowed with a static loss scale of ", loss_scale_);
     loss_scale_ = std::max(loss_scale_ * 0.5, 1.0 / 65536.0);
     good_steps_ = 0;
     ++skipped_;
@@ -353,6 +377,27 @@ bool Graph::unscale_and_check(const std::vector<Param*>& ps) {
     good_steps_ = 0;
   }
   return true;
+}
+
+// The optimizer updates in place; these copies (one memcpy per weight and slot) let a
+// step whose result overflowed be undone.
+void Graph::save_undo(const std::vector<Param*>& ps) {
+  std::vector<Tensor*> ts;
+  for (auto* p : ps) ts.push_back(&p->value);
+  for (auto& slots : opt_->state)
+    for (auto& s : slots) ts.push_back(&s);
+  undo_.resize(ts.size());
+  for (size_t k = 0; k < ts.size(); ++k) undo_[k].assign(ts[k]->data(), ts[k]->data() + ts[k]->size());
+  undo_t_ = opt_->t;
+}
+
+void Graph::restore_undo(const std::vector<Param*>& ps) {
+  if (undo_.size() == ps.size()) opt_->state.clear();  // the slots did not exist before this step
+  size_t k = 0;
+  for (auto* p : ps) std::memcpy(p->value.data(), undo_[k++].data(), size_t(p->value.size()) * 4);
+  for (auto& slots : opt_->state)
+    for (auto& s : slots) std::memcpy(s.data(), undo_[k++].data(), size_t(s.size()) * 4);
+  opt_->t = undo_t_;
 }
 
 Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch) {
