@@ -73,6 +73,12 @@ class Graph {
 
   std::string loss_name() const { return loss_; }
   double current_lr() const { return lr_; }
+  // Training state beyond the weights, for an exact resume: the optimizer (null before
+  // compile) and the loss scaler (scale, good steps since the last change, skipped steps).
+  Optimizer* optimizer() { return opt_.get(); }
+  std::vector<double> scaler_state() const { return {loss_scale_, double(good_steps_), double(skipped_)}; }
+  void set_scaler_state(const std::vector<double>& s);
+  bool fitting() const { return fitting_; }  // inside fit_epoch (calls between batches see it)
   uint64_t step() const { return step_; }
   void set_step(uint64_t s) { step_ = s; }
 
@@ -84,6 +90,7 @@ class Graph {
   ScheduleConfig sched_;
   double base_lr_ = 0, lr_ = 0;
   uint64_t step_ = 0, seed_ = 0;
+  bool fitting_ = false;
   bool dynamic_scale_ = false;
   double loss_scale_ = 1.0;
   int64_t growth_interval_ = 2000, good_steps_ = 0, skipped_ = 0;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "lowbit/engine_thread.hpp"
 #include "lowbit/rng.hpp"
 
 namespace lowbit {
@@ -259,6 +260,12 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
   LB_CHECK(batch >= 1, "fit: expected batch_size >= 1, got ", batch);
   LB_CHECK(n >= 1, "fit: expected at least one sample");
   check_targets(n, labels, targets);
+  if (fitting_) throw std::runtime_error("fit: this model is already being trained (fit() in another thread)");
+  fitting_ = true;
+  struct Clear {  // however the epoch ends
+    bool& f;
+    ~Clear() { f = false; }
+  } clear{fitting_};
   const Shape& in = nodes_[size_t(input_)].out_shape;
   const int64_t inner = numel(in), K = nodes_[size_t(output_)].out_shape[0];
   std::vector<int64_t> order(static_cast<size_t>(n));
@@ -329,6 +336,7 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
       progress(m.seen, loss_sum / double(m.seen), double(hits_sum) / double(m.seen));
       last = now;
     }
+    engine_yield();  // calls from other threads (predict, get_weights) run between batches
   }
   m.loss = loss_sum / double(m.seen);
   m.accuracy = double(hits_sum) / double(m.seen);
@@ -342,6 +350,14 @@ void Graph::set_loss_scaling(bool dynamic, double init, int64_t growth_interval)
   loss_scale_ = init;
   growth_interval_ = growth_interval;
   good_steps_ = skipped_ = 0;
+}
+
+void Graph::set_scaler_state(const std::vector<double>& s) {
+  LB_CHECK(s.size() == 3 && s[0] > 0 && std::isfinite(s[0]) && s[1] >= 0 && s[2] >= 0,
+           "loss scaler state: expected (scale > 0, good steps >= 0, skipped steps >= 0)");
+  loss_scale_ = s[0];
+  good_steps_ = int64_t(s[1]);
+  skipped_ = int64_t(s[2]);
 }
 
 bool Graph::all_finite(const std::vector<Param*>& ps, bool grads) const {
