@@ -7,13 +7,13 @@
     model.fit(x, y, batch_size=128, epochs=2, validation_data=(xt, yt))
 """
 from . import _core
-from . import callbacks, constraints, datasets, formats, layers, models, optimizers, plots, precision
+from . import callbacks, constraints, datasets, formats, layers, models, optimizers, plots, precision, serial
 from .layers import Input
-from .model import Model, Sequential
+from .model import Model, Sequential, load_model
 from .precision import Precision
 
 __version__ = "0.1.0"
-__all__ = ["Diverged", "Input", "Model", "Sequential", "Precision", "callbacks", "constraints", "datasets", "formats", "layers", "precision", "models", "optimizers",
+__all__ = ["Diverged", "Input", "Model", "Sequential", "load_model", "Precision", "callbacks", "constraints", "datasets", "formats", "layers", "precision", "models", "optimizers",
            "build_info", "set_num_threads"]
 
 Diverged = _core.Diverged

@@ -26,6 +26,7 @@ import numbers
 import numpy as np
 
 from . import _core
+from .serial import Recorded
 
 __all__ = ["Format", "Float32", "Float16", "BFloat16", "MiniFloat", "Fixed", "Int", "Binary", "Ternary",
            "msb_from_percentile", "get"]
@@ -54,7 +55,7 @@ def _overflow(o, cls):
     return o
 
 
-class Format:
+class Format(Recorded):
     """Base class: ``quantize(x)``, ``backward(x, grad)``, ``bits``, ``config()``."""
     bits = 32
 
