@@ -47,10 +47,7 @@ _LOSS_ALIASES = {"categorical_crossentropy": "categorical_crossentropy",
 
 def as_input(x, what="x"):
     """Convert ``x`` by the documented rule: real numbers -> C-contiguous float32, finite."""
-    a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{what}: expected a real numeric array, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = _formats.as_float32(x, what)
     if a.size and not np.isfinite(a).all():
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise ValueError(f"{what}: expected finite values, found {bad} NaN/inf entries")
@@ -77,6 +74,30 @@ def as_target(y, what="y"):
     raise ValueError(f"{what}: expected labels of shape (N,) or targets of shape (N, classes), got {a.shape}")
 
 
+def _check_sizes(layer, cfg, in_shapes):
+    """Refuse arguments so large that the engine's int64 size arithmetic could overflow:
+    every size an op derives (output, kernel, MACs) is at most a product of its input
+    size and its integer arguments, so that product (each |v| + 2) must stay below 2^62."""
+    bound = sum(int(np.prod(s, dtype=object)) for s in in_shapes) or 1
+
+    def ints(v):
+        if isinstance(v, (bool, np.bool_)):
+            return
+        if isinstance(v, (int, np.integer)):
+            yield int(v)
+        elif isinstance(v, (tuple, list)):
+            for e in v:
+                yield from ints(e)
+
+    for k, v in cfg.items():
+        if k != "formats":
+            for i in ints(v):
+                bound *= abs(i) + 2
+                if bound >= 2 ** 62:
+                    raise ValueError(f"{layer.name}: argument {k}={v!r} is too large for an input of shape "
+                                     f"{tuple(in_shapes[0]) if in_shapes else ()}")
+
+
 def _batch_size(b, what):
     if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
         raise ValueError(f"{what}: expected batch_size >= 1, got {b!r}")
@@ -88,6 +109,9 @@ class Model:
 
     def __init__(self, inputs=None, outputs=None, name=None, seed=None):
         self.name = name or type(self).__name__.lower()
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed < 2 ** 64):
+            raise ValueError(f"{self.name}: expected seed to be an integer in [0, 2**64), got {seed!r}")
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2 ** 63))
         self.stop_training = False
         self._graph = None
@@ -144,6 +168,7 @@ class Model:
             ins = [node_of[id(u)] for u in t.inputs]
             nodes = []
             for kind, cfg in layer.ops():
+                _check_sizes(layer, cfg, [g.node_shape(i) for i in ins])
                 try:
                     nid = g.add(kind, ins, cfg)
                 except ValueError as e:
@@ -158,6 +183,7 @@ class Model:
         self._layer_inputs = {id(t.layer): [node_of[id(u)] for u in t.inputs] for t in order if t.inputs}
         self.input_shape = tuple(inputs.layer.input_shape)
         self.output_shape = tuple(g.node_shape(g.output))
+        self._max_numel = max(int(np.prod(g.node_shape(i), dtype=object)) for i in range(g.num_nodes))
 
     @property
     def layers(self):
@@ -459,14 +485,18 @@ class Model:
         p = self._precision
         if p is None:
             return {}
+        self._require_built()
         pct = p.calibration_percentile if percentile is None else float(percentile)
+        x = as_input(x, "calibrate: x")
+        if len(x) == 0 or x.shape[1:] != tuple(self.input_shape):
+            raise ValueError(f"calibrate: expected samples of shape {tuple(self.input_shape)}, got x of shape {x.shape}")
         ks = self._kernel_layers()
         saved = {id(layer): layer._precision_formats for layer in ks}
         for layer in ks:
             layer._precision_formats = {}
         self._rebuild()  # float32 graph for the statistics
         g = self._graph
-        g.forward(as_input(x, "calibrate: x"), False)
+        g.forward(x, False)
         chosen = {}
         for layer, nodes in self._layers:
             fm = saved.get(id(layer))
@@ -499,6 +529,8 @@ class Model:
         x = as_input(x, f"{what}: x")
         if self._graph is None:
             self._build_lazily(x.shape[1:])
+        if len(x) * self._max_numel >= 2 ** 62:  # the engine's batch buffers are indexed in int64
+            raise ValueError(f"{what}: {len(x)} samples with activations of {self._max_numel} values each are too many")
         if y is None:
             return x, None
         y = as_target(y, f"{what}: y")

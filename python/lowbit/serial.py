@@ -42,6 +42,7 @@ over the target.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import json
@@ -64,12 +65,29 @@ _LEGACY = re.compile(r"(w\d{4}|step|qmsb_\d+_[a-z_]+|q[shr]_\d+_\d+)\.npy")
 
 class Recorded:
     """Remembers the arguments of the constructor call that made the object (the
-    outermost one), which is how ``model.save`` stores layers, formats and optimizers."""
+    outermost one), which is how ``model.save`` stores layers, formats and optimizers.
+    Constructors of subclasses report a number too large to convert (Python's
+    OverflowError from ``int(inf)``, ``float(10**400)``) as ValueError, like every
+    other bad argument."""
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)
         obj._init_args = (args, kwargs)
         return obj
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked(self, *args, **kw):
+            try:
+                init(self, *args, **kw)
+            except OverflowError as e:
+                raise ValueError(f"{cls.__name__}: argument out of range ({e})") from None
+        cls.__init__ = checked
 
 
 # ----------------------------------------------------------------------- JSON values
@@ -177,8 +195,8 @@ class Reader:
         try:
             self.zip = zipfile.ZipFile(io.BytesIO(data))
             self.members = {i.filename: i for i in self.zip.infolist()}
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as e:
-            self.fail(f"truncated or corrupted ZIP archive ({e})")
+        except Exception as e:  # zipfile's parser raises many kinds on damaged input
+            self.fail(f"truncated or corrupted ZIP archive ({type(e).__name__}: {e})")
         self.size = len(data)
         if HEADER in self.members:
             self.header = self._json()
@@ -213,8 +231,8 @@ class Reader:
         try:
             with self.zip.open(info) as f:  # checks the CRC-32 at the end
                 data = f.read(limit + 1)
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError, RuntimeError) as e:
-            self.fail(f"member {name} is corrupted ({e})")
+        except Exception as e:  # bad CRC, compression method, encryption, truncation
+            self.fail(f"member {name} is corrupted ({type(e).__name__}: {e})")
         if len(data) != info.file_size:
             self.fail(f"member {name} is truncated")
         return data

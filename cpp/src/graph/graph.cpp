@@ -9,11 +9,23 @@
 
 namespace lowbit {
 
+namespace {
+// The element count, or -1 beyond 2^40 (4 TiB of float32): larger sizes are refused
+// before any int64 product of them can overflow.
+int64_t bounded_numel(const Shape& s) {
+  int64_t n = 1;
+  for (auto d : s)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n) || n > (int64_t(1) << 40)) return -1;
+  return n;
+}
+}  // namespace
+
 int Graph::add_input(const Shape& shape) {
   LB_CHECK(input_ < 0, "Model: only one Input is supported by the training engine");
   LB_CHECK(!shape.empty() && shape.size() <= 3, "Input: expected shape (C, H, W) or (features,), got ",
            shape_str(shape));
   for (auto d : shape) LB_CHECK(d >= 1, "Input: expected positive dimensions, got ", shape_str(shape));
+  LB_CHECK(bounded_numel(shape) > 0, "Input: shape ", shape_str(shape), " has more than 2^40 elements");
   nodes_.push_back({"input", nullptr, {}, shape});
   input_ = int(nodes_.size()) - 1;
   return input_;
@@ -29,6 +41,10 @@ int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Co
   cfg.ints["node_id"] = {int64_t(nodes_.size())};
   auto op = make_op(kind, cfg, in);
   Shape out = op->out_shape;
+  LB_CHECK(bounded_numel(out) > 0, kind, ": output shape ", shape_str(out), " is empty or has more than 2^40 elements");
+  for (auto& p : op->params)
+    LB_CHECK(bounded_numel(p.value.shape) >= 0, kind, ": ", p.name, " of shape ", shape_str(p.value.shape),
+             " has more than 2^40 elements");
   nodes_.push_back({kind, std::move(op), inputs, out});
   output_ = int(nodes_.size()) - 1;
   return output_;
@@ -467,6 +483,7 @@ double Graph::compute_gradients(const float* x, int64_t n, const int64_t* labels
 }
 
 void Graph::forward_batch(const float* x, int64_t n, bool training, float* out) {
+  LB_CHECK(n >= 1, "forward: expected at least one sample");
   const Shape& in = nodes_[size_t(input_)].out_shape;
   batch_x_.resize(with_batch(in, n));
   std::memcpy(batch_x_.data(), x, size_t(batch_x_.size()) * 4);
