@@ -143,9 +143,14 @@ farray copy_out(const Shape& shape, const std::vector<float>& v) {
   return a;
 }
 
-// Graphs are destroyed on the engine thread, where their primitives were made.
+// Graphs are destroyed on the engine thread, where their primitives were made, and
+// before the destructor returns (so none is left to run while the process exits).
 struct DeleteOnEngine {
-  void operator()(Graph* g) const { post_to_engine([g] { delete g; }); }
+  void operator()(Graph* g) const {
+    if (!PyGILState_Check()) return run_on_engine([g] { delete g; });
+    py::gil_scoped_release nogil;  // the engine may be waiting for the GIL (fit's progress bar)
+    run_on_engine([g] { delete g; });
+  }
 };
 
 py::dict metrics(const Metrics& m) {

@@ -13,10 +13,7 @@ namespace lowbit {
 // Run `task` on the engine thread and wait for it; exceptions are rethrown here.
 // On the engine thread itself it runs inline. Call with the GIL released.
 void run_on_engine(const std::function<void()>& task);
-// Queue `task` without waiting (destruction of engine objects).
-void post_to_engine(std::function<void()> task);
 // On the engine thread: run the calls queued so far (a batch boundary of fit).
 void engine_yield();
-bool on_engine_thread();
 
 }  // namespace lowbit

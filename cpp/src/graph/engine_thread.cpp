@@ -70,11 +70,6 @@ Engine& engine() {
 
 }  // namespace
 
-bool on_engine_thread() {
-  Engine& e = engine();
-  return std::this_thread::get_id() == e.id;
-}
-
 void run_on_engine(const std::function<void()>& task) {
   Engine& e = engine();
   if (std::this_thread::get_id() == e.id) {
@@ -92,15 +87,6 @@ void run_on_engine(const std::function<void()>& task) {
     }
   });
   result.get();
-}
-
-void post_to_engine(std::function<void()> task) {
-  engine().push([t = std::move(task)] {
-    try {
-      t();
-    } catch (...) {
-    }
-  });
 }
 
 void engine_yield() {
