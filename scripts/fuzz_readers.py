@@ -12,7 +12,6 @@ other exception, a crash or a hang is a finding (libFuzzer saves the input). Aft
 refused ``load_weights`` the model must be unchanged. Without a corpus directory the
 run starts from valid files of each kind, written to a temporary folder.
 """
-import io
 import os
 import pickle
 import sys

@@ -17,10 +17,12 @@ echo "== building lowbit with LOWBIT_SANITIZE=ON (build/asan)"
   --config-settings=build-dir=build/asan
 LIBASAN="$(${CXX:-c++} -print-file-name=libasan.so)"
 [ -f "$LIBASAN" ] || { echo "libasan.so not found (install the compiler's libasan)" >&2; exit 2; }
+# libstdc++ preloaded too: ASan finds the real __cxa_throw only in libraries present at start
+LIBSTDCXX="$(${CXX:-c++} -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:abort_on_error=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 export PYTHONMALLOC=malloc  # Python's objects on ASan's heap too
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 [ $# -gt 0 ] || set -- tests/test_fuzz.py
 cd tests
-LD_PRELOAD="$LIBASAN" "../$VENV/bin/python" -m pytest -q -p no:cacheprovider -s "${@/#tests\//}"
+LD_PRELOAD="$LIBASAN:$LIBSTDCXX" "../$VENV/bin/python" -m pytest -q -p no:cacheprovider -s "${@/#tests\//}"

@@ -14,7 +14,6 @@ import lowbit as lb
 
 L = lb.layers
 F = lb.formats
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def data(n=256, seed=0):

@@ -1,8 +1,8 @@
 """Reliability: diverging runs stop with FloatingPointError and the weights from before
 the step; a model used from several threads is serialised; bad weights files raise
 ValueError naming the file and the problem and leave the model untouched."""
-import os
 import threading
+import time
 import zipfile
 
 import numpy as np
@@ -183,8 +183,9 @@ def test_engine_refuses_changes_queued_during_an_epoch():
     t = threading.Thread(target=m.fit, args=(x, y), kwargs=dict(batch_size=2, verbose=0))
     t.start()
     try:
+        deadline = time.monotonic() + 120
         while m._graph.step < 5:  # read-only calls run between batches
-            pass
+            assert t.is_alive() and time.monotonic() < deadline
         w = m.get_weights()[0]
         with pytest.raises(RuntimeError, match="fit\\(\\) is running"):
             m._graph.set_param(m._param_slots()[0][0], 0, w)  # past the Python guard

@@ -139,7 +139,7 @@ Param& param_at(Graph& g, int i, int k) {
 
 farray copy_out(const Shape& shape, const std::vector<float>& v) {
   farray a(shape);
-  std::memcpy(a.mutable_data(), v.data(), v.size() * 4);
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * 4);
   return a;
 }
 
@@ -257,7 +257,7 @@ void register_graph(py::module_& m) {
         py::list r;
         for (auto& st : sts) {
           py::array_t<int8_t> signs(py::ssize_t(st.last_sign.size()));
-          std::memcpy(signs.mutable_data(), st.last_sign.data(), st.last_sign.size());
+          if (!st.last_sign.empty()) std::memcpy(signs.mutable_data(), st.last_sign.data(), st.last_sign.size());
           r.append(py::make_tuple(st.msb, st.counter, signs, st.running_amax));
         }
         return r;
