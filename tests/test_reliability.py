@@ -340,3 +340,19 @@ def test_model_files_name_only_lowbit_classes(tmp_path):
     target.load_weights(path)  # a model file holds weights too
     for a, b in zip(target.get_weights(), m.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cifar_pickle_with_a_huge_memo_index_is_refused_without_allocating(tmp_path):
+    """Found by scripts/fuzz_readers.py: a 12-byte python batch whose LONG_BINPUT index
+    made the C unpickler grow its memo table to gigabytes."""
+    import tracemalloc
+    bomb = b"\x80\x02}q\x00r" + (175399797).to_bytes(4, "little") + b"."
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (tmp_path / name).write_bytes(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="data_batch_1.*memo index 175399797"):
+            lb.datasets.cifar10(root=tmp_path)
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20  # peak bytes
+    finally:
+        tracemalloc.stop()

@@ -89,13 +89,13 @@ def _check_sizes(layer, cfg, in_shapes):
             for e in v:
                 yield from ints(e)
 
-    for k, v in cfg.items():
-        if k != "formats":
-            for i in ints(v):
-                bound *= abs(i) + 2
-                if bound >= 2 ** 62:
-                    raise ValueError(f"{layer.name}: argument {k}={v!r} is too large for an input of shape "
-                                     f"{tuple(in_shapes[0]) if in_shapes else ()}")
+    args = {k: v for k, v in cfg.items() if k != "formats" and any(True for _ in ints(v))}
+    for v in args.values():
+        for i in ints(v):
+            bound *= abs(i) + 2
+    if bound >= 2 ** 62:
+        raise ValueError(f"{layer.name}: arguments {args} are too large for an input of shape "
+                         f"{tuple(in_shapes[0]) if in_shapes else ()}")
 
 
 def _batch_size(b, what):
