@@ -19,7 +19,9 @@ LIBASAN="$(${CXX:-c++} -print-file-name=libasan.so)"
 [ -f "$LIBASAN" ] || { echo "libasan.so not found (install the compiler's libasan)" >&2; exit 2; }
 # libstdc++ preloaded too: ASan finds the real __cxa_throw only in libraries present at start
 LIBSTDCXX="$(${CXX:-c++} -print-file-name=libstdc++.so)"
-export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:abort_on_error=1:${ASAN_OPTIONS:-}"
+# ASan reserves any size without the kernel's overcommit check, so cap single allocations
+# (beyond the cap: null -> std::bad_alloc -> MemoryError, a documented outcome)
+export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=4096:halt_on_error=1:abort_on_error=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 export PYTHONMALLOC=malloc  # Python's objects on ASan's heap too
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"

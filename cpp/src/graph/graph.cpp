@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <unistd.h>
+
 #include "lowbit/engine_thread.hpp"
 #include "lowbit/rng.hpp"
 
@@ -42,9 +44,15 @@ int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Co
   auto op = make_op(kind, cfg, in);
   Shape out = op->out_shape;
   LB_CHECK(bounded_numel(out) > 0, kind, ": output shape ", shape_str(out), " is empty or has more than 2^40 elements");
-  for (auto& p : op->params)
-    LB_CHECK(bounded_numel(p.value.shape) >= 0, kind, ": ", p.name, " of shape ", shape_str(p.value.shape),
-             " has more than 2^40 elements");
+  // one tensor larger than the machine's memory could only end in the out-of-memory killer
+  const double ram = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  auto fits = [&](const Shape& s, const char* what) {
+    const int64_t n = bounded_numel(s);
+    LB_CHECK(n >= 0 && (ram <= 0 || 4.0 * double(n) <= ram), kind, ": ", what, " of shape ", shape_str(s), " needs ",
+             4.0 * double(n) / 1e9, " GB, more than this machine's ", ram / 1e9, " GB of memory");
+  };
+  fits(out, "the output of one sample");
+  for (auto& p : op->params) fits(p.value.shape, p.name.c_str());
   nodes_.push_back({kind, std::move(op), inputs, out});
   output_ = int(nodes_.size()) - 1;
   return output_;
