@@ -13,10 +13,12 @@ L, F = lb.layers, lb.formats
 # ----- independent numpy definitions of one accumulator step -----------------------
 def np_minifloat(v, e, m, saturate):
     """v (float64, exact) rounded once to the (e, m) grid, half to even."""
-    if v == 0 or np.isnan(v):
-        return v
     bias = 2 ** (e - 1) - 1
     emin, maxv = 1 - bias, (2 - 2.0 ** -m) * 2.0 ** (2 ** e - 2 - bias)
+    if v == 0 or np.isnan(v):
+        return v
+    if np.isinf(v):
+        return float(np.copysign(maxv if saturate else np.inf, v))
     a = abs(v)
     ex = max(int(np.floor(np.log2(a))), emin)
     if 2.0 ** (ex + 1) <= a:  # guard log2 rounding
@@ -28,9 +30,9 @@ def np_minifloat(v, e, m, saturate):
     return float(np.copysign(q, v))
 
 
-def np_fixed_one(v, bits, msb, overflow="saturate"):
+def np_fixed_one(v, bits, msb, overflow="saturate", rounding="nearest"):
     q = 2.0 ** (msb + 1 - bits)
-    k = int(np.rint(v / q))
+    k = int(np.floor(v / q) if rounding == "floor" else np.rint(v / q))
     lo, hi = -2 ** (bits - 1), 2 ** (bits - 1) - 1
     if overflow == "wrap":
         k = ((k - lo) % 2 ** bits) + lo
@@ -41,7 +43,7 @@ def np_fixed_one(v, bits, msb, overflow="saturate"):
 
 def rounder(fmt):
     if isinstance(fmt, F.Fixed):
-        return lambda v: np_fixed_one(v, fmt.bits, fmt.msb, fmt.overflow)
+        return lambda v: np_fixed_one(v, fmt.bits, fmt.msb, fmt.overflow, fmt.rounding)
     return lambda v: np_minifloat(v, fmt.exp_bits, fmt.man_bits, fmt.saturate)
 
 
@@ -52,48 +54,57 @@ def accumulate(pairs, q):
     return np.float32(acc)
 
 
-def np_conv_accum(x, w, dy, stride, pad, q):
+def np_conv_accum(x, w, dy, stride, pad, q, dilation=1, groups=1):
     """Forward z, and dx, dw, db of sum(z * dy), each dot product accumulated through q in
     the order of accumulate.hpp: forward (c, i, j), input grad (o, i, j), weight grad
     (n, y, x), bias (n, y, x); out-of-image taps skipped."""
     N, C, H, W = x.shape
-    O, _, kh, kw = w.shape
+    O, Cg, kh, kw = w.shape
+    Og = O // groups
     OH, OW = dy.shape[2:]
+    d = dilation
     z = np.zeros((N, O, OH, OW), np.float32)
     dx = np.zeros_like(x)
     dw = np.zeros_like(w)
+
+    def inside(h, w_):
+        return 0 <= h < H and 0 <= w_ < W
+
     for n in range(N):
         for o in range(O):
+            c0 = (o // Og) * Cg
             for oh in range(OH):
                 for ow in range(OW):
                     z[n, o, oh, ow] = accumulate(
-                        [(x[n, c, oh * stride - pad + i, ow * stride - pad + j], w[o, c, i, j])
-                         for c in range(C) for i in range(kh) for j in range(kw)
-                         if 0 <= oh * stride - pad + i < H and 0 <= ow * stride - pad + j < W], q)
+                        [(x[n, c0 + c, oh * stride - pad + i * d, ow * stride - pad + j * d], w[o, c, i, j])
+                         for c in range(Cg) for i in range(kh) for j in range(kw)
+                         if inside(oh * stride - pad + i * d, ow * stride - pad + j * d)], q)
     for n in range(N):
-        for c in range(C):
+        for cc in range(C):
+            grp, c = divmod(cc, Cg)
             for ih in range(H):
                 for iw in range(W):
                     pairs = []
-                    for o in range(O):
+                    for o in range(grp * Og, (grp + 1) * Og):
                         for i in range(kh):
-                            th = ih + pad - i
+                            th = ih + pad - i * d
                             if th < 0 or th % stride or th // stride >= OH:
                                 continue
                             for j in range(kw):
-                                tw = iw + pad - j
+                                tw = iw + pad - j * d
                                 if tw < 0 or tw % stride or tw // stride >= OW:
                                     continue
                                 pairs.append((dy[n, o, th // stride, tw // stride], w[o, c, i, j]))
-                    dx[n, c, ih, iw] = accumulate(pairs, q)
+                    dx[n, cc, ih, iw] = accumulate(pairs, q)
     for o in range(O):
-        for c in range(C):
+        c0 = (o // Og) * Cg
+        for c in range(Cg):
             for i in range(kh):
                 for j in range(kw):
                     dw[o, c, i, j] = accumulate(
-                        [(dy[n, o, oh, ow], x[n, c, oh * stride - pad + i, ow * stride - pad + j])
+                        [(dy[n, o, oh, ow], x[n, c0 + c, oh * stride - pad + i * d, ow * stride - pad + j * d])
                          for n in range(N) for oh in range(OH) for ow in range(OW)
-                         if 0 <= oh * stride - pad + i < H and 0 <= ow * stride - pad + j < W], q)
+                         if inside(oh * stride - pad + i * d, ow * stride - pad + j * d)], q)
     db = np.array([accumulate([(v, 1.0) for v in dy[:, o].reshape(N, -1).ravel()], q) for o in range(O)])
     return z, dx, dw, db
 
@@ -172,6 +183,38 @@ def test_conv_accum_forward_backward_equal_reference(fmt, stride, padding, pad, 
     np.testing.assert_array_equal(dx, rdx)
     np.testing.assert_array_equal(dw, rdw)
     np.testing.assert_array_equal(db, rdb)
+
+
+@pytest.mark.parametrize("fmt,scale,kw", [
+    (F.Float16(), 1.0, dict(groups=2)),
+    (F.BFloat16(), 1.0, dict(dilation_rate=2, padding="same")),
+    (F.Float16(), 3e-4, dict(padding="same")),                            # sums in fp16's subnormal range
+    (F.MiniFloat(3, 2, saturate=True), 40.0, dict(padding="same")),        # sums beyond its largest value, 14
+    (F.MiniFloat(3, 2, saturate=False), 40.0, dict(strides=2, padding="same")),  # ... overflowing to inf
+    (F.Fixed(10, msb=3, rounding="floor"), 1.0, dict(strides=2)),
+], ids=["fp16-groups", "bf16-dilated", "fp16-subnormal", "e3m2-saturate", "e3m2-inf", "fixed-floor-stride2"])
+def test_conv_accum_more_geometries_equal_reference(fmt, scale, kw, rng):
+    """Groups, dilation, stride 2 with padding, subnormal and overflowing sums: the
+    vectorised chains equal the one-at-a-time reference."""
+    groups, d, stride = kw.get("groups", 1), kw.get("dilation_rate", 1), kw.get("strides", 1)
+    pad = d if kw.get("padding") == "same" else 0
+    x = (scale * rng.normal(size=(2, 4, 7, 7))).astype(np.float32)
+    m = single(L.Conv2D(4, 3, accum_format=fmt, grad_accum_format=fmt, bias_initializer="torch", **kw), (4, 7, 7),
+               seed=4)
+    w, b = m.get_weights()
+    OH = (7 + 2 * pad - d * 2 - 1) // stride + 1
+    dy = (scale * rng.normal(size=(2, 4, OH, OH))).astype(np.float32)
+    y, dx, (dw, db) = fwd_bwd(m, x, dy)
+    z, rdx, rdw, rdb = np_conv_accum(x, w, dy, stride, pad, rounder(fmt), dilation=d, groups=groups)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(y, z + b[None, :, None, None])
+    np.testing.assert_array_equal(dx, rdx)
+    np.testing.assert_array_equal(dw, rdw)
+    np.testing.assert_array_equal(db, rdb)
+    if scale == 3e-4:
+        assert np.any((np.abs(z) > 0) & (np.abs(z) < 2.0 ** -14)), "no subnormal results: the case tests nothing"
+    if scale == 40.0:
+        assert np.any(np.abs(z) >= 14), "no overflow: the case tests nothing"
 
 
 def test_dense_accum_backward_equal_reference(rng):
@@ -316,8 +359,15 @@ FAMILIES = {
     "int": lambda: F.Int(8),
     "binary": lambda: F.Binary(scale="mean_abs"),
     "ternary": lambda: F.Ternary(),
+    "fp8": lambda: F.FP8E4M3FN(),
+    "fp4": lambda: F.FP4E2M1(),
+    "bf16_stochastic": lambda: F.BFloat16(rounding="stochastic", seed=1),
+    "mxfp4": lambda: F.MXFP4(),
+    "mxint8": lambda: F.MXINT8(),
+    "nvfp4": lambda: F.NVFP4(),
 }
-ACCUMULATORS = {"float32", "fp16", "bf16", "minifloat", "fixed", "int"}  # the rest: ValueError
+# the rest: ValueError (stochastic rounding is no accumulator mode, block formats no register)
+ACCUMULATORS = {"float32", "fp16", "bf16", "minifloat", "fixed", "int", "fp8", "fp4"}
 GRAD_ACCUMULATORS = ACCUMULATORS - {"int"}
 
 

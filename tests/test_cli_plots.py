@@ -14,7 +14,7 @@ def test_compare_prints_table_and_writes_plot(tmp_path, capsys):
                    "--limit", "2000", "--quiet", "--plot", str(png)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "fp32" in out and "fixed8" in out and "test_acc" in out
+    assert "fp32" in out and "fixed8" in out and "test acc %" in out and "uJ/img (est.)" in out
     assert png.exists() and os.path.getsize(png) > 10_000
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -23,10 +23,12 @@ def test_compare_prints_table_and_writes_plot(tmp_path, capsys):
 def test_train_command_and_errors(tmp_path, capsys):
     w = tmp_path / "w.npz"
     assert cli.main(["train", "--model", "simple_cnn", "--epochs", "1", "--limit", "1000", "--quiet",
-                     "--save", str(w)]) == 0
+                     "--save", str(w), "-o", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "final test accuracy" in out and w.exists()
-    assert cli.main(["train", "--dataset", "mnist", "--data-root", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "final test accuracy" in out and w.exists() and (tmp_path / "run" / "results.json").exists()
+    assert cli.main(["train", "--dataset", "mnist", "--data-root", str(tmp_path / "none"), "--quiet",
+                     "-o", str(tmp_path / "failed")]) == 2
+    assert not (tmp_path / "failed").exists()  # a failed run leaves no output folder
     assert "lowbit: error" in capsys.readouterr().err
 
 

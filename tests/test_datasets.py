@@ -574,3 +574,22 @@ def test_fashion_as_cifar_shape(tmp_path):
     rgb = datasets.to_rgb(datasets.pad_to(xtr, 32))
     assert rgb.shape == (3, 3, 32, 32) and rgb.dtype == np.float32
     assert rgb.flags.c_contiguous
+
+
+def test_select_classes_and_load_by_name():
+    x = np.arange(7 * 4, dtype=np.float32).reshape(7, 1, 2, 2)
+    y = np.array([3, 0, 6, 6, 1, 0, 3])
+    xs, ys = datasets.select_classes(x, y, (6, 0))
+    np.testing.assert_array_equal(ys, [1, 0, 0, 1])  # 6 -> 0, 0 -> 1, original order kept
+    np.testing.assert_array_equal(xs, x[[1, 2, 3, 5]])
+    assert ys.dtype == np.int64
+    with pytest.raises(ValueError, match="no samples of class \\[9\\]"):
+        datasets.select_classes(x, y, (0, 9))
+    with pytest.raises(ValueError, match="at least two distinct"):
+        datasets.select_classes(x, y, (0, 0))
+    with pytest.raises(ValueError, match="one sample per label"):
+        datasets.select_classes(x, y[:3], (0, 3))
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
+        datasets.load("svhn")
+    (a, _), _ = datasets.load("digits")
+    assert a is datasets.digits()[0][0]

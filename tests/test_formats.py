@@ -216,7 +216,7 @@ def test_identity_at_32_bits_and_reprs():
     (lambda: F.MiniFloat(4, -1), "man_bits"), (lambda: F.Fixed(8, rounding="up"), "rounding"),
     (lambda: F.Fixed(8, msb=1.5), "msb"), (lambda: F.Binary(ste="foo"), "ste"),
     (lambda: F.Int(8, calibration="kl"), "calibration"), (lambda: F.Binary(scale="max"), "scale"),
-    (lambda: F.Fixed(8, msb=1, frac_bits=2), "msb or frac_bits"), (lambda: F.get("fp8"), "format"),
+    (lambda: F.Fixed(8, msb=1, frac_bits=2), "msb or frac_bits"), (lambda: F.get("fp7"), "format"),
 ])
 def test_invalid_arguments(make, match):
     with pytest.raises(ValueError, match=match):
@@ -232,3 +232,249 @@ def test_float16_and_bfloat16_on_random_bit_patterns(rng):
         ref = x.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(F.Float16().quantize(x).view(np.uint32), ref.view(np.uint32))
     np.testing.assert_array_equal(F.BFloat16().quantize(x).view(np.uint32), np_bfloat16(x).view(np.uint32))
+
+
+# ----- OCP element formats, bit-exact with ml_dtypes ------------------------------------
+ml_dtypes = pytest.importorskip("ml_dtypes")
+OCP = [(F.FP8E4M3FN, "float8_e4m3fn"), (F.FP8E5M2, "float8_e5m2"), (F.FP6E3M2, "float6_e3m2fn"),
+       (F.FP6E2M3, "float6_e2m3fn"), (F.FP4E2M1, "float4_e2m1fn")]
+
+
+def ml_codes(dtype):
+    """Every finite non-NaN value of an ml_dtypes type, sorted, from its bit patterns."""
+    bits = {1: np.uint8}[np.dtype(dtype).itemsize]
+    v = np.arange(256, dtype=bits).view(dtype).astype(np.float64)
+    return np.unique(v[np.isfinite(v)])
+
+
+def span_data(rng, codes):
+    """Subnormals to overflow: log-uniform over the range, every code, every midpoint
+    (exact ties), just beside the midpoints, signed zeros, inf, NaN and float32 extremes."""
+    top = codes[-1]
+    mids = (codes[1:] + codes[:-1]) / 2
+    x = np.concatenate([
+        np.exp(rng.uniform(np.log(1e-6), np.log(top * 4), 40000)) * rng.choice([-1, 1], 40000),
+        codes, mids, np.nextafter(mids.astype(np.float32), np.float32(np.inf)),
+        np.nextafter(mids.astype(np.float32), np.float32(0)), [top * 1.5, top * 1e6, 3e38, 1e-40, 1e-45],
+    ]).astype(np.float32)
+    x = np.concatenate([x, -x, np.array([0.0, -0.0, np.inf, -np.inf, np.nan], np.float32)])
+    return x
+
+
+def assert_bits(actual, ref):
+    actual, ref = np.asarray(actual, np.float32), np.asarray(ref, np.float32)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(ref))
+    ok = ~np.isnan(ref)
+    np.testing.assert_array_equal(actual[ok].view(np.uint32), ref[ok].view(np.uint32))  # -0 included
+
+
+@pytest.mark.parametrize("cls,name", OCP)
+def test_ocp_formats_bit_exact_with_ml_dtypes(cls, name, rng):
+    dt = getattr(ml_dtypes, name)
+    codes = ml_codes(dt)
+    fmt = cls()
+    assert fmt.max == codes[-1] == float(ml_dtypes.finfo(dt).max)
+    x = span_data(rng, codes)
+    cast = x.astype(dt).astype(np.float32)
+    has_nan = name in ("float8_e4m3fn", "float8_e5m2")
+    if has_nan:  # not saturating: the conversion ml_dtypes does (E4M3FN: overflow -> NaN; E5M2: inf)
+        assert_bits(cls(saturate=False).quantize(x), cast)
+    # saturating (the default, OCP): the cast of x clipped to +-max; NaN stays NaN
+    ref = np.clip(x, -codes[-1], codes[-1]).astype(dt).astype(np.float32)
+    ref[np.isnan(x)] = np.nan
+    assert_bits(fmt.quantize(x), ref)
+    if not has_nan:  # FP6/FP4 have no NaN: ml_dtypes gives -0 for it, we keep NaN (documented)
+        ok = ~np.isnan(x)
+        assert_bits(fmt.quantize(x)[ok], cast[ok])
+    assert_bits(fmt.quantize(codes.astype(np.float32)), codes)  # every code is a fixed point
+
+
+def test_fn_encoding_spelled_as_minifloat(rng):
+    x = rng.normal(size=2000).astype(np.float32) * 10
+    assert_bits(F.MiniFloat(4, 3, encoding="fn").quantize(x), F.FP8E4M3FN().quantize(x))
+    assert_bits(F.MiniFloat(3, 2, encoding="fn").quantize(x), F.FP6E3M2().quantize(x))
+    assert F.MiniFloat(2, 1, encoding="fn").max == 6 and F.MiniFloat(2, 1).max == 3  # the reserved top exponent
+    assert F.MiniFloat(3, 2, encoding="fn", nan=True).max == 24  # S.111.11 taken by NaN
+    assert F.FP8E4M3FN() == F.FP8E4M3FN() and F.FP8E4M3FN() != F.MiniFloat(4, 3)
+    assert F.get("fp8") == F.FP8E4M3FN() and F.get("fp4_e2m1") == F.FP4E2M1()
+    # E4M3FN non-saturating: 464 is the tie between 448 and the NaN code, goes to even (448)
+    np.testing.assert_array_equal(F.FP8E4M3FN(saturate=False).quantize(np.float32([464, 464.1, -1e9])),
+                                  [448, np.nan, np.nan])
+
+
+# ----- MX and NVFP4 against an independent numpy reference of the specs ---------------
+MX_ELEMENTS = {"e4m3": ("float8_e4m3fn", 8), "e5m2": ("float8_e5m2", 15), "e3m2": ("float6_e3m2fn", 4),
+               "e2m3": ("float6_e2m3fn", 2), "e2m1": ("float4_e2m1fn", 2), "int8": (None, 0)}
+
+
+def np_blocks(x, block, one_block, dtype=np.float64):
+    """Applies one_block(v) to the blocks of `block` values along the last axis (the last
+    one partial); a block holding NaN or inf becomes NaN."""
+    rows = x.reshape(-1, x.shape[-1]).astype(dtype)
+    out = np.empty_like(rows)
+    for r in range(rows.shape[0]):
+        for b0 in range(0, rows.shape[1], block):
+            v = rows[r, b0:b0 + block]
+            out[r, b0:b0 + block] = one_block(v) if np.all(np.isfinite(v)) else np.nan
+    return out.reshape(x.shape).astype(np.float32)
+
+
+def np_mx(x, element, block=32):
+    """OCP MX v1.0 along the last axis: X = 2^(floor(log2 amax) - emax_elem) clipped to
+    E8M0's [-127, 127]; P = sat(round(v / X)) in the element format."""
+    name, emax = MX_ELEMENTS[element]
+
+    def one_block(v):
+        amax = np.abs(v).max()
+        e = np.frexp(amax)[1] - 1 - emax if amax > 0 else -127  # floor(log2 amax), exactly
+        X = 2.0 ** np.clip(e, -127, 127)
+        if name is None:  # MXINT8: k 2^-6, |k| <= 127, round half to even
+            return np.clip(np.round(v / X * 64), -127, 127) / 64 * X
+        dt = getattr(ml_dtypes, name)
+        top = float(ml_dtypes.finfo(dt).max)
+        return np.clip(v / X, -top, top).astype(dt).astype(np.float64) * X
+    return np_blocks(x, block, one_block)
+
+
+def mx_data(rng):
+    """Rows of 100 (three full blocks and a partial one of 4) with blocks of very
+    different magnitudes, an all-zero block, a block with one huge value, subnormal blocks,
+    signed zeros, inf and NaN blocks."""
+    x = rng.normal(size=(12, 100)) * 10.0 ** rng.integers(-6, 6, size=(12, 1))
+    x[1, 32:64] = 0
+    x[1, 40] = -0.0
+    x[2, :32] = rng.normal(size=32) * 1e-3
+    x[2, 5] = 3e4  # one huge value: the rest of its block flushes towards 0
+    x[3, 64:96] = rng.normal(size=32) * 1e-41  # float32 subnormals: X clipped at 2^-127
+    x[4, 97] = np.inf
+    x[5, 10] = np.nan
+    x[6, :32] = 2.0 ** rng.integers(-3, 3, 32) * 1.5  # ties of the element grids
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt,element", [(F.MXFP8(), "e4m3"), (F.MXFP8("e5m2"), "e5m2"), (F.MXFP6(), "e2m3"),
+                                         (F.MXFP6("e3m2"), "e3m2"), (F.MXFP4(), "e2m1"), (F.MXINT8(), "int8"),
+                                         (F.MX("e2m1", block=8), "e2m1")])
+def test_mx_matches_spec_reference(fmt, element, rng):
+    x = mx_data(rng)
+    assert_bits(fmt.quantize(x), np_mx(x, element, fmt.block))
+    # blocks along another axis: the same as moving that axis last
+    x4 = rng.normal(size=(2, 40, 3, 5)).astype(np.float32)
+    ref = np.moveaxis(np_mx(np.ascontiguousarray(np.moveaxis(x4, 1, -1)), element, fmt.block), -1, 1)
+    assert_bits(fmt.quantize(x4, axis=1), ref)
+    assert np.all(fmt.quantize(np.zeros((3, 40), np.float32)) == 0)
+
+
+def np_nvfp4(x, block=16):
+    """NVFP4 in float32 arithmetic: g = 2688 / amax (finite values), s_b = E4M3(amax_b / 6 * g),
+    d = s_b / g, y = E2M1(v / d) * d (saturating casts); s_b = 0 -> +-0; NaN/inf block -> NaN."""
+    e4m3, e2m1 = ml_dtypes.float8_e4m3fn, ml_dtypes.float4_e2m1fn
+    f32 = np.float32
+    fin = np.abs(x[np.isfinite(x)])
+    amax_t = fin.max() if fin.size else f32(0)
+    g = f32(2688) / amax_t if amax_t > 0 else f32(0)
+
+    def one_block(v):
+        sb = np.clip(np.abs(v).max() / f32(6) * g, -448, 448).astype(e4m3).astype(f32)
+        if not sb > 0:
+            return np.copysign(f32(0), v)
+        d = sb / g
+        return np.clip(v / d, -6, 6).astype(e2m1).astype(f32) * d
+    return np_blocks(x, block, one_block, np.float32)
+
+
+def test_nvfp4_matches_reference(rng):
+    x = mx_data(rng)
+    fmt = F.NVFP4()
+    assert fmt.block == 16
+    assert_bits(fmt.quantize(x), np_nvfp4(x))
+    y = rng.normal(size=(7, 45)).astype(np.float32)  # partial last block of 13
+    assert_bits(fmt.quantize(y), np_nvfp4(y))
+    z = np.zeros((2, 16), np.float32)
+    z[0, 3] = -0.0
+    assert_bits(fmt.quantize(z), z)
+    # relative error of NVFP4 on gaussian data: between MXFP4's and MXFP8's
+    w = rng.normal(size=(64, 256)).astype(np.float32)
+    err = {f: np.abs(f.quantize(w) - w).mean() for f in (F.MXFP4(), F.NVFP4(), F.MXFP8())}
+    e4, nv, e8 = err.values()
+    assert e8 < nv < e4
+
+
+def test_block_format_memory_figures():
+    assert F.MXFP4().bits_per_element == 4.25 and F.MXFP8().bits_per_element == 8.25
+    assert F.MXFP6().bits_per_element == 6.25 and F.NVFP4().bits_per_element == 4.5
+    assert F.MXFP4().storage_bits(1024) == 1024 * 4 + 32 * 8
+    assert F.MXFP4().storage_bits(100 * 3, rows=3) == 300 * 4 + 3 * 4 * 8  # partial block per row
+    assert F.NVFP4().storage_bits(64) == 64 * 4 + 4 * 8 + 32
+    assert F.FP8E4M3FN().storage_bits(10) == 80 and F.BFloat16().bits_per_element == 16
+    assert F.Int(8, per_channel=True).storage_bits(40, rows=4) == 320
+    with pytest.raises(ValueError, match="rows"):
+        F.MXFP4().storage_bits(10, rows=3)
+
+
+# ----- stochastic rounding for float formats ---------------------------------------------
+@pytest.mark.parametrize("fmt", [F.BFloat16(rounding="stochastic", seed=5), F.FP8E4M3FN(rounding="stochastic", seed=5),
+                                 F.FP4E2M1(rounding="stochastic", seed=5), F.Float16(rounding="stochastic", seed=5),
+                                 F.MXFP4(rounding="stochastic", seed=5)])
+def test_float_stochastic_rounding_unbiased_and_seeded(fmt, rng):
+    """Values between two grid points (and subnormals): every result is one of the two
+    neighbours and the mean over many draws is the value; the stream is the seed's."""
+    import copy
+    twin = copy.deepcopy(fmt)  # same configuration, fresh stream counter
+    v = np.float32([1.3, -2.71, 0.77, 2.9] if isinstance(fmt, F.MX) else [1.3, -2.71, 0.1234, 3e-3])
+    reps = 4000
+    x = np.tile(v, (reps, 1))  # MX: each row is a block, X = 2^-1
+    q = fmt.quantize(x)
+    for j in range(len(v)):
+        vals = np.unique(q[:, j])
+        assert len(vals) == 2 and vals[0] < v[j] < vals[1], (j, vals)
+        step = vals[1] - vals[0]
+        assert abs(q[:, j].astype(np.float64).mean() - v[j]) < 4 * step / np.sqrt(reps), (j, vals)
+    assert_bits(twin.quantize(x), q)  # same seed, same first call: same draws
+    assert not np.array_equal(fmt.quantize(x), q)  # the next call draws from the next stream
+
+
+def test_stochastic_rounding_edges():
+    f = F.FP8E4M3FN(rounding="stochastic", seed=1)
+    x = np.float32([0.0, -0.0, np.inf, -np.inf, np.nan, 1e6, -1e6, 448, 2.0 ** -9, 2.0 ** -6])
+    q = f.quantize(x)
+    assert_bits(q, np.float32([0.0, -0.0, 448, -448, np.nan, 448, -448, 448, 2.0 ** -9, 2.0 ** -6]))
+    with pytest.raises(ValueError, match="rounding"):
+        F.MiniFloat(4, 3, rounding="floor")
+    with pytest.raises(ValueError, match="stochastic"):
+        lb.Sequential([lb.layers.Dense(3, accum_format=F.BFloat16(rounding="stochastic"))]).build((4,))
+
+
+def test_ocp_and_block_invalid_arguments():
+    with pytest.raises(ValueError, match="encoding"):
+        F.MiniFloat(4, 3, encoding="fnuz")
+    with pytest.raises(ValueError, match="nan"):
+        F.MiniFloat(4, 3, nan=True)
+    with pytest.raises(ValueError, match="element"):
+        F.MX("e8m7")
+    with pytest.raises(ValueError, match="element"):
+        F.MX(F.BFloat16())
+    with pytest.raises(ValueError, match="element"):
+        F.MXFP8("e2m1")
+    with pytest.raises(ValueError, match="block"):
+        F.MX("e2m1", block=0)
+    with pytest.raises(ValueError, match="axis"):
+        F.MXFP4().quantize(np.zeros((2, 3), np.float32), axis=2)
+
+
+def test_block_formats_straight_through(rng):
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    np.testing.assert_array_equal(F.MXFP4().backward(x, g), g)
+    np.testing.assert_array_equal(F.FP8E4M3FN(ste="clipped").backward(x * 300, g), np.where(np.abs(x * 300) <= 448, g, 0))
+
+
+@pytest.mark.parametrize("fmt,expect", [(F.FP8E4M3FN(saturate=False), np.nan), (F.FP8E4M3FN(), 448.0),
+                                        (F.FP8E5M2(saturate=False), 640.0), (F.FP4E2M1(), 6.0)])
+def test_ocp_accumulators_overflow_rules(fmt, expect):
+    """acc = round(acc + a b) per multiply-add with the format's overflow rule:
+    E4M3FN 288 + 300 -> NaN (no inf) or 448 saturating; E5M2 320 + 300 -> 640; FP4 saturates."""
+    m = lb.Sequential([lb.layers.Dense(1, use_bias=False, kernel_initializer="ones", accum_format=fmt)])
+    m.build((2,))
+    y = m.predict(np.float32([[300, 300]]))[0, 0]
+    np.testing.assert_equal(y, np.float32(expect))

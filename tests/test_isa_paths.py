@@ -1,12 +1,16 @@
 """Both sides of the run-time ISA dispatch: oneDNN's portable SSE4.1 kernels (forced with
-ONEDNN_MAX_CPU_ISA in a subprocess) must agree with the AVX-512/AVX2 kernels picked on
-this machine, for a whole LeNet training step (forward, backward, update)."""
+ONEDNN_MAX_CPU_ISA=SSE41 in a subprocess; oneDNN 3.x names: SSE41, AVX2, AVX512_CORE,
+AVX512_CORE_BF16, ...) must agree with the AVX-512/AVX2 kernels picked on this machine,
+for a whole LeNet training step (forward, backward, update). build_info() and
+model.kernels() must show which side ran."""
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+
+import lowbit as lb
 
 SCRIPT = r"""
 import json, sys, numpy as np, lowbit as lb
@@ -18,7 +22,8 @@ m.compile(lb.optimizers.SGD(0.05), precision=sys.argv[1])
 loss, grads = m.compute_gradients(x, y)
 m.fit(x, y, batch_size=16, epochs=1, verbose=0)
 print(json.dumps({"loss": loss, "g": [float(np.abs(g).sum()) for g in grads],
-                  "p": m.predict(x).tolist()}))
+                  "p": m.predict(x).tolist(), "isa": lb.build_info()["onednn_cpu_isa"],
+                  "impls": m.kernels().impls()}))
 """
 
 
@@ -34,6 +39,9 @@ def run(isa, precision):
 def test_portable_and_native_kernels_agree():
     for precision in ("fp32", "fixed8"):
         native, portable = run(None, precision), run("SSE41", precision)
+        assert portable["isa"] == "sse41" and not any("avx" in k for k in portable["impls"]), portable["impls"]
+        if lb.build_info().get("avx2"):
+            assert native["isa"] != "sse41" and any("avx" in k for k in native["impls"]), native["impls"]
         assert abs(native["loss"] - portable["loss"]) <= 1e-5 * abs(native["loss"])
         np.testing.assert_allclose(native["g"], portable["g"], rtol=1e-4)
         np.testing.assert_allclose(native["p"], portable["p"], rtol=1e-3, atol=1e-5)

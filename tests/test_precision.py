@@ -27,7 +27,11 @@ def test_presets_assign_formats_per_layer():
     for name in lb.precision.PRESETS:
         m.compile("adam", precision=name)  # every preset builds
     with pytest.raises(ValueError, match="precision"):
-        m.compile("adam", precision="fp8")
+        m.compile("adam", precision="fp7")
+    m.compile("adam", precision="mxfp4")
+    assert all(set(k._precision_formats) == {"weight", "input", "grad"} and
+               isinstance(k._precision_formats["weight"], F.MXFP4) and
+               isinstance(k._precision_formats["grad"], F.BFloat16) for k in m._kernel_layers())
 
 
 def test_explicit_layer_formats_win_and_weights_survive_rebuild(rng):
@@ -136,3 +140,28 @@ def test_quantization_state_saved_and_restored(tmp_path, rng):
     s1, s2 = m._graph.get_quant_state(conv), m2._graph.get_quant_state(conv)
     assert [a[0] for a in s1] == [a[0] for a in s2] and len(s1[0][2]) == 36  # hysteresis signs of 4x1x3x3
     np.testing.assert_array_equal(s1[0][2], s2[0][2])
+
+
+@pytest.mark.parametrize("preset", ["fp8", "mxfp8", "mxfp6", "mxfp4", "nvfp4"])
+def test_ocp_and_microscaling_presets_train(preset, rng):
+    """Each new preset trains a small conv net on an easy task (loss falls, stays finite)
+    and its forward is the numpy composition of its formats: conv kernels blocked along
+    C kh kw, feature maps along channels, dense kernels along their inputs."""
+    x = rng.normal(size=(64, 1, 8, 8)).astype(np.float32)
+    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).astype(np.int64)
+    m = tiny(seed=1)
+    m.compile(lb.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", precision=preset)
+    h = m.fit(x, y, batch_size=16, epochs=6, verbose=0, seed=0)
+    loss = h.history["loss"]
+    assert np.all(np.isfinite(loss)) and loss[-1] < 0.8 * loss[0], loss
+    fmt = type(m._kernel_layers()[0]._precision_formats["weight"])
+    q = lambda a, axis: fmt().quantize(a, axis=axis) if issubclass(fmt, F.MX) else fmt().quantize(a)
+    k1, b1, k2, b2, k3, b3 = m.get_weights()
+    xs = x[:5]
+    from conftest import np_conv2d
+    z = np_conv2d(q(xs, 1), q(k1.reshape(4, -1), 1).reshape(k1.shape), None, (1, 1), ((0, 0), (0, 0)))
+    a = np.maximum(z.astype(np.float32) + b1[None, :, None, None], 0).reshape(5, -1)
+    a = np.maximum((q(a, 1).astype(np.float64) @ q(k2, 0)).astype(np.float32) + b2, 0)
+    logits = (q(a, 1).astype(np.float64) @ q(k3, 0)).astype(np.float32) + b3
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(m.predict(xs), p / p.sum(1, keepdims=True), rtol=2e-4, atol=1e-6)

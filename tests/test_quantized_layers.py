@@ -182,3 +182,41 @@ def test_quantized_conv_on_blocked_layout(rng):
     _, _, rdw, _ = np_conv2d(xq, wq, None, (1, 1), pads, dy=dy)
     assert_close(grads[4], rdw, what="dkernel")
     assert_close(grads[5], dy.sum((0, 2, 3)), what="dbias")
+
+
+def test_block_formats_run_along_the_reduction_axis(rng):
+    """MX blocks as hardware takes them: conv kernels (O, C, kh, kw) along C kh kw, dense
+    kernels (K, M) along K, activations (N, C, H, W) along C at each pixel, (N, F) along F."""
+    fmt = F.MXFP4()
+    # conv: 5 filters over 4 x 3 x 3 = 36 inputs (a block of 32 and a partial one of 4)
+    m = single(L.Conv2D(5, 3, weight_format=F.MXFP4(), input_format=F.MXFP4(), use_bias=False), (4, 6, 6))
+    w = m.get_weights()[0]
+    x = (rng.normal(size=(2, 4, 6, 6)) * rng.uniform(0.1, 10, size=(1, 4, 1, 1))).astype(np.float32)
+    wq = fmt.quantize(w.reshape(5, -1), axis=1).reshape(w.shape)
+    xq = fmt.quantize(x, axis=1)
+    assert not np.array_equal(xq, fmt.quantize(x.reshape(2, -1)).reshape(x.shape))  # the axis matters
+    assert_close(m.predict(x), np_conv2d(xq, wq, None, (1, 1), ((0, 0), (0, 0))), rtol=1e-5, what="conv")
+    # dense: kernel (40, 7) in blocks along the 40 inputs of each unit
+    d = single(L.Dense(7, weight_format=F.MXFP4(), input_format=F.MXFP4(), use_bias=False), (40,))
+    k = d.get_weights()[0]
+    xd = rng.normal(size=(3, 40)).astype(np.float32)
+    ref = fmt.quantize(xd, axis=1).astype(np.float64) @ fmt.quantize(k, axis=0)
+    assert_close(d.predict(xd), ref, rtol=1e-5, what="dense")
+    # a quantize layer on feature maps: channels at each pixel
+    q = single(L.QuantAct(F.NVFP4()), (20, 3, 3))
+    xa = rng.normal(size=(2, 20, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(q.predict(xa), F.NVFP4().quantize(xa, axis=1))
+
+
+def test_mx_network_trains_and_keeps_nchw(rng):
+    """16 channels would go channel-blocked; with MX formats the layer takes NCHW."""
+    m = lb.Sequential([L.Conv2D(16, 3, padding="same", weight_format=F.MXFP8(), input_format=F.MXFP8()),
+                       L.BatchNormalization(), L.Activation("relu"),
+                       L.Conv2D(16, 3, padding="same", weight_format=F.MXFP4(), input_format=F.MXFP4(),
+                                grad_format=F.BFloat16()), L.Flatten(), L.Dense(3, weight_format=F.NVFP4())],
+                      seed=0)
+    x = rng.normal(size=(32, 3, 6, 6)).astype(np.float32)
+    y = (x.mean((1, 2, 3)) > 0).astype(np.int64) + (x[:, 0].mean((1, 2)) > 0)
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    h = m.fit(x, y, epochs=8, batch_size=8, verbose=0)
+    assert np.all(np.isfinite(h.history["loss"])) and h.history["loss"][-1] < h.history["loss"][0]

@@ -9,6 +9,7 @@ namespace py = pybind11;
 void register_graph(py::module_& m);
 void register_info(py::module_& m);
 void register_formats(py::module_& m);
+void register_kernels(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lowbit engine: ops, model graph, optimizers and the training loop (C++)";
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   register_graph(m);
   register_info(m);
   register_formats(m);
+  register_kernels(m);
 }

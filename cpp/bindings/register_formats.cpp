@@ -33,11 +33,18 @@ Format format_from_dict(const py::dict& d) {
   f.kind = pick<FormatKind>("kind", kind,
                             {{"float32", FormatKind::float32}, {"minifloat", FormatKind::minifloat},
                              {"fixed", FormatKind::fixed}, {"int", FormatKind::integer},
-                             {"binary", FormatKind::binary}, {"ternary", FormatKind::ternary}});
+                             {"binary", FormatKind::binary}, {"ternary", FormatKind::ternary},
+                             {"block", FormatKind::block}});
   f.bits = get_i("bits", 32);
   f.exp_bits = get_i("exp_bits", 8);
   f.man_bits = get_i("man_bits", 23);
   f.saturate = get_i("saturate", 0) != 0;
+  f.fn = get_i("fn", 0) != 0;
+  f.fn_nan = get_i("fn_nan", 0) != 0;
+  f.block = get_i("block", 32);
+  f.block_scale = pick<BlockScale>("block scale", get_s("block_scale", "e8m0"),
+                                   {{"e8m0", BlockScale::e8m0}, {"nvfp4", BlockScale::nvfp4}});
+  f.elem_int = get_i("elem_int", 0) != 0;
   f.msb = get_i("msb", 0);
   f.msb_auto = get_i("msb_auto", 0) != 0;
   f.rounding = pick<Rounding>("rounding", get_s("rounding", "nearest"),
@@ -82,7 +89,8 @@ void register_formats(py::module_& m) {
         q.f.validate();
       })
       .def("__repr__", [](const Quantizer& q) { return q.f.repr(); })
-      .def("quantize", [](Quantizer& q, const farray& x, int64_t channels, bool track) {
+      .def("quantize", [](Quantizer& q, const farray& x, int64_t channels, bool track, int64_t axis_len,
+                          int64_t axis_stride) {
         farray y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
         const float* src = x.data();
         float* dst = y.mutable_data();
@@ -90,10 +98,13 @@ void register_formats(py::module_& m) {
         {
           py::gil_scoped_release nogil;
           q.st.track = track;
+          q.st.axis = {axis_len, axis_stride};
           quantize(q.f, src, dst, n, channels, &q.st);
         }
         return y;
-      }, py::arg("x"), py::arg("channels") = 1, py::arg("track") = false)
+      }, py::arg("x"), py::arg("channels") = 1, py::arg("track") = false, py::arg("axis_len") = 0,
+         py::arg("axis_stride") = 1,
+         "block formats: blocks run along an axis of length axis_len and stride axis_stride (0: the flat array)")
       .def("backward", [](Quantizer& q, const farray& x, const farray& dy) {
         if (x.size() != dy.size()) throw std::invalid_argument("backward: x and grad must have the same shape");
         farray dx(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));

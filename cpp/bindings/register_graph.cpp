@@ -187,6 +187,11 @@ void register_graph(py::module_& m) {
         auto& n = g.nodes().at(size_t(i));
         return n.op ? n.op->macs : int64_t(0);
       })
+      .def("node_kernels", [](Graph& g, int i) {
+        py::list out;
+        for (auto& k : g.nodes().at(size_t(i)).op_kernels()) out.append(py::make_tuple(k.pass, k.impl));
+        return out;
+      }, "(pass, oneDNN implementation) of the primitives node i used in the last forward/backward")
       .def("node_params", [](Graph& g, int i) {
         py::list r;
         auto& n = g.nodes().at(size_t(i));
@@ -194,6 +199,12 @@ void register_graph(py::module_& m) {
           for (auto& p : n.op->params) r.append(py::make_tuple(p.name, p.value.shape, p.trainable));
         return r;
       })
+      .def("set_trainable", [](Graph& g, int i, int k, bool trainable) {
+        auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
+        LB_CHECK(n.op && k >= 0 && size_t(k) < n.op->params.size(), "set_trainable: node ", i, " has no parameter ", k);
+        engine_call(g, "set_trainable", true, [&] { n.op->params[size_t(k)].trainable = trainable; });
+      }, py::arg("node"), py::arg("k"), py::arg("trainable"),
+           "Whether the optimizer updates parameter k of node i (a frozen layer keeps its weights).")
       .def("get_param", [](Graph& g, int i, int k) {
         Param& p = param_at(g, i, k);
         farray a(p.value.shape);
@@ -430,5 +441,41 @@ void register_graph(py::module_& m) {
           g.backward_batch(dy.data(), o);
         });
         return dx;
-      });
+      })
+      .def("forward_inputs", [](Graph& g, const std::vector<farray>& xs, bool training, bool update_stats) {
+        const auto& ins = g.inputs();
+        LB_CHECK(xs.size() == ins.size(), "forward: expected ", ins.size(), " input arrays, got ", xs.size());
+        std::vector<const float*> ptrs;
+        int64_t n = -1;
+        for (size_t k = 0; k < xs.size(); ++k) {
+          const Shape& want = g.nodes()[size_t(ins[k])].out_shape;
+          auto b = xs[k].request();
+          LB_CHECK(b.ndim == int64_t(want.size()) + 1 && per_sample(b) == want, "forward: expected input ", k,
+                   " of shape (N, ", shape_str(want).substr(1), ", got ", shape_str(Shape(b.shape.begin(), b.shape.end())));
+          LB_CHECK(n < 0 || b.shape[0] == n, "forward: inputs differ in batch size (", n, " and ", b.shape[0], ")");
+          n = b.shape[0];
+          ptrs.push_back(xs[k].data());
+        }
+        farray out = output_array(g, n);
+        float* o = out.mutable_data();
+        engine_call(g, "forward", training || update_stats, [&] { g.forward_inputs(ptrs, n, training, update_stats, o); });
+        return out;
+      }, py::arg("xs"), py::arg("training") = false, py::arg("update_stats") = false,
+         "Forward of a graph with any number of inputs (one array per add_input, in order).")
+      .def("backward_inputs", [](Graph& g, const farray& dy) {
+        const auto& ins = g.inputs();
+        LB_CHECK(!ins.empty() && g.activation(g.output()).ptr, "backward: call forward_inputs first");
+        const Shape& y = g.activation(g.output()).shape;
+        LB_CHECK(Shape(dy.shape(), dy.shape() + dy.ndim()) == y, "backward: expected dy of shape ", shape_str(y),
+                 " (the last forward's output), got ", shape_str(Shape(dy.shape(), dy.shape() + dy.ndim())));
+        std::vector<farray> dxs;
+        std::vector<float*> ptrs;
+        for (int i : ins) {
+          dxs.emplace_back(g.activation(i).shape);
+          ptrs.push_back(dxs.back().mutable_data());
+        }
+        engine_call(g, "backward", true, [&] { g.backward_inputs(dy.data(), ptrs); });
+        return dxs;
+      }, py::arg("dy"), "Input gradients (one per input) for output gradient dy of the last forward; "
+         "parameter gradients are left in get_grad.");
 }

@@ -52,8 +52,11 @@ __all__ = [
     "mnist",
     "cifar10",
     "digits",
+    "load",
+    "NAMES",
     "pad_to",
     "to_rgb",
+    "select_classes",
     "clear_cache",
     "IDX_IMAGES_MAGIC",
     "IDX_LABELS_MAGIC",
@@ -575,6 +578,18 @@ def digits():
     return _load_digits_cached()
 
 
+#: Dataset names accepted by :func:`load` (and the command line).
+NAMES = ("fashion_mnist", "mnist", "cifar10", "digits")
+
+
+def load(name: str, root=None):
+    """The loader named ``name`` (one of :data:`NAMES`); ``root`` as for that loader
+    (``digits`` takes none)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r} (expected one of {', '.join(NAMES)})")
+    return digits() if name == "digits" else globals()[name](root)
+
+
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
@@ -610,6 +625,26 @@ def to_rgb(x) -> np.ndarray:
         raise ValueError(f"to_rgb expects (..., 1, H, W) input, got shape {x.shape}")
     reps = (1,) * (x.ndim - 3) + (3 // x.shape[-3], 1, 1)
     return np.ascontiguousarray(np.tile(x, reps))
+
+
+def select_classes(x, y, classes):
+    """The samples whose label is in ``classes``, in their original order, relabelled
+    0, 1, ... in the order ``classes`` lists them: e.g. a two-class task such as
+    ``select_classes(x, y, (0, 6))`` (Fashion-MNIST T-shirt/top -> 0, shirt -> 1).
+    Returns new arrays (x float32 as given, y int64)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"select_classes: expected x with one sample per label, got x {x.shape} and y {y.shape}")
+    classes = [int(c) for c in classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"select_classes: expected at least two distinct classes, got {classes}")
+    missing = [c for c in classes if not np.any(y == c)]
+    if missing:
+        raise ValueError(f"select_classes: no samples of class {missing}")
+    new = np.full(int(max(y.max(), max(classes))) + 1, -1, dtype=np.int64)
+    new[classes] = np.arange(len(classes))
+    keep = new[y] >= 0
+    return np.ascontiguousarray(x[keep]), new[y[keep]]
 
 
 def clear_cache() -> None:

@@ -1,8 +1,12 @@
 """Keras-like layers over the C++ engine.
 
-A layer holds its configuration only; the model turns each layer into one or more
-engine ops (a ``Conv2D(..., activation="relu")`` becomes a conv2d op and a relu op).
-Shapes are NCHW: ``input_shape`` is ``(C, H, W)`` for images, ``(features,)`` flat.
+A layer holds its configuration; the model turns each layer into one or more engine ops
+(a ``Conv2D(..., activation="relu")`` becomes a conv2d op and a relu op). Shapes are
+NCHW: ``input_shape`` is ``(C, H, W)`` for images, ``(features,)`` flat.
+
+Called on a symbolic tensor (``lb.Input``) a layer adds itself to a model; called on
+arrays (batches ``(N, C, H, W)`` or ``(N, features)``) it runs at once on the engine and
+returns an array, building its weights at the first call (see ``lowbit.eager``).
 """
 from __future__ import annotations
 
@@ -62,6 +66,12 @@ def _set_formats(layer, weight, input, output, grad, accum, grad_accum):
     kernel -> op -> quantize output -> bias -> activation; grad_format applies to the
     gradient passed backward and to the weight gradient.
 
+    Block formats (MX, NVFP4) block each tensor along the reduction axis of the product, as
+    MX hardware does: a Conv2D kernel (O, C, kh, kw) in blocks over C kh kw per filter, a
+    Dense kernel (K, M) over K per unit, the input and output feature maps (N, C, H, W)
+    over the channels at each pixel ((N, F): over the features); gradients like the tensor
+    they belong to. Such layers take NCHW (not channel-blocked) activations.
+
     ``accum_format`` puts every partial sum of the forward dot products on its grid
     (MiniFloat/Float16/BFloat16: one rounding per fused multiply-add; Fixed(bits, msb);
     Int(bits): an integer register over the integer-grid input and weight, saturating or
@@ -111,26 +121,83 @@ class SymbolicTensor:
 
 
 class Layer(Recorded):
-    """Base class. ``ops()`` lists the engine ops as (kind, config) pairs."""
+    """Base class. ``ops()`` lists the engine ops as (kind, config) pairs.
+
+    ``seed``: initial weights (and dropout masks) of a layer built by an array call; None
+    derives it from the layer's name. A Model initialises the layers it builds from the
+    model's seed instead. ``trainable = False`` freezes the layer's weights (the optimizer
+    skips them); as in Keras it takes effect at the next ``model.compile()``."""
 
     _count: dict = {}
+    _multi_input = False  # takes several tensors (Add, Concatenate)
+    _home = None  # where the weights live once built (lowbit.eager)
+    _eager_step = 0  # training-mode array calls so far: the dropout mask's step
 
-    def __init__(self, name=None, input_shape=None):
+    def __init__(self, name=None, input_shape=None, seed=None):
         base = type(self).__name__.lower()
         Layer._count[base] = Layer._count.get(base, 0) + 1
         self.name = name or f"{base}_{Layer._count[base]}"
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise ValueError(f"{self.name}: expected seed as an integer >= 0, got {seed!r}")
+        self.seed = int(seed) if seed is not None else None
+        self.trainable = True
 
     def ops(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, *inputs):
-        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
-            inputs = tuple(inputs[0])
-        for t in inputs:
-            if not isinstance(t, SymbolicTensor):
-                raise TypeError(f"{self.name}: expected a symbolic tensor from lb.Input or a layer, got {type(t).__name__}")
-        return SymbolicTensor(self, inputs)
+    def __call__(self, *inputs, training=None):
+        """On symbolic tensors: the layer's output in a model being defined. On arrays
+        (numpy, lists, anything ``np.asarray`` takes; several for Add / Concatenate):
+        runs the layer now and returns a float32 array. ``training=True`` runs the
+        training-mode forward (dropout, batch statistics, quantizer tracking)."""
+        flat = tuple(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs
+        symbolic = [isinstance(t, SymbolicTensor) for t in flat]
+        if flat and all(symbolic):
+            if training is not None:
+                raise TypeError(f"{self.name}: training= applies to calls on arrays; a model chooses the mode itself")
+            return SymbolicTensor(self, flat)
+        if any(symbolic):
+            raise TypeError(f"{self.name}: expected symbolic tensors or arrays, got a mix of both")
+        from . import eager
+        return eager.call(self, inputs, training)
+
+    def backward(self, x, dy):
+        """Input and weight gradients of the layer at ``x`` for the output gradient ``dy``,
+        from the engine's backward of the training-mode forward (straight-through
+        estimators included). Returns ``Gradients(dx, dweights)``: ``dx`` like ``x`` (a
+        list for Add / Concatenate), ``dweights`` in ``get_weights()`` order. Changes no
+        state; dropout replays the mask of the last ``training=True`` call."""
+        from . import eager
+        return eager.backward(self, x, dy)
+
+    def build(self, input_shape):
+        """Create the weights for samples of ``input_shape`` ((C, H, W) or (features,))."""
+        from . import eager
+        eager.build(self, input_shape)
+
+    @property
+    def built(self):
+        return self._home is not None
+
+    def get_weights(self):
+        """Weights in Keras order ([] before the layer is built); Conv kernels OIHW, Dense (in, units)."""
+        from . import eager
+        return eager.get_weights(self)
+
+    def set_weights(self, weights):
+        from . import eager
+        eager.set_weights(self, weights)
+
+    def __deepcopy__(self, memo):
+        """A copy with the same configuration and formats, not built: engine graphs (the
+        layer's home and its array-call graphs) are not copied; the copy builds anew."""
+        import copy
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        skip = ("_home", "_eager_graphs", "_eager_step")
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in skip})
+        return new
 
     def get_config(self):
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -156,8 +223,8 @@ class Conv2D(Layer):
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
                  activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  weight_format=None, input_format=None, output_format=None, grad_format=None, accum_format=None,
-                 grad_accum_format=None, kernel_constraint=None, name=None, input_shape=None):
-        super().__init__(name, input_shape)
+                 grad_accum_format=None, kernel_constraint=None, name=None, input_shape=None, seed=None):
+        super().__init__(name, input_shape, seed)
         _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format, grad_accum_format)
         self.kernel_constraint = kernel_constraint
         self._kernel_clip = _constraint(kernel_constraint, self.name)
@@ -186,8 +253,8 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", weight_format=None, input_format=None, output_format=None,
                  grad_format=None, accum_format=None, grad_accum_format=None, kernel_constraint=None, name=None,
-                 input_shape=None):
-        super().__init__(name, input_shape)
+                 input_shape=None, seed=None):
+        super().__init__(name, input_shape, seed)
         _set_formats(self, weight_format, input_format, output_format, grad_format, accum_format, grad_accum_format)
         self.kernel_constraint = kernel_constraint
         self._kernel_clip = _constraint(kernel_constraint, self.name)
@@ -310,10 +377,11 @@ LocalResponseNormalization = LRN
 
 
 class Dropout(Layer):
-    """Inverted dropout; masks are a function of the fit seed and the step (reproducible)."""
+    """Inverted dropout; masks are a function of the fit seed and the step (reproducible).
+    Called on arrays with training=True: of the layer's seed and the number of such calls."""
 
-    def __init__(self, rate, name=None, input_shape=None):
-        super().__init__(name, input_shape)
+    def __init__(self, rate, name=None, input_shape=None, seed=None):
+        super().__init__(name, input_shape, seed)
         if not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"{self.name}: expected rate in [0, 1), got {rate!r}")
         self.rate = float(rate)
@@ -351,6 +419,8 @@ class ZeroPadding2D(Layer):
 class Concatenate(Layer):
     """Concatenate along channels (axis 1 of NCHW)."""
 
+    _multi_input = True
+
     def __init__(self, axis=1, name=None):
         super().__init__(name)
         if axis not in (1, -3):
@@ -362,6 +432,8 @@ class Concatenate(Layer):
 
 
 class Add(Layer):
+    _multi_input = True
+
     def ops(self):
         return [("add", {})]
 

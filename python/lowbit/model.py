@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import re
 import threading
+import os
 import time
 
 import numpy as np
 
 from . import _core
+from . import eager as _eager
+from .kernel_table import kernel_table
 from . import formats as _formats
 from . import optimizers as _optimizers
 from . import precision as _precision
@@ -105,14 +108,18 @@ def _batch_size(b, what):
 
 
 class Model:
-    """A DAG of layers: ``x = lb.Input((1, 28, 28)); y = lb.layers.Dense(10)(...); lb.Model(x, y)``."""
+    """A DAG of layers: ``x = lb.Input((1, 28, 28)); y = lb.layers.Dense(10)(...); lb.Model(x, y)``.
+    ``precision``: the default of ``compile(precision=...)`` (a preset name or an
+    ``lb.Precision``), e.g. set by the model zoo."""
 
-    def __init__(self, inputs=None, outputs=None, name=None, seed=None):
+    def __init__(self, inputs=None, outputs=None, name=None, seed=None, precision=None):
         self.name = name or type(self).__name__.lower()
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or not 0 <= seed < 2 ** 64):
             raise ValueError(f"{self.name}: expected seed to be an integer in [0, 2**64), got {seed!r}")
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2 ** 63))
+        _precision.get(precision)  # unknown names fail here, not at compile
+        self.default_precision = precision
         self.stop_training = False
         self._graph = None
         self._compiled = None
@@ -179,6 +186,14 @@ class Model:
             layers.append((layer, nodes))
         g.set_output(node_of[id(outputs)])
         g.init_params(self.seed)
+        for layer, nodes in layers:  # weights a layer built on arrays come along
+            _eager.attach(layer, g, nodes)
+        for layer, nodes in layers:  # frozen layers: the optimizer skips their parameters
+            if not getattr(layer, "trainable", True):
+                for n in nodes:
+                    for k, (_, _, trainable) in enumerate(g.node_params(n)):
+                        if trainable:
+                            g.set_trainable(n, k, False)
         self._graph, self._layers, self._io, self._order = g, layers, (inputs, outputs), order
         self._layer_inputs = {id(t.layer): [node_of[id(u)] for u in t.inputs] for t in order if t.inputs}
         self.input_shape = tuple(inputs.layer.input_shape)
@@ -423,7 +438,7 @@ class Model:
         ``precision``: a preset name ('fp32', 'fp16', 'bf16', 'fixed16', 'fixed8', 'int8',
         'binary', 'w1a8', 'fw16bw32', 'fw16bw16') or an ``lb.Precision`` - see
         ``lowbit.precision``. Changing the precision rebuilds the engine graph; weights are
-        kept, optimizer state starts afresh."""
+        kept, optimizer state starts afresh, and layers' ``trainable`` flags take effect."""
         with self._lock:
             self._not_during_fit("compile")
             self._compile(optimizer, loss, metrics, precision)
@@ -437,7 +452,7 @@ class Model:
         opt = _optimizers.get(optimizer)
         self._compiled = (opt, _LOSS_ALIASES[loss.lower()])
         self._metrics = list(metrics) if metrics else None
-        self._precision = _precision.get(precision)
+        self._precision = _precision.get(self.default_precision if precision is None else precision)
         self._calibrated = False
         self._assign_precision()
         if self._graph is not None:
@@ -668,32 +683,32 @@ class Model:
             return loss, [self._graph.get_grad(n, k) for n, k in self._param_slots()]
 
     # ----- inspection ---------------------------------------------------------------
+    def kernels(self, batch_size=None):
+        """Per conv/dense/pool/normalisation layer and pass (forward, backward_data,
+        backward_weights, ...), the implementation oneDNN picked on this CPU, e.g.
+        ``brg:avx512_core``: a :class:`lowbit.kernel_table.KernelTable` (print it for a table).
+        Reports the last run; with `batch_size` (or before any run) it runs an inference
+        forward over a zero batch of that size (default 32) first."""
+        return kernel_table(self, batch_size)
+
     def summary(self, print_fn=print):
-        """Layer table: output shape, parameters and forward MACs per sample."""
-        self._require_built()
-        g = self._graph
-        rows = [("Layer (type)", "Output shape", "Params", "MACs")]
-        total_macs = 0
-        for layer, nodes in self._layers:
-            params = sum(int(np.prod(s)) for n in nodes for _, s, _ in g.node_params(n))
-            macs = sum(g.node_macs(n) for n in nodes)
-            total_macs += macs
-            rows.append((f"{layer.name} ({type(layer).__name__})", str(tuple(g.node_shape(nodes[-1]))),
-                         f"{params:,}", f"{macs:,}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        line = "-" * (sum(widths) + 6)
-        out = [line, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)), line]
-        out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows[1:]]
-        out += [line, f"Total params: {self.count_params():,}", f"Forward MACs per sample: {total_macs:,}", line]
-        print_fn("\n".join(out))
+        """The model table (``lowbit.summary.Summary``): per layer output shape,
+        parameters, bits per parameter, memory and MACs, at the compiled precision (before
+        compile: the default precision). Printed with ``print_fn`` (None: not printed) and
+        returned; ``.totals`` holds the sums, ``.to_pandas()`` a DataFrame."""
+        from .summary import Summary
+        table = Summary(self)
+        if print_fn is not None:
+            print_fn(str(table))
+        return table
 
 
 class Sequential(Model):
     """A linear stack of layers. Built when the first layer has ``input_shape`` (or at
     the first fit/evaluate/predict from the data's shape)."""
 
-    def __init__(self, layers=None, name=None, seed=None):
-        super().__init__(name=name, seed=seed)
+    def __init__(self, layers=None, name=None, seed=None, precision=None):
+        super().__init__(name=name, seed=seed, precision=precision)
         self._stack = []
         for layer in layers or []:
             self.add(layer)

@@ -16,6 +16,14 @@ Presets (P as a string):
 ``w1a8``       S1: 1-bit weights (scaled by mean |w|), 8-bit fixed-point feature maps
 ``fw16bw32``   S3: fp16 forward (weights, inputs, outputs), fp32 backward
 ``fw16bw16``   S3: fp16 forward and fp16 gradients, dynamic loss scaling
+``fp8``        OCP FP8 E4M3 weights and inputs, E5M2 gradients (not saturating, so that
+               dynamic loss scaling sees overflow): the hybrid FP8 recipe
+``mxfp8``      MXFP8 (E4M3, blocks of 32 along the reduction axis) weights and inputs,
+               bfloat16 gradients; products accumulate in fp32 as MX hardware does
+``mxfp6``      MXFP6 (E2M3) weights and inputs, bfloat16 gradients
+``mxfp4``      MXFP4 (E2M1) weights and inputs, bfloat16 gradients
+``nvfp4``      NVFP4 (blocks of 16, E4M3 scale, fp32 tensor scale) weights and inputs,
+               bfloat16 gradients
 =============  ==============================================================================
 
 Formats set explicitly on a layer take precedence over the model's precision.
@@ -79,6 +87,11 @@ def _fixed(bits):
     return F.Fixed(bits, msb="auto", rounding="nearest")
 
 
+def _operands(fmt, name):
+    """``fmt`` on the operands of every product (weights, inputs), bfloat16 gradients."""
+    return lambda: Precision(fmt(), fmt(), grad=F.BFloat16(), name=name)
+
+
 PRESETS = {
     "fp32": lambda: Precision(name="fp32"),
     "fp16": lambda: Precision(F.Float16(), F.Float16(), F.Float16(), F.Float16(), loss_scale="dynamic", name="fp16"),
@@ -95,6 +108,12 @@ PRESETS = {
     "fw16bw32": lambda: Precision(F.Float16(), F.Float16(), F.Float16(), name="fw16bw32"),
     "fw16bw16": lambda: Precision(F.Float16(), F.Float16(), F.Float16(), F.Float16(), loss_scale="dynamic",
                                   name="fw16bw16"),
+    "fp8": lambda: Precision(F.FP8E4M3FN(), F.FP8E4M3FN(), grad=F.FP8E5M2(saturate=False), loss_scale="dynamic",
+                             name="fp8"),
+    "mxfp8": _operands(F.MXFP8, "mxfp8"),
+    "mxfp6": _operands(F.MXFP6, "mxfp6"),
+    "mxfp4": _operands(F.MXFP4, "mxfp4"),
+    "nvfp4": _operands(F.NVFP4, "nvfp4"),
 }
 
 

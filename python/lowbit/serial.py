@@ -49,10 +49,11 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 __all__ = ["VERSION", "Recorded", "Reader", "write", "encode", "decode", "kwargs_of"]
 
@@ -336,18 +337,11 @@ def write(path, fmt, header, arrays, what):
             "arrays": {k: [list(v.shape), v.dtype.str] for k, v in arrays.items()}}
     head.update(header)
     text = json.dumps(head, indent=1, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lowbit-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr(HEADER, text)
-                for k, v in arrays.items():
-                    with z.open(k + ".npy", "w", force_zip64=v.nbytes > 2 ** 31) as m:
-                        np.lib.format.write_array(m, v, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def fill(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+            z.writestr(HEADER, text)
+            for k, v in arrays.items():
+                with z.open(k + ".npy", "w", force_zip64=v.nbytes > 2 ** 31) as m:
+                    np.lib.format.write_array(m, v, allow_pickle=False)
+
+    atomic_write(path, fill)

@@ -10,9 +10,11 @@
 //   dense weight grad   dw[k,m] = sum over n of x[n,k] dz[n,m]
 //   bias grad           db[o]   = sum over n, then y, x of dz[n,o,y,x]
 //
-// (c, i, j, o, n, y, x ascending; out-of-image taps of a padded conv are skipped, not
-// added as zeros.) Slow by design: one rounding per multiply-add, for studies of
-// accumulator width; the native fp16 kernels come with the kernels work.
+// (c, i, j, o, n, y, x ascending; out-of-image taps of a padded conv are skipped. The
+// implementation adds them as zero products, which leaves an on-grid accumulator
+// unchanged: equal up to the sign of a zero result.) One rounding per multiply-add: the
+// chains of many outputs run side by side in vector registers, but each is a sequence of
+// roundings; the native fp16 kernels come with the kernels work.
 #pragma once
 #include "format.hpp"
 #include "ops.hpp"

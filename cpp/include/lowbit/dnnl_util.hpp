@@ -4,8 +4,14 @@
 // cached inside each op (see the ops' `prims_` maps), only executed in the loop.
 #pragma once
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 
+#include "ops.hpp"
 #include "tensor.hpp"
+
+// The 3.x API: primitive descriptors built directly from the engine and memory
+// descriptors (no op descriptors), pooling with dilation, memory::desc::get_dims().
+static_assert(DNNL_VERSION_MAJOR >= 3, "lowbit needs oneDNN 3.x (pip install onednn-devel-cpu-gomp)");
 
 namespace lowbit {
 
@@ -31,6 +37,29 @@ inline dnnl::memory mem(const dnnl::memory::desc& d, const Tensor& t) {
 }
 inline dnnl::memory mem(const dnnl::memory::desc& d, float* p) {
   return dnnl::memory(d, cpu_engine(), p);
+}
+
+// The implementation oneDNN chose for a primitive (impl_info_str, e.g. "brg:avx512_core").
+inline std::string impl_name(const dnnl::primitive& p) {
+  const char* s = nullptr;
+  dnnl::error::wrap_c_api(dnnl_primitive_desc_query(p.get_primitive_desc(), dnnl_query_impl_info_str, 0, &s),
+                          "could not query impl_info_str");
+  return s ? s : "";
+}
+
+// Op::kernels() of the two shapes of primitive sets: forward + backward by data and by
+// weights (conv, dense), or training forward + inference forward + backward (pooling,
+// normalisation). `p` is the op's primitives of its last forward, null before one.
+template <class P>
+std::vector<Kernel> data_weights_kernels(const P* p) {
+  if (!p) return {};
+  return {{"forward", impl_name(p->fwd)}, {"backward_data", impl_name(p->bwd_data)},
+          {"backward_weights", impl_name(p->bwd_w)}};
+}
+template <class P>
+std::vector<Kernel> train_infer_kernels(const P* p) {
+  if (!p) return {};
+  return {{"forward", impl_name(p->fwd)}, {"forward_inference", impl_name(p->infer)}, {"backward", impl_name(p->bwd)}};
 }
 
 // Scratch storage for a primitive's workspace (kept from forward to backward).

@@ -6,6 +6,32 @@
 //                               subnormals, round half to even; overflow -> inf, or
 //                               the largest finite (2 - 2^-m) 2^(2^e - 2 - bias) when
 //                               saturating. Float16 = (5, 10), BFloat16 = (8, 7).
+//     encoding "fn" (OCP)       no infinities, the top exponent holds normals.
+//                               fn_nan: one NaN code S.1..1.1..1 (FP8 E4M3FN), max
+//                               (2 - 2^(1-m)) 2^(2^e - 1 - bias) = 448; overflow -> NaN
+//                               unless saturating. Without it (FP6 E3M2/E2M3, FP4 E2M1)
+//                               every code is finite, max (2 - 2^-m) 2^(2^e - 1 - bias),
+//                               overflow and +-inf always -> +-max (as ml_dtypes); a NaN
+//                               input stays NaN (no code for it; OCP leaves it open).
+//     rounding                  nearest (half to even) or stochastic: the kept mantissa
+//                               is truncated after adding uniform random bits below it
+//                               (P(up) = distance / ulp); random bits from (seed, call
+//                               number, element index), counter-based as Fixed's.
+//   MX(element, block)          OCP MX v1.0: blocks of `block` values along the
+//                               reduction axis share X = 2^(floor(log2 amax) - emax_elem)
+//                               (E8M0, exponent clamped to [-127, 127]); elements
+//                               round(v / X) in the element format with saturation.
+//                               A block holding NaN or +-inf has X = NaN (all NaN);
+//                               MXINT8 elements are k 2^-6, k in [-127, 127].
+//   NVFP4                       blocks of 16 E2M1 elements, E4M3 block scale and an fp32
+//                               tensor scale (float32 arithmetic in this order):
+//                               genc = 2688 / amax_tensor (6 * 448; finite values only),
+//                               s_b = E4M3(amax_block / 6 * genc), d = s_b / genc,
+//                               y = E2M1(v / d) d; s_b = 0 gives +-0; NaN/inf blocks NaN.
+//   Block axis: QuantState::axis says which axis the blocks run along (the reduction axis
+//   of the layer's product, as MX hardware does): conv kernels (O, C, kh, kw) along
+//   C kh kw, dense kernels (K, M) along K, activations (N, C, H, W) along C at each pixel
+//   and (N, F) along F. Unset: the flat array in 32s (a partial last block per row).
 //   Fixed(bits, msb, rounding)  S4 quantclip: A = 2^msb, q = 2A / 2^bits, levels k q,
 //                               k in [-2^(bits-1), 2^(bits-1) - 1]; nearest (half even),
 //                               floor (the seed's floor(x/q)) or stochastic floor(x/q + u)
@@ -37,7 +63,8 @@
 
 namespace lowbit {
 
-enum class FormatKind { float32, minifloat, fixed, integer, binary, ternary };
+enum class FormatKind { float32, minifloat, fixed, integer, binary, ternary, block };
+enum class BlockScale { e8m0, nvfp4 };
 enum class Rounding { nearest, floor, stochastic };
 enum class Ste { identity, clipped, hardtanh, approx_sign, none };
 enum class ScaleMode { none, mean_abs, channel_mean_abs };
@@ -50,6 +77,11 @@ struct Format {
   // minifloat
   int exp_bits = 8, man_bits = 23;
   bool saturate = false;
+  bool fn = false, fn_nan = false;  // OCP "fn" encodings (see the table)
+  // block formats: the element is the MiniFloat fields above, or an int8 (elem_int)
+  int block = 32;
+  BlockScale block_scale = BlockScale::e8m0;
+  bool elem_int = false;
   // fixed
   int msb = 0;
   bool msb_auto = false;  // chosen by calibration; until then msb holds the last choice
@@ -88,6 +120,11 @@ struct QuantState {
   // Grid step(s) of the last call for formats on an integer grid (Fixed q, Int s,
   // Binary alpha, Ternary a): one per channel row, or one. Integer accumulators read it.
   std::vector<float> step;
+  // Block formats: the tensor is (outer, len, stride) with blocks along len, the
+  // reduction axis; len = 0 means one row of the whole array.
+  struct Axis {
+    int64_t len = 0, stride = 1;
+  } axis;
 };
 
 // Whether a format puts values on k * step with integer k (an Int accumulator can take it).
@@ -105,44 +142,12 @@ inline int64_t overflow_int(int64_t k, int bits, Overflow o) {
   return int64_t(u) + lo;
 }
 
+// Largest finite value of a MiniFloat (or of a block format's float element).
+double minifloat_max(const Format& f);
+
 // y = Q(x) over n values laid out as `channels` rows (axis 0) for per-channel scales.
 void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t channels = 1,
               QuantState* state = nullptr);
-// One exact (double) value at a time onto a MiniFloat or static-MSB Fixed grid: the
-// accumulator of accumulate.hpp rounds once per multiply-add. Constants are computed once;
-// the minifloat rounding is round-half-to-even on the double's bit pattern (a carry moves
-// into the exponent as it should), below 2^emin on the fixed subnormal spacing.
-class ScalarRounder {
- public:
-  explicit ScalarRounder(const Format& f);
-  double operator()(double v) const {
-    if (fixed_) {
-      double k = floor_ ? std::floor(v * inv_q_) : std::nearbyint(v * inv_q_);
-      if (k != k) return v;
-      if (wrap_) return double(overflow_int(int64_t(std::min(std::max(k, -9e18), 9e18)), bits_, Overflow::wrap)) * q_;
-      return std::min(std::max(k, kmin_), kmax_) * q_;
-    }
-    const double a = std::fabs(v);
-    if (!(a < inf_)) return a != a ? v : std::copysign(sat_ ? maxv_ : inf_, v);  // NaN, +-inf
-    double r;
-    if (a >= min_normal_) {
-      uint64_t u;
-      std::memcpy(&u, &a, 8);
-      u = (u + half_ + ((u >> drop_) & 1u)) & mask_;
-      std::memcpy(&r, &u, 8);
-    } else {
-      r = std::nearbyint(a * sub_scale_) * sub_step_;
-    }
-    return std::copysign(r > maxv_ ? (sat_ ? maxv_ : inf_) : r, v);
-  }
-
- private:
-  bool fixed_ = false, floor_ = false, wrap_ = false, sat_ = false;
-  int bits_ = 32;
-  double q_ = 1, inv_q_ = 1, kmin_ = 0, kmax_ = 0;
-  uint64_t drop_ = 0, half_ = 0, mask_ = 0;
-  double min_normal_ = 0, sub_scale_ = 1, sub_step_ = 1, maxv_ = 0, inf_ = 0;
-};
 // dx = STE(x, dy) for the format's gradient rule.
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n);
 

@@ -1,6 +1,8 @@
 // The model graph: nodes in topological order (a node's inputs are created before it),
 // sequential or a general DAG. The executor keeps one activation and one gradient
 // buffer per node, reused between steps; the epoch loop runs here, not in Python.
+// Training, evaluation and prediction take one input; forward_inputs/backward_inputs
+// run graphs with several (a multi-input layer called on arrays).
 #pragma once
 #include <functional>
 #include <memory>
@@ -17,6 +19,7 @@ struct Node {
   std::unique_ptr<Op> op;
   std::vector<int> inputs;
   Shape out_shape;  // per sample
+  std::vector<Kernel> op_kernels() const { return op ? op->kernels() : std::vector<Kernel>{}; }
 };
 
 struct Metrics {
@@ -39,6 +42,7 @@ class Graph {
   int add(const std::string& kind, const std::vector<int>& inputs, const Config& cfg);
   void set_output(int id);
   const std::vector<Node>& nodes() const { return nodes_; }
+  const std::vector<int>& inputs() const { return inputs_; }
   int output() const { return output_; }
 
   void init_params(uint64_t seed);
@@ -60,6 +64,12 @@ class Graph {
   // returns the gradient with respect to the input.
   void forward_batch(const float* x, int64_t n, bool training, float* out);
   void backward_batch(const float* diff_out, float* diff_x);
+  // The same for a graph with any number of inputs (xs[k] feeds inputs()[k], all with
+  // n samples; copied, so the backward can read them later). update_stats: a
+  // training-mode forward also moves BatchNorm's running statistics.
+  void forward_inputs(const std::vector<const float*>& xs, int64_t n, bool training, bool update_stats,
+                      float* out);
+  void backward_inputs(const float* diff_out, const std::vector<float*>& diff_xs);
 
   // Loss scaling (mixed precision): the loss gradient is multiplied by `scale` before the
   // backward and the parameter gradients divided by it before the update. Dynamic: a step
@@ -84,7 +94,9 @@ class Graph {
 
  private:
   std::vector<Node> nodes_;
-  int input_ = -1, output_ = -1;
+  std::vector<int> inputs_;
+  int output_ = -1;
+  int input(const char* what) const;  // the one input of training / evaluation / prediction
   std::string loss_ = "categorical_crossentropy";
   std::unique_ptr<Optimizer> opt_;
   ScheduleConfig sched_;
@@ -112,9 +124,10 @@ class Graph {
   void to_layout(const Tensor& from, Tensor& to, bool blocked);
   const Tensor& plain(const Tensor& t);  // t itself, or an NCHW copy in plain_out_
   Tensor batch_x_, loss_grad_;
+  std::vector<Tensor> batch_xs_;
 
   Shape with_batch(const Shape& s, int64_t n) const;
-  void run_forward(const Tensor& x, const StepContext& ctx);
+  void run_forward(const std::vector<const Tensor*>& xs, const StepContext& ctx);
   void run_backward(int from, bool want_input_grad);
   bool fused_softmax_ce() const;
   // loss over a batch; writes dL/d(loss input) when grad != nullptr

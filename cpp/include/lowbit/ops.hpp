@@ -42,6 +42,12 @@ struct StepContext {
   bool update_stats = true;  // BatchNorm running statistics (off for gradient checks)
 };
 
+// One primitive an op ran in its last forward/backward: the pass ("forward",
+// "backward_data", ...) and the implementation oneDNN picked for it on this CPU.
+struct Kernel {
+  std::string pass, impl;
+};
+
 struct Op {
   std::string kind;
   Shape out_shape;            // per sample
@@ -60,6 +66,9 @@ struct Op {
   virtual bool accepts_blocked() const { return false; }
   // Quantizer state kept across steps (saved with the weights), in a fixed order.
   virtual std::vector<QuantState*> quant_states() { return {}; }
+  // The kernels of the primitives used by the last forward (empty before it, or for
+  // ops that run lowbit's own loops).
+  virtual std::vector<Kernel> kernels() const { return {}; }
   // Initialise parameters deterministically from a seed.
   virtual void init_params(uint64_t /*seed*/) {}
   int64_t count_params() const {

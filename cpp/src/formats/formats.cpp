@@ -26,38 +26,330 @@ const char* ste_name(Ste s) {
   }
 }
 
-double minifloat_max(int e, int m) {
-  const int bias = (1 << (e - 1)) - 1, emax = (1 << e) - 2 - bias;
-  return (2.0 - std::ldexp(1.0, -m)) * std::ldexp(1.0, emax);
-}
-
 LB_CLONES float max_abs(const float* x, int64_t n) {
   float m = 0.f;
   for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
   return m;
 }
 
-// The same rounding, vectorisable, on float32 bit patterns: in the target's normal range
-// round-half-to-even to m mantissa bits is an integer add on the bits (a carry moves into
-// the exponent as it should); below 2^emin the grid spacing is the fixed 2^(emin - m).
-LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, int m, bool sat, float maxv, int emin) {
-  const uint32_t drop = uint32_t(23 - m);
-  const uint32_t half = drop ? (1u << (drop - 1)) - 1 : 0, mask = drop ? ~((1u << drop) - 1) : ~0u;
-  const float min_normal = std::ldexp(1.0f, emin);
-  const double sub_scale = std::ldexp(1.0, m - emin), sub_step = std::ldexp(1.0, emin - m);
-  const float big = sat ? maxv : std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i], a = std::fabs(v);
-    float r;
-    if (a >= min_normal) {
-      uint32_t u;
-      std::memcpy(&u, &a, 4);
-      u = (u + half + ((u >> drop) & 1u)) & mask;
-      std::memcpy(&r, &u, 4);
-    } else {  // target subnormals, zeros and NaN
-      r = a != a ? a : float(std::nearbyint(double(a) * sub_scale) * sub_step);
+// Rounding onto a minifloat (or MXINT8) element grid on float32 bit patterns, vectorisable:
+// in the target's normal range round-half-to-even to m mantissa bits is an integer add on
+// the bits (a carry moves into the exponent as it should); below 2^emin the grid spacing
+// is the fixed 2^(emin - m). Stochastic rounding adds `drop` random bits instead.
+struct ElemRounder {
+  uint32_t drop = 0, half = 0, mask = ~0u;
+  float min_normal = 0, maxv = 0, big = 0, sub_magic = 0;
+  uint32_t magic_bits = 0, exp_mask = 0x7F800000u;
+  float sub_scale1 = 1, sub_scale2 = 1, sub_step1 = 1, sub_step2 = 1;  // 2^(m - emin), 2^(emin - m) in two factors
+  void set_spacing(int e) {  // subnormal spacing 2^-e
+    sub_scale1 = std::ldexp(1.f, e / 2), sub_scale2 = std::ldexp(1.f, e - e / 2);
+    sub_step1 = 1.f / sub_scale1, sub_step2 = 1.f / sub_scale2;
+  }
+
+  explicit ElemRounder(const Format& f) {
+    if (f.elem_int) {  // MXINT8 k 2^-6, |k| <= 127: the subnormal rule with spacing 2^-6 everywhere
+      maxv = big = 127.f / 64.f, exp_mask = 0;
+      min_normal = std::numeric_limits<float>::infinity();
+      set_spacing(6), sub_magic = std::ldexp(1.0f, 17);
+      std::memcpy(&magic_bits, &sub_magic, 4);
+      return;
     }
-    y[i] = std::copysign(r > maxv ? big : r, v);
+    const int m = f.man_bits, emin = 2 - (1 << (f.exp_bits - 1));
+    drop = uint32_t(23 - m);
+    half = drop ? (1u << (drop - 1)) - 1 : 0, mask = drop ? ~((1u << drop) - 1) : ~0u;
+    min_normal = std::ldexp(1.0f, emin);
+    set_spacing(m - emin);
+    sub_magic = std::ldexp(1.0f, emin - m + 23);
+    std::memcpy(&magic_bits, &sub_magic, 4);
+    maxv = float(minifloat_max(f));
+    // overflow: saturate (asked, or no code left for it: FP6/FP4), NaN (E4M3FN) or inf
+    big = f.saturate || (f.fn && !f.fn_nan) ? maxv
+          : f.fn                            ? std::numeric_limits<float>::quiet_NaN()
+                                            : std::numeric_limits<float>::infinity();
+  }
+  // Both branches computed and one selected: no data-dependent jumps in the vector loop.
+  float operator()(float v) const {
+    const float a = std::fabs(v);
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    u = (u + half + ((u >> drop) & 1u)) & mask;
+    float rn;
+    std::memcpy(&rn, &u, 4);
+    // below 2^emin: adding 2^(emin - m + 23), whose ulp is the subnormal spacing, makes the
+    // float adder round half to even onto that grid; subtracting it back is exact
+    const float rs = (a + sub_magic) - sub_magic;
+    const float r = a >= min_normal ? rn : a != a ? a : rs;
+    return std::copysign(r > maxv ? big : r, v);
+  }
+  // The same for elements of block formats (|v| < 2^(emax + 1), exp_bits <= 5), in fewer
+  // operations: C = 2^(E + 23 - m) for |v| in [2^E, 2^(E+1)), or 2^(emin + 23 - m) below
+  // 2^emin, has the grid spacing as its ulp, so (|v| + C) - C is the float adder's round
+  // half to even onto the grid (a carry into the next binade included).
+  float round_small(float v) const {
+    const float a = std::fabs(v);
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    const float c = from_bits(std::max((u & exp_mask) + (drop << 23), magic_bits));
+    const float r = (a + c) - c;
+    return std::copysign(r > maxv ? big : r, v);
+  }
+  static float from_bits(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  // h: 32 uniform random bits. Rounds away from zero with probability (distance to the
+  // grid point below |v|) / spacing: in the normal range `drop` random bits are added
+  // below the kept mantissa; below 2^emin f = |v| / spacing goes up from floor(f) when
+  // u < f - floor(f), u uniform on 23 bits. Float operations only (exact: powers of two in
+  // two steps, as 2^(m - emin) may exceed float's range), so the loop vectorises.
+  float stochastic(float v, uint32_t h) const {
+    const float a = std::fabs(v);
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    const float rn = from_bits((u + (h & ~mask)) & mask);
+    // floor(f) for f < 2^23 by the adder (std::floor here would stop the vectoriser)
+    const float f = (a * sub_scale1) * sub_scale2, kn = (f + 8388608.f) - 8388608.f, k = kn > f ? kn - 1.f : kn;
+    const float u01 = from_bits(0x3F800000u | (h >> 9)) - 1.f;
+    const float rs = ((k + (u01 < f - k ? 1.f : 0.f)) * sub_step1) * sub_step2;
+    float r = a >= min_normal ? rn : rs;
+    r = a <= std::numeric_limits<float>::max() ? r : a;  // NaN and inf as they are
+    return std::copysign(r > maxv ? big : r, v);
+  }
+};
+
+LB_CLONES void minifloat_f32(const float* x, float* y, int64_t n, const ElemRounder& rounder) {
+  const ElemRounder q = rounder;
+  for (int64_t i = 0; i < n; ++i) y[i] = q(x[i]);
+}
+
+// Counter-based 32 random bits for stochastic rounding of floats: murmur3's finaliser of
+// (stream key, index), vectorisable (32-bit multiplies). key = 32 bits of hash3(seed, call).
+inline uint32_t hash32(uint32_t key, uint32_t i) {
+  uint32_t h = key ^ (i * 0x9E3779B9u);
+  h ^= h >> 16, h *= 0x85EBCA6Bu, h ^= h >> 13, h *= 0xC2B2AE35u, h ^= h >> 16;
+  return h;
+}
+uint32_t stream_key(uint64_t seed, uint64_t stream) { return uint32_t(hash3(seed, stream, 0) >> 32); }
+
+// y = q.stochastic(x) with the random bits of global indices i0, i0 + 1, ...
+LB_CLONES void minifloat_sr(const float* x, float* y, int64_t n, const ElemRounder& rounder, uint32_t key,
+                            int64_t i0) {
+  const ElemRounder q = rounder;
+  for (int64_t i = 0; i < n; ++i) y[i] = q.stochastic(x[i], hash32(key, uint32_t(i0 + i)));
+}
+
+// ---- block formats (MX, NVFP4) ----
+float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+uint32_t abs_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u & 0x7FFFFFFFu;  // |v| as an integer: NaN patterns sort above inf
+}
+// floor(log2 a) of a normal a from its bits; -127 for subnormals and 0 (for the MX scale
+// exactly right: its exponent floor(log2 a) - emax <= -127 clamps to -127 there anyway)
+int floor_log2(uint32_t u) { return int(u >> 23) - 127; }
+
+// Decode scale d and encode scale e of a block whose largest |x| has the bits `am`:
+// MX y = d q(x e) with e = 1/d exactly (powers of two); NVFP4 y = d q(x / d) e with e = 1,
+// or e = 0 (and d = 1) for a block that becomes zeros. A NaN or inf in the block gives d = e = NaN.
+struct BlockScales {
+  int emax_elem;  // MX: exponent of the element's largest normal
+  float genc;     // NVFP4: tensor encode scale 2688 / amax_tensor; < 0 for MX
+  ElemRounder e4m3;
+  // MX: E8M0 X = 2^(floor(log2 amax) - emax), exponent in [-127, 127]; branch-free
+  // (integer selects only, so a loop over blocks vectorises; 2^-127 is the one subnormal)
+  void mx(uint32_t am, float& d, float& e) const {
+    const int x = std::min(127, std::max(-127, floor_log2(am) - emax_elem));
+    const bool bad = am >= 0x7F800000u;
+    const uint32_t db = x >= -126 ? uint32_t(x + 127) << 23 : 0x00400000u;
+    const uint32_t eb = x <= 126 ? uint32_t(127 - x) << 23 : 0x00400000u;
+    d = from_bits(bad ? 0x7FC00000u : db), e = from_bits(bad ? 0x7FC00000u : eb);
+  }
+  void operator()(uint32_t am, float& d, float& e) const {
+    if (am >= 0x7F800000u) {
+      d = e = std::numeric_limits<float>::quiet_NaN();
+    } else if (genc < 0) {
+      mx(am, d, e);
+    } else {  // NVFP4: E4M3 block scale relative to the fp32 tensor scale
+      const float sb = e4m3(from_bits(am) / 6.f * genc);
+      d = sb > 0 ? sb / genc : 1.f, e = sb > 0 ? 1.f : 0.f;  // y = q(x / d) d e: e = 0 gives +-0
+    }
+  }
+};
+
+// Both sides of every choice are computed and one selected (no speculation of float
+// operations needed), so the loops vectorise; hence also the two loops per `divide`.
+
+// One block of contiguous values; N > 0 fixes the count at compile time (full blocks of
+// the usual 16 and 32 unroll into a few vector operations), N = 0 takes `cnt`.
+template <int N>
+inline void one_block(const float* __restrict x, float* __restrict y, int64_t cnt, const BlockScales& s, bool divide,
+                      const ElemRounder& q) {
+  const int64_t m = N ? N : cnt;
+  uint32_t am = 0;
+  for (int64_t i = 0; i < m; ++i) am = std::max(am, abs_bits(x[i]));
+  float d, e;
+  s(am, d, e);
+  if (divide)
+    for (int64_t i = 0; i < m; ++i)
+      y[i] = q.round_small(x[i] / d) * d * e;  // no select: a division under one is not vectorised
+  else
+    for (int64_t i = 0; i < m; ++i) y[i] = q.round_small(x[i] * e) * d;
+}
+
+// MX over full blocks of 32: in chunks of 64 blocks, the maxima and scales, then the
+// elements. Returns how many values it did (a multiple of 2048).
+LB_CLONES int64_t mx_rows32(const float* __restrict x, float* __restrict y, int64_t n, const BlockScales& s,
+                            const ElemRounder& rounder) {
+  const ElemRounder q = rounder;  // a local copy: its fields stay in registers
+  constexpr int64_t K = 64;
+  uint32_t am[K];
+  float d[K], e[K];
+  int64_t b0 = 0;
+  for (; b0 + K * 32 <= n; b0 += K * 32) {
+    for (int64_t k = 0; k < K; ++k) {
+      uint32_t m = 0;
+      for (int64_t i = 0; i < 32; ++i) m = std::max(m, abs_bits(x[b0 + k * 32 + i]));
+      am[k] = m;
+    }
+    for (int64_t k = 0; k < K; ++k) s.mx(am[k], d[k], e[k]);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = 0; i < 32; ++i) y[b0 + k * 32 + i] = q.round_small(x[b0 + k * 32 + i] * e[k]) * d[k];
+  }
+  return b0;
+}
+
+// A row of `n` contiguous values in blocks of B (the last one partial).
+LB_CLONES void blocks_row(const float* __restrict x, float* __restrict y, int64_t n, int64_t B,
+                          const BlockScales& s, bool divide, const ElemRounder& rounder) {
+  const ElemRounder q = rounder;
+  int64_t b0 = B == 32 && !divide ? mx_rows32(x, y, n, s, q) : 0;
+  for (; b0 < n; b0 += B) {
+    const int64_t cnt = std::min(B, n - b0);
+    if (cnt == 32) one_block<32>(x + b0, y + b0, cnt, s, divide, q);
+    else if (cnt == 16) one_block<16>(x + b0, y + b0, cnt, s, divide, q);
+    else one_block<0>(x + b0, y + b0, cnt, s, divide, q);
+  }
+}
+// The same with stochastic rounding of the elements (random bits of global index i0 + ...).
+LB_CLONES void blocks_row_sr(const float* __restrict x, float* __restrict y, int64_t n, int64_t B,
+                             const BlockScales& s, bool divide, const ElemRounder& rounder, uint32_t key, int64_t i0) {
+  const ElemRounder q = rounder;
+  for (int64_t b0 = 0; b0 < n; b0 += B) {
+    const int64_t cnt = std::min(B, n - b0);
+    uint32_t am = 0;
+    for (int64_t i = b0; i < b0 + cnt; ++i) am = std::max(am, abs_bits(x[i]));
+    float d, e;
+    s(am, d, e);
+    if (divide)
+      for (int64_t i = b0; i < b0 + cnt; ++i)
+        y[i] = q.stochastic(x[i] / d, hash32(key, uint32_t(i0 + i))) * d * e;
+    else
+      for (int64_t i = b0; i < b0 + cnt; ++i) y[i] = q.stochastic(x[i] * e, hash32(key, uint32_t(i0 + i))) * d;
+  }
+}
+LB_CLONES uint32_t finite_amax_bits(const float* x, int64_t n) {
+  uint32_t am = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = abs_bits(x[i]);
+    am = std::max(am, u < 0x7F800000u ? u : 0u);
+  }
+  return am;
+}
+
+// One block row of a strided axis: `rows` values along the axis (row stride `stride`) for
+// each of `cols` contiguous columns, each column its own block.
+LB_CLONES void blocks_tile(const float* __restrict x, float* __restrict y, int64_t rows, int64_t cols, int64_t stride,
+                           const BlockScales& s, bool divide, const ElemRounder& rounder, uint32_t* __restrict am,
+                           float* __restrict d, float* __restrict e) {
+  const ElemRounder q = rounder;
+  for (int64_t j = 0; j < cols; ++j) am[j] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
+  for (int64_t j = 0; j < cols; ++j) s(am[j], d[j], e[j]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * stride;
+    float* yr = y + r * stride;
+    if (divide)
+      for (int64_t j = 0; j < cols; ++j)
+        yr[j] = q.round_small(xr[j] / d[j]) * d[j] * e[j];
+    else
+      for (int64_t j = 0; j < cols; ++j) yr[j] = q.round_small(xr[j] * e[j]) * d[j];
+  }
+}
+// The same with stochastic rounding of the elements (random bits of global index i0 + ...).
+LB_CLONES void blocks_tile_sr(const float* __restrict x, float* __restrict y, int64_t rows, int64_t cols,
+                              int64_t stride, const BlockScales& s, bool divide, const ElemRounder& rounder,
+                              uint32_t* __restrict am, float* __restrict d, float* __restrict e, uint32_t key,
+                              int64_t i0) {
+  const ElemRounder q = rounder;
+  for (int64_t j = 0; j < cols; ++j) am[j] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
+  for (int64_t j = 0; j < cols; ++j) s(am[j], d[j], e[j]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * stride;
+    float* yr = y + r * stride;
+    const uint32_t ir = uint32_t(i0 + r * stride);
+    if (divide)
+      for (int64_t j = 0; j < cols; ++j)
+        yr[j] = q.stochastic(xr[j] / d[j], hash32(key, ir + uint32_t(j))) * d[j] * e[j];
+    else
+      for (int64_t j = 0; j < cols; ++j) yr[j] = q.stochastic(xr[j] * e[j], hash32(key, ir + uint32_t(j))) * d[j];
+  }
+}
+
+void quantize_blocks(const Format& f, const float* x, float* y, int64_t n, QuantState* st) {
+  if (n == 0) return;
+  const int64_t len = st && st->axis.len > 0 ? st->axis.len : n;
+  const int64_t stride = st && st->axis.len > 0 ? std::max<int64_t>(st->axis.stride, 1) : 1;
+  LB_CHECK(n % (len * stride) == 0, f.repr(), ": a block axis of length ", len, " and stride ", stride,
+           " does not tile a tensor of ", n, " values");
+  const ElemRounder q(f);
+  Format e4m3;
+  e4m3.kind = FormatKind::minifloat, e4m3.exp_bits = 4, e4m3.man_bits = 3, e4m3.fn = e4m3.fn_nan = true;
+  e4m3.saturate = true;
+  BlockScales scales{f.elem_int ? 0 : floor_log2(abs_bits(q.maxv)), -1.f, ElemRounder(e4m3)};
+  const bool nv = f.block_scale == BlockScale::nvfp4;
+  if (nv) {  // tensor scale from the finite values
+    const uint32_t am = finite_amax_bits(x, n);
+    scales.genc = am ? 2688.f / from_bits(am) : 0.f;
+    if (!(scales.genc > 0 && scales.genc <= std::numeric_limits<float>::max())) scales.genc = 0.f;
+  }
+  const int64_t outer = n / (len * stride), B = f.block, nb = (len + B - 1) / B;
+  if (nv && scales.genc == 0.f) {  // an all-zero (or all-tiny) tensor: +-0
+    for (int64_t i = 0; i < n; ++i) y[i] = std::isfinite(x[i]) ? std::copysign(0.f, x[i]) : std::nanf("");
+    return;
+  }
+  const bool sr = f.rounding == Rounding::stochastic;
+  const uint32_t key = sr ? stream_key(f.seed, st ? st->counter++ : 0) : 0;
+  if (stride == 1) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t o = 0; o < outer; ++o) {
+      if (sr) blocks_row_sr(x + o * len, y + o * len, len, B, scales, nv, q, key, o * len);
+      else blocks_row(x + o * len, y + o * len, len, B, scales, nv, q);
+    }
+    return;
+  }
+#pragma omp parallel if (n > 65536)
+  {
+    std::vector<uint32_t> am(static_cast<size_t>(stride));
+    std::vector<float> d(static_cast<size_t>(stride)), e(static_cast<size_t>(stride));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < outer * nb; ++t) {
+      const int64_t o = t / nb, b = t % nb, rows = std::min(B, len - b * B);
+      const int64_t off = (o * len + b * B) * stride;
+      if (!sr) {
+        blocks_tile(x + off, y + off, rows, stride, stride, scales, nv, q, am.data(), d.data(), e.data());
+        continue;
+      }
+      blocks_tile_sr(x + off, y + off, rows, stride, stride, scales, nv, q, am.data(), d.data(), e.data(), key, off);
+    }
   }
 }
 
@@ -132,12 +424,32 @@ double quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantS
 
 }  // namespace
 
+double minifloat_max(const Format& f) {
+  const int e = f.exp_bits, m = f.man_bits, bias = (1 << (e - 1)) - 1;
+  if (!f.fn) return (2.0 - std::ldexp(1.0, -m)) * std::ldexp(1.0, (1 << e) - 2 - bias);
+  // fn: the top exponent holds normals; with a NaN code its all-ones mantissa is taken
+  return (2.0 - std::ldexp(1.0, f.fn_nan ? 1 - m : -m)) * std::ldexp(1.0, (1 << e) - 1 - bias);
+}
+
 void Format::validate() const {
   LB_CHECK(bits >= 1 && bits <= 32, "format: expected bits in [1, 32], got ", bits);
   if (kind == FormatKind::minifloat) {
     LB_CHECK(exp_bits >= 2 && exp_bits <= 8, "MiniFloat: expected exp_bits in [2, 8], got ", exp_bits);
     LB_CHECK(man_bits >= 0 && man_bits <= 23, "MiniFloat: expected man_bits in [0, 23], got ", man_bits);
   }
+  if (kind == FormatKind::minifloat || (kind == FormatKind::block && !elem_int)) {
+    LB_CHECK(!fn_nan || man_bits >= 1, "MiniFloat: encoding 'fn' with a NaN code needs man_bits >= 1");
+    LB_CHECK(!fn || exp_bits >= 1, "MiniFloat: encoding 'fn' needs exp_bits >= 1");
+  }
+  if (kind == FormatKind::block) {
+    LB_CHECK(block >= 1 && block <= 4096, "MX: expected block in [1, 4096], got ", block);
+    LB_CHECK(elem_int || (exp_bits >= 2 && exp_bits <= 5 && man_bits >= 0 && man_bits <= 10), "MX: expected a float "
+             "element with exp_bits in [2, 5] and man_bits in [0, 10], got (", exp_bits, ", ", man_bits, ")");
+  }
+  LB_CHECK(rounding != Rounding::floor || kind == FormatKind::fixed, "format: rounding='floor' applies to Fixed only");
+  LB_CHECK(rounding != Rounding::stochastic || kind == FormatKind::fixed || kind == FormatKind::minifloat ||
+               kind == FormatKind::block,
+           "format: rounding='stochastic' applies to Fixed, MiniFloat and block formats");
   if (kind == FormatKind::integer) LB_CHECK(bits >= 2, "Int: expected bits >= 2, got ", bits);
   if (kind == FormatKind::fixed) LB_CHECK(msb >= -126 && msb <= 127, "Fixed: expected msb in [-126, 127], got ", msb);
   LB_CHECK(hysteresis >= 0.f, "Binary: expected hysteresis >= 0, got ", hysteresis);
@@ -149,10 +461,20 @@ std::string Format::repr() const {
   switch (kind) {
     case FormatKind::float32: return "Float32()";
     case FormatKind::minifloat:
-      if (exp_bits == 5 && man_bits == 10 && !saturate) return "Float16()";
-      if (exp_bits == 8 && man_bits == 7 && !saturate) return "BFloat16()";
+    {
+      const std::string sr = rounding == Rounding::stochastic ? str(", rounding='stochastic', seed=", seed) : "";
+      if (exp_bits == 5 && man_bits == 10 && !saturate && !fn) return str("Float16(", sr.empty() ? "" : sr.substr(2), ")");
+      if (exp_bits == 8 && man_bits == 7 && !saturate && !fn) return str("BFloat16(", sr.empty() ? "" : sr.substr(2), ")");
       return str("MiniFloat(exp_bits=", exp_bits, ", man_bits=", man_bits, ", saturate=", saturate ? "True" : "False",
-                 ")");
+                 fn ? ", encoding='fn'" : "", fn && fn_nan != (1 + exp_bits + man_bits == 8) ? (fn_nan ? ", nan=True" : ", nan=False") : "",
+                 sr, ")");
+    }
+    case FormatKind::block: {
+      const std::string sr = rounding == Rounding::stochastic ? str(", rounding='stochastic', seed=", seed) : "";
+      const std::string elem = elem_int ? "'int8'" : str("(", exp_bits, ", ", man_bits, ")");
+      if (block_scale == BlockScale::nvfp4) return str("NVFP4(block=", block, sr, ")");
+      return str("MX(element=", elem, ", block=", block, sr, ")");
+    }
     case FormatKind::fixed:
       return str("Fixed(bits=", bits, ", msb=", msb_auto ? "'auto'" : std::to_string(msb), ", rounding='",
                  rounding_name(rounding), "', ste='", ste_name(ste), "'",
@@ -174,7 +496,7 @@ std::string Format::repr() const {
 float Format::clip_value() const {
   switch (kind) {
     case FormatKind::fixed: return float(std::ldexp(1.0, msb));
-    case FormatKind::minifloat: return float(minifloat_max(exp_bits, man_bits));
+    case FormatKind::minifloat: return float(minifloat_max(*this));
     case FormatKind::binary:
     case FormatKind::ternary: return 1.f;
     default: return std::numeric_limits<float>::infinity();
@@ -187,15 +509,24 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       if (x != y) std::copy(x, x + n, y);
       return;
     case FormatKind::minifloat: {
-      const int bias = (1 << (f.exp_bits - 1)) - 1;
-      const float maxv = float(minifloat_max(f.exp_bits, f.man_bits));
+      const ElemRounder q(f);
+      if (f.rounding == Rounding::stochastic) {
+        const uint32_t key = stream_key(f.seed, st ? st->counter++ : 0);
+        const int64_t chunk = 16384;
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
+          minifloat_sr(x + c * chunk, y + c * chunk, std::min(chunk, n - c * chunk), q, key, c * chunk);
+        return;
+      }
       const int64_t chunk = 16384;
 #pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
-        minifloat_f32(x + c * chunk, y + c * chunk, std::min(chunk, n - c * chunk), f.man_bits, f.saturate, maxv,
-                      1 - bias);
+        minifloat_f32(x + c * chunk, y + c * chunk, std::min(chunk, n - c * chunk), q);
       return;
     }
+    case FormatKind::block:
+      quantize_blocks(f, x, y, n, st);
+      return;
     case FormatKind::fixed: {
       int msb = f.msb;
       if (f.msb_auto && st) {
@@ -293,24 +624,6 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
       return;
     }
   }
-}
-
-ScalarRounder::ScalarRounder(const Format& f) {
-  LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto),
-           "accumulator: expected a MiniFloat or a Fixed format with a given msb, got ", f.repr());
-  if (f.kind == FormatKind::fixed) {
-    fixed_ = true, floor_ = f.rounding == Rounding::floor, wrap_ = f.overflow == Overflow::wrap, bits_ = f.bits;
-    q_ = std::ldexp(1.0, f.msb + 1 - f.bits), inv_q_ = std::ldexp(1.0, f.bits - 1 - f.msb);
-    kmin_ = -std::ldexp(1.0, f.bits - 1), kmax_ = std::ldexp(1.0, f.bits - 1) - 1;
-    return;
-  }
-  const int bias = (1 << (f.exp_bits - 1)) - 1, emin = 1 - bias;
-  drop_ = uint64_t(52 - f.man_bits);
-  half_ = (uint64_t(1) << (drop_ - 1)) - 1, mask_ = ~((uint64_t(1) << drop_) - 1);
-  min_normal_ = std::ldexp(1.0, emin);
-  sub_scale_ = std::ldexp(1.0, f.man_bits - emin), sub_step_ = std::ldexp(1.0, emin - f.man_bits);
-  maxv_ = minifloat_max(f.exp_bits, f.man_bits), sat_ = f.saturate;
-  inf_ = std::numeric_limits<double>::infinity();
 }
 
 void ste_backward(const Format& f, const float* x, const float* dy, float* dx, int64_t n) {

@@ -23,14 +23,19 @@ int64_t bounded_numel(const Shape& s) {
 }  // namespace
 
 int Graph::add_input(const Shape& shape) {
-  LB_CHECK(input_ < 0, "Model: only one Input is supported by the training engine");
   LB_CHECK(!shape.empty() && shape.size() <= 3, "Input: expected shape (C, H, W) or (features,), got ",
            shape_str(shape));
   for (auto d : shape) LB_CHECK(d >= 1, "Input: expected positive dimensions, got ", shape_str(shape));
   LB_CHECK(bounded_numel(shape) > 0, "Input: shape ", shape_str(shape), " has more than 2^40 elements");
   nodes_.push_back({"input", nullptr, {}, shape});
-  input_ = int(nodes_.size()) - 1;
-  return input_;
+  inputs_.push_back(int(nodes_.size()) - 1);
+  return inputs_.back();
+}
+
+int Graph::input(const char* what) const {
+  LB_CHECK(inputs_.size() == 1, what, ": only one Input is supported by the training engine, the graph has ",
+           inputs_.size());
+  return inputs_[0];
 }
 
 int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Config& cfg_in) {
@@ -90,7 +95,7 @@ int64_t Graph::count_params() const {
 void Graph::compile(const std::string& loss, const OptimConfig& opt, const ScheduleConfig& sched) {
   LB_CHECK(loss == "categorical_crossentropy" || loss == "mse", "compile: unknown loss '", loss,
            "' (expected 'categorical_crossentropy' or 'mse')");
-  LB_CHECK(input_ >= 0 && output_ > input_, "compile: the model has no layers");
+  LB_CHECK(output_ > input("compile"), "compile: the model has no layers");
   LB_CHECK(nodes_[size_t(output_)].out_shape.size() == 1, "compile: expected a flat output (classes,), got ",
            shape_str(nodes_[size_t(output_)].out_shape));
   loss_ = loss;
@@ -125,12 +130,13 @@ const Tensor& Graph::plain(const Tensor& t) {
   return plain_out_;
 }
 
-void Graph::run_forward(const Tensor& x, const StepContext& ctx) {
-  const int64_t n = x.dim(0);
+void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext& ctx) {
+  const int64_t n = xs[0]->dim(0);
   act_.resize(nodes_.size());
   plain_in_.resize(nodes_.size());
   used_src_.resize(nodes_.size());
-  act_[size_t(input_)] = Tensor::borrow(const_cast<float*>(x.data()), x.shape);
+  for (size_t k = 0; k < inputs_.size(); ++k)
+    act_[size_t(inputs_[k])] = Tensor::borrow(const_cast<float*>(xs[k]->data()), xs[k]->shape);
   for (int i = 0; i <= output_; ++i) {
     auto& node = nodes_[size_t(i)];
     if (!node.op) continue;
@@ -174,7 +180,7 @@ void Graph::run_backward(int from, bool want_input_grad) {
     if (dplain_.size() < node.inputs.size()) dplain_.resize(node.inputs.size());
     for (size_t k = 0; k < node.inputs.size(); ++k) {
       int j = node.inputs[k];
-      if (j == input_ && !want_input_grad) {
+      if (!nodes_[size_t(j)].op && !want_input_grad) {  // a graph input
         dsrc.push_back(nullptr);
         continue;
       }
@@ -290,7 +296,7 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
     bool& f;
     ~Clear() { f = false; }
   } clear{fitting_};
-  const Shape& in = nodes_[size_t(input_)].out_shape;
+  const Shape& in = nodes_[size_t(input("fit"))].out_shape;
   const int64_t inner = numel(in), K = nodes_[size_t(output_)].out_shape[0];
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
@@ -319,7 +325,7 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
       if (targets) std::memcpy(tgt.data() + i * K, targets + s * K, size_t(K) * 4);
     }
     StepContext ctx{seed_ ^ seed, step_, true, true};
-    run_forward(batch_x_, ctx);
+    run_forward({&batch_x_}, ctx);
     int64_t hits = 0;
     int from = fused_softmax_ce() ? nodes_[size_t(output_)].inputs[0] : output_;
     double l = loss_and_grad(nb, labels ? lab.data() : nullptr, targets ? tgt.data() : nullptr, &loss_grad_, &hits);
@@ -444,7 +450,7 @@ Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const 
   LB_CHECK(batch >= 1, "evaluate: expected batch_size >= 1, got ", batch);
   LB_CHECK(n >= 1, "evaluate: expected at least one sample");
   check_targets(n, labels, targets);
-  const Shape& in = nodes_[size_t(input_)].out_shape;
+  const Shape& in = nodes_[size_t(input("evaluate"))].out_shape;
   const int64_t inner = numel(in), K = nodes_[size_t(output_)].out_shape[0];
   Metrics m;
   double loss_sum = 0;
@@ -452,7 +458,7 @@ Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const 
   for (int64_t b0 = 0; b0 < n; b0 += batch) {
     const int64_t nb = std::min(batch, n - b0);
     Tensor xb = Tensor::borrow(const_cast<float*>(x + b0 * inner), with_batch(in, nb));
-    run_forward(xb, StepContext{0, 0, false, false});
+    run_forward({&xb}, StepContext{0, 0, false, false});
     int64_t hits = 0;
     loss_sum += loss_and_grad(nb, labels ? labels + b0 : nullptr, targets ? targets + b0 * K : nullptr, nullptr, &hits) *
                 double(nb);
@@ -466,12 +472,12 @@ Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const 
 
 void Graph::predict(const float* x, int64_t n, int64_t batch, float* out) {
   LB_CHECK(batch >= 1, "predict: expected batch_size >= 1, got ", batch);
-  const Shape& in = nodes_[size_t(input_)].out_shape;
+  const Shape& in = nodes_[size_t(input("predict"))].out_shape;
   const int64_t inner = numel(in), K = numel(nodes_[size_t(output_)].out_shape);
   for (int64_t b0 = 0; b0 < n; b0 += batch) {
     const int64_t nb = std::min(batch, n - b0);
     Tensor xb = Tensor::borrow(const_cast<float*>(x + b0 * inner), with_batch(in, nb));
-    run_forward(xb, StepContext{0, 0, false, false});
+    run_forward({&xb}, StepContext{0, 0, false, false});
     std::memcpy(out + b0 * K, plain(act_[size_t(output_)]).data(), size_t(nb * K) * 4);
   }
 }
@@ -479,9 +485,9 @@ void Graph::predict(const float* x, int64_t n, int64_t batch, float* out) {
 double Graph::compute_gradients(const float* x, int64_t n, const int64_t* labels, const float* targets) {
   LB_CHECK(n >= 1, "compute_gradients: expected at least one sample");
   check_targets(n, labels, targets);
-  const Shape& in = nodes_[size_t(input_)].out_shape;
+  const Shape& in = nodes_[size_t(input("compute_gradients"))].out_shape;
   Tensor xb = Tensor::borrow(const_cast<float*>(x), with_batch(in, n));
-  run_forward(xb, StepContext{seed_, step_, true, false});
+  run_forward({&xb}, StepContext{seed_, step_, true, false});
   int from = fused_softmax_ce() ? nodes_[size_t(output_)].inputs[0] : output_;
   double l = loss_and_grad(n, labels, targets, &loss_grad_, nullptr);
   grad_.resize(nodes_.size());
@@ -491,24 +497,45 @@ double Graph::compute_gradients(const float* x, int64_t n, const int64_t* labels
 }
 
 void Graph::forward_batch(const float* x, int64_t n, bool training, float* out) {
-  LB_CHECK(n >= 1, "forward: expected at least one sample");
-  const Shape& in = nodes_[size_t(input_)].out_shape;
-  batch_x_.resize(with_batch(in, n));
-  std::memcpy(batch_x_.data(), x, size_t(batch_x_.size()) * 4);
-  run_forward(batch_x_, StepContext{seed_, step_, training, false});
-  std::memcpy(out, plain(act_[size_t(output_)]).data(), size_t(act_[size_t(output_)].size()) * 4);
+  input("forward");
+  forward_inputs({x}, n, training, false, out);
 }
 
 void Graph::backward_batch(const float* diff_out, float* diff_x) {
+  input("backward");
+  backward_inputs(diff_out, {diff_x});
+}
+
+void Graph::forward_inputs(const std::vector<const float*>& xs, int64_t n, bool training, bool update_stats,
+                           float* out) {
+  LB_CHECK(xs.size() == inputs_.size(), "forward: the graph has ", inputs_.size(), " inputs, got ", xs.size(),
+           " arrays");
+  LB_CHECK(n >= 1, "forward: expected at least one sample");
+  batch_xs_.resize(xs.size());
+  std::vector<const Tensor*> bound;
+  for (size_t k = 0; k < xs.size(); ++k) {
+    batch_xs_[k].resize(with_batch(nodes_[size_t(inputs_[k])].out_shape, n));
+    std::memcpy(batch_xs_[k].data(), xs[k], size_t(batch_xs_[k].size()) * 4);
+    bound.push_back(&batch_xs_[k]);
+  }
+  run_forward(bound, StepContext{seed_, step_, training, update_stats});
+  std::memcpy(out, plain(act_[size_t(output_)]).data(), size_t(act_[size_t(output_)].size()) * 4);
+}
+
+void Graph::backward_inputs(const float* diff_out, const std::vector<float*>& diff_xs) {
   LB_CHECK(!act_.empty() && act_[size_t(output_)].ptr, "backward: call forward first");
+  LB_CHECK(diff_xs.size() == inputs_.size(), "backward: the graph has ", inputs_.size(), " inputs, got ",
+           diff_xs.size(), " gradient buffers");
   grad_.resize(nodes_.size());
   const Tensor& y = act_[size_t(output_)];
   Tensor d = Tensor::borrow(const_cast<float*>(diff_out), y.shape);
   to_layout(d, grad_[size_t(output_)], y.blocked);
   run_backward(output_, true);
-  const Tensor& gx = grad_[size_t(input_)];
-  if (grad_set_[size_t(input_)]) std::memcpy(diff_x, gx.data(), size_t(gx.size()) * 4);
-  else std::memset(diff_x, 0, size_t(act_[size_t(input_)].size()) * 4);
+  for (size_t k = 0; k < inputs_.size(); ++k) {
+    const size_t j = size_t(inputs_[k]);
+    if (grad_set_[j]) std::memcpy(diff_xs[k], grad_[j].data(), size_t(grad_[j].size()) * 4);
+    else std::memset(diff_xs[k], 0, size_t(act_[j].size()) * 4);  // the output does not depend on it
+  }
 }
 
 }  // namespace lowbit

@@ -25,6 +25,7 @@ struct BatchNorm : Op {
     batch_normalization_backward bwd;
   };
   std::map<int64_t, Prims> cache_;
+  const Prims* last_ = nullptr;  // of the last forward
   Staged s_src_, s_dst_, s_ddst_, s_dsrc_;
   memory fwd_src_;
 
@@ -62,14 +63,11 @@ struct BatchNorm : Op {
     auto data = in_.size() == 3 && C % 16 == 0 ? md({N, C, in_[1], in_[2]}, tag::nChw16c) : plain;
     auto stat = md({C}, tag::x);
     auto flags = normalization_flags::use_scale | normalization_flags::use_shift;
-    batch_normalization_forward::primitive_desc fpd(
-        batch_normalization_forward::desc(prop_kind::forward_training, data, eps, flags), cpu_engine());
-    batch_normalization_forward::primitive_desc ipd(
-        batch_normalization_forward::desc(prop_kind::forward_inference, data, eps,
-                                          flags | normalization_flags::use_global_stats),
-        cpu_engine());
-    batch_normalization_backward::primitive_desc bpd(
-        batch_normalization_backward::desc(prop_kind::backward, data, data, eps, flags), cpu_engine(), fpd);
+    auto& e = cpu_engine();
+    batch_normalization_forward::primitive_desc fpd(e, prop_kind::forward_training, data, data, eps, flags);
+    batch_normalization_forward::primitive_desc ipd(e, prop_kind::forward_inference, data, data, eps,
+                                                    flags | normalization_flags::use_global_stats);
+    batch_normalization_backward::primitive_desc bpd(e, prop_kind::backward, data, data, data, eps, flags, fpd);
     Prims p{plain, data, stat, fpd, batch_normalization_forward(fpd), batch_normalization_forward(ipd),
             batch_normalization_backward(bpd)};
     return cache_.emplace(N, std::move(p)).first->second;
@@ -77,6 +75,7 @@ struct BatchNorm : Op {
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     const int64_t N = src[0]->dim(0);
     auto& p = prims(N);
+    last_ = &p;
     fwd_src_ = s_src_.in(p.data, mem(user_md(*src[0]), *src[0]));
     dst.blocked = dst.blocked && p.data != p.plain;  // emit the blocked layout it computes in
     auto user_dst = mem(user_md(dst), dst);
@@ -105,6 +104,7 @@ struct BatchNorm : Op {
       rv[c] = momentum * rv[c] + (1 - momentum) * var_.data()[c] * unbias;
     }
   }
+  std::vector<Kernel> kernels() const override { return train_infer_kernels(last_); }
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
                 const std::vector<Tensor*>& diff_src) override {
     auto& p = prims(src[0]->dim(0));
@@ -124,7 +124,6 @@ struct BatchNorm : Op {
                                  {DNNL_ARG_VARIANCE, mem(p.stat, var_)},
                                  {DNNL_ARG_DIFF_DST, s_ddst_.in(p.data, mem(user_md(diff_dst), diff_dst))},
                                  {DNNL_ARG_SCALE, mem(p.stat, params[0].value)},
-                                 {DNNL_ARG_SHIFT, mem(p.stat, params[1].value)},
                                  {DNNL_ARG_DIFF_SRC, ddx},
                                  {DNNL_ARG_DIFF_SCALE, mem(p.stat, params[0].grad)},
                                  {DNNL_ARG_DIFF_SHIFT, mem(p.stat, params[1].grad)}});
@@ -144,6 +143,7 @@ struct LRN : Op {
     lrn_backward bwd;
   };
   std::map<int64_t, Prims> cache_;
+  const Prims* last_ = nullptr;  // of the last forward
   Workspace ws_;
 
   // TensorFlow's local_response_normalization:
@@ -169,16 +169,16 @@ struct LRN : Op {
     int64_t n = 2 * radius + 1;
     float a = alpha * float(n);
     auto alg = algorithm::lrn_across_channels;
-    lrn_forward::primitive_desc fpd(lrn_forward::desc(prop_kind::forward_training, alg, data, n, a, beta, bias),
-                                    cpu_engine());
-    lrn_forward::primitive_desc ipd(lrn_forward::desc(prop_kind::forward_inference, alg, data, n, a, beta, bias),
-                                    cpu_engine());
-    lrn_backward::primitive_desc bpd(lrn_backward::desc(alg, data, data, n, a, beta, bias), cpu_engine(), fpd);
+    auto& e = cpu_engine();
+    lrn_forward::primitive_desc fpd(e, prop_kind::forward_training, alg, data, data, n, a, beta, bias);
+    lrn_forward::primitive_desc ipd(e, prop_kind::forward_inference, alg, data, data, n, a, beta, bias);
+    lrn_backward::primitive_desc bpd(e, alg, data, data, data, n, a, beta, bias, fpd);
     Prims p{data, fpd, lrn_forward(fpd), lrn_forward(ipd), lrn_backward(bpd)};
     return cache_.emplace(N, std::move(p)).first->second;
   }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     auto& p = prims(src[0]->dim(0));
+    last_ = &p;
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.data, *src[0])}, {DNNL_ARG_DST, mem(p.data, dst)}};
     if (ctx.training) {
       args.insert({DNNL_ARG_WORKSPACE, ws_.get(p.fwd_pd.workspace_desc())});
@@ -187,6 +187,7 @@ struct LRN : Op {
       p.infer.execute(cpu_stream(), args);
     }
   }
+  std::vector<Kernel> kernels() const override { return train_infer_kernels(last_); }
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
                 const std::vector<Tensor*>& diff_src) override {
     if (!diff_src[0]) return;

@@ -28,6 +28,7 @@ struct Conv2D : Op {
     convolution_backward_weights bwd_w;
   };
   std::map<int64_t, Prims> cache_;
+  const Prims* last_ = nullptr;  // of the last forward or backward
   Staged s_src_, s_wei_, s_dst_, s_ddst_, s_dwei_, s_dsrc_, s_bsrc_, s_bwei_;
   // Staged forward operands, kept for the backward - valid only for the very tensors the
   // last forward saw: a caller may run the backward without this forward (the quantized
@@ -69,16 +70,14 @@ struct Conv2D : Op {
     dims wd = groups == 1 ? dims{O, C, kh, kw} : dims{groups, O / groups, C / groups, kh, kw};
     auto wei = md(wd, groups == 1 ? tag::oihw : tag::goihw);
     auto bias = use_bias ? md({O}, tag::x) : memory::desc();
-    auto a_src = md(src.dims(), tag::any), a_dst = md(dst.dims(), tag::any), a_wei = md(wd, tag::any);
+    auto a_src = md(src.get_dims(), tag::any), a_dst = md(dst.get_dims(), tag::any), a_wei = md(wd, tag::any);
     dims st{sh, sw}, dl{dh - 1, dw - 1}, pl{ph.lo, pw.lo}, pr{ph.hi, pw.hi};
     auto alg = algorithm::convolution_direct;
-    convolution_forward::primitive_desc fpd(
-        convolution_forward::desc(prop_kind::forward_training, alg, a_src, a_wei, bias, a_dst, st, dl, pl, pr),
-        cpu_engine());
-    convolution_backward_data::primitive_desc bdpd(
-        convolution_backward_data::desc(alg, a_src, a_wei, a_dst, st, dl, pl, pr), cpu_engine(), fpd);
-    convolution_backward_weights::primitive_desc bwpd(
-        convolution_backward_weights::desc(alg, a_src, a_wei, bias, a_dst, st, dl, pl, pr), cpu_engine(), fpd);
+    auto& e = cpu_engine();
+    convolution_forward::primitive_desc fpd(e, prop_kind::forward_training, alg, a_src, a_wei, bias, a_dst, st, dl,
+                                            pl, pr);
+    convolution_backward_data::primitive_desc bdpd(e, alg, a_src, a_wei, a_dst, st, dl, pl, pr, fpd);
+    convolution_backward_weights::primitive_desc bwpd(e, alg, a_src, a_wei, bias, a_dst, st, dl, pl, pr, fpd);
     Prims pr_{src, wei, bias, dst, fpd, bdpd, bwpd, convolution_forward(fpd), convolution_backward_data(bdpd),
               convolution_backward_weights(bwpd)};
     return cache_.emplace(N, std::move(pr_)).first->second;
@@ -86,11 +85,12 @@ struct Conv2D : Op {
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
     auto& p = prims(src[0]->dim(0));
+    last_ = &p;
     fwd_src_ = s_src_.in(p.fwd_pd.src_desc(), mem(user_md(*src[0]), *src[0]));
     fwd_wei_ = s_wei_.in(p.fwd_pd.weights_desc(), mem(p.wei, params[0].value));
     fwd_src_ptr_ = src[0]->data(), fwd_wei_ptr_ = params[0].value.data();
     // write the primitive's blocked dst straight into dst when the executor allows it
-    dst.blocked = dst.blocked && can_block(dst.shape) && p.fwd_pd.dst_desc() == md(p.dst.dims(), tag::nChw16c);
+    dst.blocked = dst.blocked && can_block(dst.shape) && p.fwd_pd.dst_desc() == md(p.dst.get_dims(), tag::nChw16c);
     auto user_dst = mem(user_md(dst), dst);
     auto d = s_dst_.out(p.fwd_pd.dst_desc(), user_dst);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, fwd_src_}, {DNNL_ARG_WEIGHTS, fwd_wei_}, {DNNL_ARG_DST, d}};
@@ -99,9 +99,12 @@ struct Conv2D : Op {
     s_dst_.done(d, user_dst);
   }
 
+  std::vector<Kernel> kernels() const override { return data_weights_kernels(last_); }
+
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
                 const std::vector<Tensor*>& diff_src) override {
     auto& p = prims(src[0]->dim(0));
+    last_ = &p;  // also when a wrapper ran the forward itself (quantized accumulators)
     auto ddst_user = mem(user_md(diff_dst), diff_dst);
     auto ddst_w = s_ddst_.in(p.bw_pd.diff_dst_desc(), ddst_user);
     auto bsrc = staged_for(fwd_src_, fwd_src_ptr_, src[0]->data(), p.bw_pd.src_desc())

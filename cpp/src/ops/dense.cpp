@@ -18,6 +18,7 @@ struct Dense : Op {
     matmul fwd, bwd_data, bwd_w;
   };
   std::map<int64_t, Prims> cache_;
+  const Prims* last_ = nullptr;  // of the last forward or backward
 
   Dense(const Config& cfg, const std::vector<Shape>& in) {
     kind = "dense";
@@ -51,24 +52,27 @@ struct Dense : Op {
     p.wei_t = md({M, K}, tag::ba);  // kernel^T over the (K, M) storage
     p.src_t = md({K, N}, tag::ba);  // src^T over the (N, K) storage
     auto& e = cpu_engine();
-    p.fwd = matmul(matmul::primitive_desc(
-        use_bias ? matmul::desc(p.src, p.wei, p.bias, p.dst) : matmul::desc(p.src, p.wei, p.dst), e));
-    p.bwd_data = matmul(matmul::primitive_desc(matmul::desc(p.dst, p.wei_t, p.src), e));
-    p.bwd_w = matmul(matmul::primitive_desc(matmul::desc(p.src_t, p.dst, p.wei), e));
+    p.fwd = matmul(use_bias ? matmul::primitive_desc(e, p.src, p.wei, p.bias, p.dst)
+                            : matmul::primitive_desc(e, p.src, p.wei, p.dst));
+    p.bwd_data = matmul(matmul::primitive_desc(e, p.dst, p.wei_t, p.src));
+    p.bwd_w = matmul(matmul::primitive_desc(e, p.src_t, p.dst, p.wei));
     return cache_.emplace(N, std::move(p)).first->second;
   }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
     auto& p = prims(src[0]->dim(0));
+    last_ = &p;
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.src, *src[0])},
                                          {DNNL_ARG_WEIGHTS, mem(p.wei, params[0].value)},
                                          {DNNL_ARG_DST, mem(p.dst, dst)}};
     if (use_bias) args.insert({DNNL_ARG_BIAS, mem(p.bias, params[1].value)});
     p.fwd.execute(cpu_stream(), args);
   }
+  std::vector<Kernel> kernels() const override { return data_weights_kernels(last_); }
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
                 const std::vector<Tensor*>& diff_src) override {
     const int64_t N = src[0]->dim(0);
     auto& p = prims(N);
+    last_ = &p;  // also when a wrapper ran the forward itself (quantized accumulators)
     p.bwd_w.execute(cpu_stream(), {{DNNL_ARG_SRC, mem(p.src_t, *src[0])},
                                    {DNNL_ARG_WEIGHTS, mem(p.dst, diff_dst)},
                                    {DNNL_ARG_DST, mem(p.wei, params[0].grad)}});

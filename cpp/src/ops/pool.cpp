@@ -20,6 +20,7 @@ struct Pool2D : Op {
     pooling_backward bwd;
   };
   std::map<int64_t, Prims> cache_;
+  const Prims* last_ = nullptr;  // of the last forward
   Workspace ws_;
 
   Pool2D(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
@@ -52,18 +53,18 @@ struct Pool2D : Op {
     if (it != cache_.end()) return it->second;
     const tag t = blocked ? tag::nChw16c : tag::nchw;
     auto src = md({N, C, H, W}, t), dst = md({N, C, ph.out, pw.out}, t);
-    dims st{sh, sw}, kr{kh, kw}, pl{ph.lo, pw.lo}, pr{ph.hi, pw.hi};
-    pooling_forward::primitive_desc fpd(
-        pooling_forward::desc(prop_kind::forward_training, alg, src, dst, st, kr, pl, pr), cpu_engine());
-    pooling_forward::primitive_desc ipd(
-        pooling_forward::desc(prop_kind::forward_inference, alg, src, dst, st, kr, pl, pr), cpu_engine());
-    pooling_backward::primitive_desc bpd(pooling_backward::desc(alg, src, dst, st, kr, pl, pr), cpu_engine(), fpd);
+    dims st{sh, sw}, kr{kh, kw}, dl{0, 0}, pl{ph.lo, pw.lo}, pr{ph.hi, pw.hi};  // dilation 0: dense window
+    auto& e = cpu_engine();
+    pooling_forward::primitive_desc fpd(e, prop_kind::forward_training, alg, src, dst, st, kr, dl, pl, pr);
+    pooling_forward::primitive_desc ipd(e, prop_kind::forward_inference, alg, src, dst, st, kr, dl, pl, pr);
+    pooling_backward::primitive_desc bpd(e, alg, src, dst, st, kr, dl, pl, pr, fpd);
     Prims p{src, dst, fpd, pooling_forward(fpd), pooling_forward(ipd), pooling_backward(bpd)};
     return cache_.emplace(key, std::move(p)).first->second;
   }
   bool accepts_blocked() const override { return true; }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     auto& p = prims(src[0]->dim(0), src[0]->blocked);
+    last_ = &p;
     dst.blocked = src[0]->blocked && dst.ndim() == 4;
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, mem(p.src, *src[0])}, {DNNL_ARG_DST, mem(p.dst, dst)}};
     if (ctx.training) {
@@ -73,6 +74,7 @@ struct Pool2D : Op {
       p.infer.execute(cpu_stream(), args);
     }
   }
+  std::vector<Kernel> kernels() const override { return train_infer_kernels(last_); }
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& diff_dst,
                 const std::vector<Tensor*>& diff_src) override {
     if (!diff_src[0]) return;

@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "lowbit/accumulate.hpp"
+#include "lowbit/kernels.hpp"
 #include "lowbit/ops.hpp"
 
 namespace lowbit {
@@ -44,6 +45,9 @@ struct Quantized : Op {
   Tensor wq_, xq_, z_, dz_, dxq_;
   std::optional<Format> accum_, grad_accum_;
   ConvGeometry geo_{};
+  std::unique_ptr<kernels::BinaryLayer> binary_;  // Binary x Binary: xnor-popcount in evaluate/predict
+  QuantState::Axis w_axis_, in_axis_;
+  bool ran_forward_ = false;
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -64,7 +68,7 @@ struct Quantized : Op {
                    (f.kind == FormatKind::integer && !grad),
                layer, ": ", r, "_format must be a float format (MiniFloat/Float16/BFloat16), a Fixed with a given msb",
                grad ? "" : " or an Int accumulator", ", got ", f.repr());
-      LB_CHECK(f.kind != FormatKind::fixed || f.rounding != Rounding::stochastic, layer, ": ", r,
+      LB_CHECK(f.rounding != Rounding::stochastic, layer, ": ", r,
                "_format: stochastic rounding is not an accumulator mode (use 'nearest' or 'floor')");
       if (f.kind == FormatKind::integer)
         LB_CHECK(in_ && w_ && on_integer_grid(*in_.f) && on_integer_grid(*w_.f), layer,
@@ -74,6 +78,15 @@ struct Quantized : Op {
       (grad ? grad_accum_ : accum_) = f;
     }
     if ((accum_ || grad_accum_) && k == "conv2d") geo_ = conv_geometry(cfg, in);
+    auto plain_binary = [](const Role& r) { return r && r.f->kind == FormatKind::binary && r.f->scale == ScaleMode::none; };
+    if (plain_binary(w_) && plain_binary(in_) && !accum_) {
+      if (k == "dense") {
+        binary_ = std::make_unique<kernels::BinaryLayer>(in[0][0], cfg.i("units", 0));
+      } else if (const ConvGeometry g = conv_geometry(cfg, in); g.groups == 1) {
+        kernels::ConvShape s{0, g.C, g.H, g.W, g.sh, g.sw, g.dh, g.dw, g.ph.lo, g.ph.hi, g.pw.lo, g.pw.hi};
+        binary_ = std::make_unique<kernels::BinaryLayer>(s, g.O, g.kh, g.kw);
+      }
+    }
     out_shape = inner->out_shape;
     macs = inner->macs;
     const Shape& ks = inner->params[0].value.shape;
@@ -81,6 +94,11 @@ struct Quantized : Op {
     w_rows = k == "conv2d" ? ks[0] : 1;  // per-output-channel rows of an OIHW kernel
     fan_in = k == "conv2d" ? numel(ks) / ks[0] : ks[0];
     fan_out = k == "conv2d" ? numel(ks) / ks[1] : ks[1];
+    // block formats run along the reduction axis: C kh kw of an OIHW kernel, K of a (K, M)
+    // kernel, the channels (features) of activations at each pixel
+    w_axis_ = k == "conv2d" ? QuantState::Axis{fan_in, 1} : QuantState::Axis{ks[0], ks[1]};
+    in_axis_ = {in[0][0], numel(in[0]) / in[0][0]};
+    w_.st.axis = w_axis_, in_.st.axis = in_axis_, out_.st.axis = {out_shape[0], numel(out_shape) / out_shape[0]};
     params.push_back(inner->params[0]);  // shares storage with the inner op's kernel
     params[0].binary = w_ && w_.f->kind == FormatKind::binary;
     params[0].clip = float(cfg.f("kernel_clip", 0.0));
@@ -88,9 +106,27 @@ struct Quantized : Op {
   }
 
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
+  // The inner op's primitives, except the passes lowbit's accumulator loops replace.
+  std::vector<Kernel> kernels() const override {
+    if (!accum_ && !grad_accum_) return inner->kernels();
+    if (!ran_forward_) return {};
+    const auto ran = inner->kernels();
+    std::vector<Kernel> ks;
+    for (const char* pass : {"forward", "backward_data", "backward_weights"}) {
+      const auto& acc = pass[0] == 'f' ? accum_ : grad_accum_;
+      if (acc) ks.push_back({pass, "lowbit:accumulator_simulation:" + acc->repr()});
+      for (auto& k : ran)
+        if (!acc && k.pass == pass) ks.push_back(k);
+    }
+    return ks;
+  }
   // Activation quantizers are per tensor, so they work on any layout; the accumulator
   // simulation indexes NCHW.
-  bool accepts_blocked() const override { return kind == "conv2d" && !accum_ && !grad_accum_; }
+  bool accepts_blocked() const override {
+    for (const Role* r : {&w_, &in_, &out_, &grad_})
+      if (*r && r->f->kind == FormatKind::block) return false;  // blocks index NCHW
+    return kind == "conv2d" && !accum_ && !grad_accum_;
+  }
 
   void init_params(uint64_t seed) override {
     inner->init_params(seed);
@@ -99,9 +135,13 @@ struct Quantized : Op {
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     in_.st.track = w_.st.track = out_.st.track = ctx.training;
+    ran_forward_ = true;
     const bool may_block = dst.blocked;  // the executor's permission
     const Tensor* x = src[0];
-    if (in_) {
+    // Binary() x Binary() in evaluate/predict: the kernel reads signs, so the input needs no
+    // quantizer pass (without hysteresis), nor the weights while the latent ones are unchanged.
+    const bool kernel = binary_ && !ctx.training && kernels::engine_kernels_enabled();
+    if (in_ && !(kernel && in_.f->hysteresis == 0.f)) {
       xq_.resize(x->shape);
       xq_.blocked = x->blocked;
       quantize(*in_.f, x->data(), xq_.data(), x->size(), 1, &in_.st);
@@ -109,7 +149,7 @@ struct Quantized : Op {
     }
     Tensor& latent = inner->params[0].value;
     Tensor saved = latent;
-    if (w_) {
+    if (w_ && !(kernel && binary_->packed_from(latent.data()))) {
       wq_.resize(latent.shape);
       quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, &w_.st);
       inner->params[0].value = wq_;
@@ -121,6 +161,9 @@ struct Quantized : Op {
       const IntOperands ints{&in_.st.step, &w_.st.step};
       if (kind == "conv2d") accum_conv_forward(*accum_, geo_, *x, inner->params[0].value, zt, ints);
       else accum_dense_forward(*accum_, *x, inner->params[0].value, zt, ints);
+    } else if (kernel) {
+      binary_->forward(x->data(), x->blocked, x->dim(0), latent.data(), wq_.data(), zt.data());
+      zt.blocked = false;
     } else {
       inner->forward({x}, zt, ctx);
     }
@@ -175,11 +218,14 @@ struct Quantized : Op {
     if (w_ && w_.f->ste != Ste::identity) ste_backward(*w_.f, k.value.data(), k.grad.data(), k.grad.data(), k.grad.size());
     grad_.st.track = true;
     if (grad_) {
+      grad_.st.axis = w_axis_;
       quantize(*grad_.f, k.grad.data(), k.grad.data(), k.grad.size(), 1, &grad_.st);
+      grad_.st.axis = {};
       if (use_bias) quantize(*grad_.f, params[1].grad.data(), params[1].grad.data(), channels, 1, &grad_.st);
     }
     if (!diff_src[0]) return;
     if (in_ste) ste_backward(*in_.f, src[0]->data(), dxq_.data(), diff_src[0]->data(), dxq_.size());
+    grad_.st.axis = in_axis_;
     if (grad_) quantize(*grad_.f, diff_src[0]->data(), diff_src[0]->data(), diff_src[0]->size(), 1, &grad_.st);
   }
 };
@@ -195,6 +241,7 @@ struct QuantAct : Op {
     LB_CHECK(it != cfg.formats.end(), "QuantAct: missing format");
     f = it->second;
     out_shape = in[0];
+    if (!in[0].empty()) st.axis = {in[0][0], numel(in[0]) / in[0][0]};  // blocks along channels
   }
   std::vector<QuantState*> quant_states() override { return {&st}; }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {

@@ -1,0 +1,532 @@
+// Binary x binary xnor-popcount GEMM and convolution (see kernels.hpp for the math).
+//
+// One micro-kernel serves both layers: rows of a "broadcast" operand P ([rows][kw]
+// words) against a block of 32 lanes of a "lane" operand Q ([kw][32] words):
+//     acc[i][l] += popcount(P[i][k] xor Q[k][l])
+// Dense: P = packed inputs (rows = batch), Q = packed weights (lanes = units), so the
+// output tile is row-major (N, units). Conv: P = packed weights (rows = output channels),
+// Q = the packed input gathered per output position (lanes = positions of one image), so
+// the tile lands in NCHW directly and the padding correction is a per-(channel,
+// position) table. Lanes along the output need no horizontal reductions, and the
+// reduction axis needs no alignment beyond 64 bits.
+//
+// The epilogue rounds twice in fp32, float(d) * scale then + bias, exactly as a
+// simulated layer followed by a scale and a bias add: no FMA contraction here.
+#pragma GCC optimize("fp-contract=off")
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
+#include "lowbit/check.hpp"
+#include "lowbit/kernels.hpp"
+
+#define LB_NATIVE __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vpopcntdq,bmi2,popcnt")))
+
+namespace lowbit {
+namespace kernels {
+
+bool binary_native_supported() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("bmi2") &&
+         __builtin_cpu_supports("popcnt");
+#else
+  return false;
+#endif
+}
+
+bool portable_forced() {
+  const char* v = std::getenv("LOWBIT_PORTABLE_KERNELS");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
+Path binary_path() { return !portable_forced() && binary_native_supported() ? Path::native : Path::portable; }
+
+Path resolve_path(const std::string& name) {
+  if (name == "auto") return binary_path();
+  if (name == "portable") return Path::portable;
+  LB_CHECK(name == "native", "kernels: unknown path '", name, "' (expected 'auto', 'native' or 'portable')");
+  LB_CHECK(binary_native_supported(),
+           "kernels: path='native' needs AVX-512 with VPOPCNTDQ (F, BW, DQ, VL) and BMI2; this CPU lacks them");
+  return Path::native;
+}
+
+const char* path_name(Path p) { return p == Path::native ? "avx512_vpopcntdq" : "portable"; }
+
+namespace {
+
+constexpr int kRows = 6;  // rows per micro-tile: 6 x 4 accumulators of 8 lanes
+
+// Where and how a tile's results go. Lane j < jmax of row r is y[r * ld + j], or, with
+// wp > 0 (convolution), lane j is output position (j / wp, j % wp); only columns < ow
+// are outputs (wp > ow on the stride-1 padded-width grid), at y[r * ld + (j / wp) * ow + j % wp].
+// The padding correction depends on the output row only through its class (which
+// kernel rows fall in the padding): corr[((r * classes) + row_class[j / wp]) * wp + j % wp].
+struct Epilogue {
+  float* y;
+  int64_t ld, jmax;
+  const float* scale;  // never null (ones / zeros when the caller gave none)
+  const float* bias;
+  bool per_lane;  // scale/bias indexed by lane j (dense) or by row r (conv)
+  int32_t kbits;
+  int64_t wp = 0, ow = 0;
+  const int32_t* corr = nullptr;
+  const int32_t* row_class = nullptr;
+  int64_t classes = 0;
+  int32_t correction(int64_t r, int64_t j) const {
+    return corr ? corr[(r * classes + row_class[j / wp]) * wp + j % wp] : 0;
+  }
+};
+
+inline float affine(int32_t d, float s, float b) {
+  const float t = float(d) * s;
+  return t + b;
+}
+
+// ---- portable path -------------------------------------------------------------
+// Q + koff[k] is the k-th reduction word of the block's 32 lanes.
+
+__attribute__((target_clones("popcnt", "default")))
+void tile_portable(const uint64_t* P, int64_t ldp, int rows, const uint64_t* Q, const int64_t* koff, int64_t kw,
+                   int64_t r0, int64_t j0, const Epilogue& e) {
+  uint32_t acc[kRows][kLanes] = {};
+  for (int64_t k = 0; k < kw; ++k) {
+    const uint64_t* q = Q + koff[k];
+    for (int i = 0; i < rows; ++i) {
+      const uint64_t a = P[i * ldp + k];
+      for (int l = 0; l < kLanes; ++l) acc[i][l] += uint32_t(__builtin_popcountll(a ^ q[l]));
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    const int64_t r = r0 + i;
+    for (int l = 0; l < kLanes && j0 + l < e.jmax; ++l) {
+      const int64_t j = j0 + l, at = e.per_lane ? j : r;
+      if (e.wp && j % e.wp >= e.ow) continue;
+      const int32_t d = e.kbits - 2 * int32_t(acc[i][l]) - e.correction(r, j);
+      const int64_t yi = e.wp ? (j / e.wp) * e.ow + j % e.wp : j;
+      e.y[r * e.ld + yi] = affine(d, e.scale[at], e.bias[at]);
+    }
+  }
+}
+
+void rows_portable(const uint64_t* P, int64_t rows, int64_t ldp, const uint64_t* Q, const int64_t* koff,
+                   int64_t kw, int64_t j0, const Epilogue& e) {
+  for (int64_t r = 0; r < rows; r += kRows)
+    tile_portable(P + r * ldp, ldp, int(std::min<int64_t>(kRows, rows - r)), Q, koff, kw, r, j0, e);
+}
+
+// ---- native path: AVX-512 VPOPCNTDQ ---------------------------------------------
+
+// The stores of one 8-lane vector: up to 3 runs (output rows), each a mask, an offset
+// from lane j to its output index and one from lane j to its correction.
+struct LaneRuns {
+  int n = 0;
+  __mmask8 mask[3];
+  int64_t shift[3], corr_shift[3];
+};
+
+LaneRuns lane_runs(const Epilogue& e, int64_t j) {
+  LaneRuns lr;
+  const int64_t end = std::min(j + 8, e.jmax);
+  if (!e.wp) {
+    if (end > j) lr.mask[0] = __mmask8((1u << (end - j)) - 1), lr.shift[0] = lr.corr_shift[0] = 0, lr.n = 1;
+    return lr;
+  }
+  for (int64_t row = j / e.wp; row * e.wp < end && lr.n < 3; ++row) {
+    const int64_t lo = std::max(j, row * e.wp), hi = std::min(end, row * e.wp + e.ow);
+    if (hi <= lo) continue;
+    lr.mask[lr.n] = __mmask8(((1u << (hi - j)) - 1) & ~((1u << (lo - j)) - 1));
+    lr.corr_shift[lr.n] = e.corr ? (e.row_class[row] - row) * e.wp : 0;
+    lr.shift[lr.n++] = -row * (e.wp - e.ow);
+  }
+  return lr;
+}
+
+// What a task's 4 lane vectors share across all rows: their store runs and, with
+// per-lane affine (dense), their scale and bias.
+struct LanePlan {
+  LaneRuns runs[4];
+  __m256 scale[4], bias[4];
+};
+
+template <int R, bool PerLane, bool Corr>
+LB_NATIVE inline void tile_native(const uint64_t* P, int64_t ldp, const uint64_t* Q, const int64_t* koff, int64_t kw,
+                                  int64_t r0, int64_t j0, const Epilogue& e, const LanePlan& plan) {
+  // Loops over i and v are unrolled so that the accumulators live in registers.
+  __m512i acc[R][4];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kw; ++k) {
+    const uint64_t* q = Q + koff[k];
+    const __m512i q0 = _mm512_loadu_si512(q), q1 = _mm512_loadu_si512(q + 8), q2 = _mm512_loadu_si512(q + 16),
+                  q3 = _mm512_loadu_si512(q + 24);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const __m512i a = _mm512_set1_epi64(int64_t(P[i * ldp + k]));
+      acc[i][0] = _mm512_add_epi64(acc[i][0], _mm512_popcnt_epi64(_mm512_xor_si512(a, q0)));
+      acc[i][1] = _mm512_add_epi64(acc[i][1], _mm512_popcnt_epi64(_mm512_xor_si512(a, q1)));
+      acc[i][2] = _mm512_add_epi64(acc[i][2], _mm512_popcnt_epi64(_mm512_xor_si512(a, q2)));
+      acc[i][3] = _mm512_add_epi64(acc[i][3], _mm512_popcnt_epi64(_mm512_xor_si512(a, q3)));
+    }
+  }
+  const __m512i kb = _mm512_set1_epi64(e.kbits);
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    const int64_t r = r0 + i;
+    float* yr = e.y + r * e.ld + j0;
+    const int32_t* cr = Corr ? e.corr + r * e.classes * e.wp + j0 : nullptr;
+    const __m256 rs = _mm256_set1_ps(PerLane ? 1.f : e.scale[r]), rb = _mm256_set1_ps(PerLane ? 0.f : e.bias[r]);
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const LaneRuns& lr = plan.runs[v];
+      __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(kb, _mm512_slli_epi64(acc[i][v], 1)));
+      if (Corr)  // per run: the row of the class table of that output row
+        for (int t = 0; t < lr.n; ++t)
+          d = _mm256_sub_epi32(d, _mm256_maskz_loadu_epi32(lr.mask[t], cr + 8 * v + lr.corr_shift[t]));
+      const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), PerLane ? plan.scale[v] : rs),
+                                     PerLane ? plan.bias[v] : rb);
+      for (int t = 0; t < lr.n; ++t) _mm256_mask_storeu_ps(yr + 8 * v + lr.shift[t], lr.mask[t], y);
+    }
+  }
+}
+
+template <bool PerLane, bool Corr>
+LB_NATIVE void rows_native_t(const uint64_t* P, int64_t rows, int64_t ldp, const uint64_t* Q, const int64_t* koff,
+                             int64_t kw, int64_t j0, const Epilogue& e, const LanePlan& plan) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows)
+    tile_native<kRows, PerLane, Corr>(P + r * ldp, ldp, Q, koff, kw, r, j0, e, plan);
+  const uint64_t* p = P + r * ldp;
+  switch (rows - r) {
+    case 5: tile_native<5, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    case 4: tile_native<4, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    case 3: tile_native<3, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    case 2: tile_native<2, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    case 1: tile_native<1, PerLane, Corr>(p, ldp, Q, koff, kw, r, j0, e, plan); break;
+    default: break;
+  }
+}
+
+LB_NATIVE void rows_native(const uint64_t* P, int64_t rows, int64_t ldp, const uint64_t* Q, const int64_t* koff,
+                           int64_t kw, int64_t j0, const Epilogue& e) {
+  LanePlan plan;
+  for (int v = 0; v < 4; ++v) {
+    const int64_t j = j0 + 8 * v;
+    plan.runs[v] = lane_runs(e, j);
+    if (e.per_lane && j < e.jmax) {
+      const __mmask8 m = e.jmax - j >= 8 ? __mmask8(0xFF) : __mmask8((1u << (e.jmax - j)) - 1);
+      plan.scale[v] = _mm256_maskz_loadu_ps(m, e.scale + j);
+      plan.bias[v] = _mm256_maskz_loadu_ps(m, e.bias + j);
+    }
+  }
+  if (e.per_lane) rows_native_t<true, false>(P, rows, ldp, Q, koff, kw, j0, e, plan);
+  else if (e.corr) rows_native_t<false, true>(P, rows, ldp, Q, koff, kw, j0, e, plan);
+  else rows_native_t<false, false>(P, rows, ldp, Q, koff, kw, j0, e, plan);
+}
+
+void rows_xnor(Path p, const uint64_t* P, int64_t rows, int64_t ldp, const uint64_t* Q, const int64_t* koff,
+               int64_t kw, int64_t j0, const Epilogue& e) {
+  if (p == Path::native) rows_native(P, rows, ldp, Q, koff, kw, j0, e);
+  else rows_portable(P, rows, ldp, Q, koff, kw, j0, e);
+}
+
+// ---- sign packing -----------------------------------------------------------------
+
+void pack_rows_portable(const float* x, int64_t rows, int64_t n, uint64_t* out) {
+  const int64_t nw = words_for(n);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    uint64_t* o = out + r * nw;
+    for (int64_t w = 0; w < nw; ++w) {
+      uint64_t bits = 0;
+      for (int64_t b = 0; b < 64 && w * 64 + b < n; ++b) bits |= uint64_t(xr[w * 64 + b] < 0.f) << b;
+      o[w] = bits;
+    }
+  }
+}
+
+LB_NATIVE void pack_rows_native(const float* x, int64_t rows, int64_t n, uint64_t* out) {
+  const int64_t nw = words_for(n);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    for (int64_t w = 0; w < nw; ++w) {
+      uint64_t bits = 0;
+      for (int q = 0; q < 4; ++q) {
+        const int64_t at = w * 64 + 16 * q, left = n - at;
+        if (left <= 0) break;
+        const __mmask16 valid = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(valid, xr + at);
+        bits |= uint64_t(_mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_LT_OQ)) << (16 * q);
+      }
+      out[r * nw + w] = bits;
+    }
+  }
+}
+
+// One NCHW image into zero-padded planes of words: bit c % 64 of plane c / 64 at
+// (h + pt, w + pl) of a (Hp, Wp) grid. The padding words stay 0 (= +1, see corr).
+struct Planes {
+  int64_t H, W, C, Wp, plane, pt, pl;
+  uint64_t* at(uint64_t* img, int64_t c, int64_t h, int64_t w) const {
+    return img + (c / 64) * plane + (h + pt) * Wp + (w + pl);
+  }
+};
+
+void pack_image_portable(const float* x, const Planes& g, uint64_t* img) {
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t w = 0; w < g.W; ++w)
+        if (x[(c * g.H + h) * g.W + w] < 0.f) *g.at(img, c, h, w) |= uint64_t(1) << (c % 64);
+}
+
+// 8 positions x 8 channels at a time: a compare mask per channel (8 position bits),
+// spread by PDEP to one bit per byte, shifted to the channel's bit: byte p of the
+// result is byte (c % 64) / 8 of position p's word.
+// Channel groups outermost: 8 input rows stream through (prefetch-friendly), while the
+// byte stores land in the image's planes, which stay in cache.
+LB_NATIVE void pack_image_native(const float* x, const Planes& g, uint64_t* img) {
+  const __m256 zero = _mm256_setzero_ps();
+  const int64_t HW = g.H * g.W;
+  for (int64_t c0 = 0; c0 < g.C; c0 += 8) {
+    const int nc = int(std::min<int64_t>(8, g.C - c0));
+    const float* xc = x + c0 * HW;
+    for (int64_t h = 0; h < g.H; ++h) {
+      uint8_t* o = reinterpret_cast<uint8_t*>(g.at(img, c0, h, 0)) + (c0 % 64) / 8;
+      for (int64_t w0 = 0; w0 < g.W; w0 += 8) {
+        const int n = int(std::min<int64_t>(8, g.W - w0));
+        const __mmask8 valid = __mmask8((1u << n) - 1);
+        const float* xp = xc + h * g.W + w0;
+        uint64_t spread = 0;
+        for (int j = 0; j < nc; ++j) {
+          const unsigned m = _mm256_mask_cmp_ps_mask(valid, _mm256_maskz_loadu_ps(valid, xp + j * HW), zero, _CMP_LT_OQ);
+          spread |= _pdep_u64(m, 0x0101010101010101ull) << j;
+        }
+        for (int p = 0; p < n; ++p) o[8 * (w0 + p)] = uint8_t(spread >> (8 * p));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void pack_signs(const float* x, int64_t rows, int64_t n, uint64_t* out, Path p) {
+  if (p == Path::native) pack_rows_native(x, rows, n, out);
+  else pack_rows_portable(x, rows, n, out);
+}
+
+BinaryWeights pack_dense_weights(const float* w, int64_t fan_in, int64_t units) {
+  LB_CHECK(fan_in >= 1 && units >= 1, "binary dense: expected a non-empty (fan_in, units) kernel, got (", fan_in,
+           ", ", units, ")");
+  BinaryWeights b;
+  b.out_channels = units, b.in_channels = fan_in, b.kbits = fan_in, b.kwords = words_for(fan_in);
+  const int64_t blocks = (units + kLanes - 1) / kLanes;
+  b.bits.assign(size_t(blocks * b.kwords * kLanes), 0);
+  // Per block of 32 units and word of 64 inputs: 64 rows of 32 floats in, 32 words out.
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t lanes = std::min<int64_t>(kLanes, units - blk * kLanes);
+    for (int64_t kw = 0; kw < b.kwords; ++kw) {
+      uint64_t* words = b.bits.data() + (blk * b.kwords + kw) * kLanes;
+      for (int64_t bit = 0; bit < 64 && kw * 64 + bit < fan_in; ++bit) {
+        const float* row = w + (kw * 64 + bit) * units + blk * kLanes;
+        for (int64_t l = 0; l < lanes; ++l) words[l] |= uint64_t(row[l] < 0.f) << bit;
+      }
+    }
+  }
+  return b;
+}
+
+BinaryWeights pack_conv_weights(const float* w, int64_t O, int64_t C, int64_t kh, int64_t kw) {
+  LB_CHECK(O >= 1 && C >= 1 && kh >= 1 && kw >= 1, "binary conv2d: expected a non-empty OIHW kernel, got (", O,
+           ", ", C, ", ", kh, ", ", kw, ")");
+  BinaryWeights b;
+  b.conv = true;
+  b.out_channels = O, b.in_channels = C, b.kh = kh, b.kw = kw;
+  const int64_t taps = kh * kw, cw = words_for(C);
+  b.kwords = taps * cw, b.kbits = C * taps;
+  b.bits.assign(size_t(O * b.kwords), 0);
+  b.tap_sum.assign(size_t(O * taps), int32_t(C));
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < taps; ++t)
+        if (w[(o * C + c) * taps + t] < 0.f) {
+          b.bits[size_t(o * b.kwords + t * cw + c / 64)] |= uint64_t(1) << (c % 64);
+          b.tap_sum[size_t(o * taps + t)] -= 2;
+        }
+  return b;
+}
+
+namespace {
+// The caller's scale and bias, or ones and zeros.
+struct Affine {
+  std::vector<float> own;
+  const float *scale, *bias;
+  Affine(const float* s, const float* b, int64_t n) : scale(s), bias(b) {
+    if (s && b) return;
+    own.assign(size_t(2 * n), 0.f);
+    std::fill(own.begin(), own.begin() + n, 1.f);
+    if (!s) scale = own.data();
+    if (!b) bias = own.data() + n;
+  }
+};
+
+std::vector<int64_t> lane_block_offsets(int64_t kw) {
+  std::vector<int64_t> koff(static_cast<size_t>(kw));
+  for (int64_t k = 0; k < kw; ++k) koff[size_t(k)] = k * kLanes;
+  return koff;
+}
+}  // namespace
+
+void binary_dense(const float* x, int64_t N, const BinaryWeights& w, const float* scale, const float* bias,
+                  float* y, Path p) {
+  LB_CHECK(!w.conv, "binary_dense: got convolution weights");
+  std::vector<uint64_t> xp(size_t(N * w.kwords));
+  pack_signs(x, N, w.in_channels, xp.data(), p);
+  const Affine a(scale, bias, w.out_channels);
+  const Epilogue e{y, w.out_channels, w.out_channels, a.scale, a.bias, true, int32_t(w.kbits)};
+  const std::vector<int64_t> koff = lane_block_offsets(w.kwords);
+  const int64_t blocks = (w.out_channels + kLanes - 1) / kLanes;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b)
+    rows_xnor(p, xp.data(), N, w.kwords, w.bits.data() + b * w.kwords * kLanes, koff.data(), w.kwords, b * kLanes, e);
+}
+
+// Stride 1 needs no gather: on the padded-width grid (position j = oh * Wp + ow) tap
+// (i, j') of every lane sits at the same offset i*dh*Wp + j'*dw in the padded planes,
+// so a block of 32 consecutive grid positions reads 32 consecutive words per reduction
+// word. Lanes with ow >= OW are computed and dropped (2 of 16 columns at 14x14, pad 1).
+// Other strides gather each block's receptive fields into [kwords][32] first.
+void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, const float* scale,
+                   const float* bias, float* y, Path p) {
+  LB_CHECK(w.conv, "binary_conv2d: got dense weights");
+  LB_CHECK(s.C == w.in_channels, "binary_conv2d: input has ", s.C, " channels, the kernel expects ", w.in_channels);
+  LB_CHECK(s.sh >= 1 && s.sw >= 1 && s.dh >= 1 && s.dw >= 1 && s.pt >= 0 && s.pb >= 0 && s.pl >= 0 && s.pr >= 0,
+           "binary_conv2d: expected strides and dilations >= 1 and paddings >= 0");
+  const int64_t ekh = (w.kh - 1) * s.dh + 1, ekw = (w.kw - 1) * s.dw + 1;
+  LB_CHECK(s.H + s.pt + s.pb >= ekh && s.W + s.pl + s.pr >= ekw, "binary_conv2d: input ", s.H, "x", s.W,
+           " (padded) is smaller than the kernel extent ", ekh, "x", ekw);
+  const int64_t OH = (s.H + s.pt + s.pb - ekh) / s.sh + 1, OW = (s.W + s.pl + s.pr - ekw) / s.sw + 1;
+  const int64_t P = OH * OW, cw = words_for(s.C), taps = w.kh * w.kw, O = w.out_channels;
+  const int64_t Hp = s.H + s.pt + s.pb, Wp = s.W + s.pl + s.pr;
+  const Planes g{s.H, s.W, s.C, Wp, Hp * Wp, s.pt, s.pl};
+  const int64_t image = cw * g.plane;
+  const bool direct = s.sh == 1 && s.sw == 1;
+  const int64_t grid = direct ? OH * Wp : P;  // lane positions per image
+  const int64_t pblocks = (grid + kLanes - 1) / kLanes;
+
+  // Input signs in padded planes, plus slack: the last block's dropped lanes read past
+  // the last plane.
+  std::vector<uint64_t> xp(size_t(s.N * image + kLanes + ekw + Wp), 0);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < s.N; ++n) {
+    if (p == Path::native) pack_image_native(x + n * s.C * s.H * s.W, g, xp.data() + n * image);
+    else pack_image_portable(x + n * s.C * s.H * s.W, g, xp.data() + n * image);
+  }
+
+  // Padding correction (integer, before the epilogue's scale): per output channel,
+  // class of output row (the set of kernel rows in the padding) and grid column.
+  const int64_t row = direct ? Wp : OW;
+  std::vector<int32_t> corr, row_class(static_cast<size_t>(OH));
+  int64_t classes = 0;
+  if (s.pt || s.pb || s.pl || s.pr) {
+    std::vector<uint64_t> class_rows;  // bit i: kernel row i reads padding
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      uint64_t m = 0;
+      for (int64_t i = 0; i < w.kh; ++i) {
+        const int64_t ih = oh * s.sh - s.pt + i * s.dh;
+        if (ih < 0 || ih >= s.H) m |= uint64_t(1) << std::min<int64_t>(i, 63);
+      }
+      auto it = std::find(class_rows.begin(), class_rows.end(), m);
+      row_class[size_t(oh)] = int32_t(it - class_rows.begin());
+      if (it == class_rows.end()) class_rows.push_back(m);
+    }
+    classes = int64_t(class_rows.size());
+    corr.assign(size_t(O * classes * row), 0);
+    for (int64_t rc = 0; rc < classes; ++rc)
+      for (int64_t ow = 0; ow < OW; ++ow)
+        for (int64_t i = 0; i < w.kh; ++i)
+          for (int64_t j = 0; j < w.kw; ++j) {
+            const int64_t iw = ow * s.sw - s.pl + j * s.dw;
+            if (!((class_rows[size_t(rc)] >> std::min<int64_t>(i, 63)) & 1) && iw >= 0 && iw < s.W) continue;
+            for (int64_t o = 0; o < O; ++o)
+              corr[size_t((o * classes + rc) * row + ow)] += w.tap_sum[size_t(o * taps + i * w.kw + j)];
+          }
+  }
+
+  const Affine a(scale, bias, O);
+
+  // Reduction word k = (tap, c) of lane position j: plane c, offset of the tap.
+  std::vector<int64_t> koff = lane_block_offsets(w.kwords);
+  if (direct)
+    for (int64_t i = 0; i < w.kh; ++i)
+      for (int64_t j = 0; j < w.kw; ++j)
+        for (int64_t c = 0; c < cw; ++c)
+          koff[size_t((i * w.kw + j) * cw + c)] = c * g.plane + i * s.dh * Wp + j * s.dw;
+
+#pragma omp parallel
+  {
+    std::vector<uint64_t> q(direct ? 0 : size_t(w.kwords * kLanes));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < s.N * pblocks; ++t) {
+      const int64_t n = t / pblocks, pb = t % pblocks;
+      const uint64_t* xn = xp.data() + n * image;
+      const uint64_t* Q = xn + pb * kLanes;
+      if (!direct) {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t pos = pb * kLanes + l, oh = pos / OW, ow = pos % OW;
+          for (int64_t i = 0; i < w.kh; ++i)
+            for (int64_t j = 0; j < w.kw; ++j)
+              for (int64_t c = 0; c < cw; ++c)
+                q[size_t(((i * w.kw + j) * cw + c) * kLanes + l)] =
+                    pos < P ? xn[c * g.plane + (oh * s.sh + i * s.dh) * Wp + ow * s.sw + j * s.dw] : 0;
+        }
+        Q = q.data();
+      }
+      Epilogue e{y + n * O * P, P, grid, a.scale, a.bias, false, int32_t(w.kbits), row, OW};
+      if (!corr.empty()) e.corr = corr.data(), e.row_class = row_class.data(), e.classes = classes;
+      rows_xnor(p, w.bits.data(), O, w.kwords, Q, koff.data(), w.kwords, pb * kLanes, e);
+    }
+  }
+}
+
+namespace {
+LB_NATIVE double peak_native(double seconds) {
+  constexpr int kChains = 12;
+  __m512i v[kChains];
+  for (int i = 0; i < kChains; ++i) v[i] = _mm512_set1_epi64(int64_t(0x9E3779B97F4A7C15ull * uint64_t(i + 1)));
+  using clock = std::chrono::steady_clock;
+  // Best of many ~1 ms windows: on a shared machine the thread may be descheduled in
+  // some of them, and the peak is what the unit does while it runs.
+  double best = 0, total = 0;
+  while (total < seconds) {
+    const auto t0 = clock::now();
+    for (int r = 0; r < 16384; ++r)
+      for (int i = 0; i < kChains; ++i) v[i] = _mm512_popcnt_epi64(v[i]);
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    total += dt;
+    best = std::max(best, 16384.0 * kChains * 512.0 / dt);
+  }
+  __m512i s = v[0];
+  for (int i = 1; i < kChains; ++i) s = _mm512_add_epi64(s, v[i]);
+  volatile int64_t sink = _mm512_reduce_add_epi64(s);
+  (void)sink;
+  return best;
+}
+}  // namespace
+
+double popcount_peak_bits_per_s(double seconds) {
+  LB_CHECK(binary_native_supported(), "popcount_peak: needs AVX-512 VPOPCNTDQ; this CPU lacks it");
+  return peak_native(seconds);
+}
+
+}  // namespace kernels
+}  // namespace lowbit

@@ -1,0 +1,261 @@
+"""Binary xnor-popcount kernels (lb.kernels) against the simulated Binary layers and
+numpy: exact equality on random shapes (odd sizes, stride 2, padding, 1x1, dilation,
+channel counts not a multiple of 64), both dispatch paths, the environment switch."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lowbit as lb
+from conftest import np_conv2d, same_pad, single
+
+K, L, F = lb.kernels, lb.layers, lb.formats
+NATIVE = K.info()["binary_native_supported"]
+PATHS = ["portable"] + (["native"] if NATIVE else [])
+
+
+def sign(a):
+    return np.where(np.asarray(a) < 0, -1.0, 1.0)
+
+
+def np_pack_bits(x):
+    bits = (np.asarray(x) < 0).astype(np.uint64)
+    n = bits.shape[-1]
+    bits = np.concatenate([bits, np.zeros(bits.shape[:-1] + (-n % 64,), np.uint64)], axis=-1)
+    bits = bits.reshape(bits.shape[:-1] + (-1, 64))
+    return (bits << np.arange(64, dtype=np.uint64)).sum(-1, dtype=np.uint64)
+
+
+def with_signed_zeros(x, rng):
+    x = x.copy()
+    flat = x.reshape(-1)
+    idx = rng.choice(flat.size, size=max(1, flat.size // 20), replace=False)
+    flat[idx[::2]] = 0.0
+    flat[idx[1::2]] = -0.0  # sign(-0) = +1, as the Binary quantizer
+    return x
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", [(1,), (3, 64), (2, 5, 130), (7, 1000), (4, 63)])
+def test_pack_bits_matches_numpy(shape, path, rng):
+    x = with_signed_zeros(rng.normal(size=shape).astype(np.float32), rng)
+    x.reshape(-1)[0] = np.nan  # not < 0: +1
+    got = K.pack_bits(x, path=path)
+    assert got.dtype == np.uint64 and got.shape == shape[:-1] + (-(-shape[-1] // 64),)
+    np.testing.assert_array_equal(got, np_pack_bits(x))
+
+
+def binary_layer_model(layer, in_shape, rng):
+    m = single(layer, in_shape)
+    w, b = m.get_weights()
+    w = rng.normal(size=w.shape).astype(np.float32)
+    b = rng.normal(size=b.shape).astype(np.float32)
+    m.set_weights([w, b])
+    return m, w, b
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("n,fan_in,units", [(5, 130, 45), (3, 64, 64), (1, 1, 1), (4, 200, 33), (9, 577, 70)])
+def test_binary_dense_equals_simulated_layer(n, fan_in, units, path, rng):
+    layer = L.Dense(units, weight_format=F.Binary(), input_format=F.Binary())
+    m, w, b = binary_layer_model(layer, (fan_in,), rng)
+    x = with_signed_zeros(rng.normal(size=(n, fan_in)).astype(np.float32), rng)
+    np.testing.assert_array_equal(K.binary_dense(x, w, bias=b, path=path), m.predict(x))
+    np.testing.assert_array_equal(K.binary_dense(x, w, path=path), (sign(x) @ sign(w)).astype(np.float32))
+
+
+CONV_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilation
+    ((2, 3, 9, 11), 5, 3, 1, "same", 1),
+    ((2, 70, 9, 7), 37, 3, 2, "same", 1),
+    ((1, 130, 8, 8), 33, 3, 1, "valid", 1),
+    ((3, 64, 10, 10), 64, 1, 1, "valid", 1),
+    ((2, 65, 7, 7), 17, 1, 2, "valid", 1),
+    ((1, 9, 13, 6), 7, (5, 3), (2, 1), "same", 1),
+    ((2, 20, 12, 12), 11, 3, 1, "same", 2),
+    ((1, 256, 14, 14), 40, 3, 1, "same", 1),
+    ((2, 5, 6, 6), 3, 3, 1, 2, 1),  # explicit padding larger than the kernel's reach
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}-{c[4]}-d{c[5]}")
+def test_binary_conv2d_equals_simulated_layer(case, path, rng):
+    shape, filters, k, s, pad, d = case
+    layer = L.Conv2D(filters, k, strides=s, padding=pad, dilation_rate=d, weight_format=F.Binary(),
+                     input_format=F.Binary())
+    m, w, b = binary_layer_model(layer, shape[1:], rng)
+    x = with_signed_zeros(rng.normal(size=shape).astype(np.float32), rng)
+    got = K.binary_conv2d(x, w, stride=s, padding=pad, bias=b, dilation=d, path=path)
+    np.testing.assert_array_equal(got, m.predict(x))
+    # and the numpy sign convolution (padding adds 0), without bias
+    kk, ss, dd = (k, k) if np.isscalar(k) else k, (s, s) if np.isscalar(s) else s, (d, d)
+    pads = (tuple(same_pad(shape[2 + i], kk[i], ss[i], dd[i])) for i in range(2)) if pad == "same" else \
+        ((pad, pad), (pad, pad)) if isinstance(pad, int) else ((0, 0), (0, 0))
+    ref = np_conv2d(sign(x), sign(w), None, ss, tuple(pads), dd).astype(np.float32)
+    np.testing.assert_array_equal(K.binary_conv2d(x, w, stride=s, padding=pad, dilation=d, path=path), ref)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_scale_and_bias_epilogue_is_two_fp32_roundings(path, rng):
+    """y = float32(dot) * scale + bias, rounded after the product and after the sum."""
+    x = rng.normal(size=(6, 100)).astype(np.float32)
+    w = rng.normal(size=(100, 21)).astype(np.float32)
+    scale = rng.uniform(0.01, 3, size=21).astype(np.float32)
+    bias = rng.normal(size=21).astype(np.float32)
+    dot = (sign(x) @ sign(w)).astype(np.float32)
+    np.testing.assert_array_equal(K.binary_dense(x, w, scale, bias, path=path), dot * scale + bias)
+    xc = rng.normal(size=(2, 10, 5, 5)).astype(np.float32)
+    wc = rng.normal(size=(21, 10, 3, 3)).astype(np.float32)
+    dotc = np_conv2d(sign(xc), sign(wc), None, (1, 1), ((1, 1), (1, 1))).astype(np.float32)
+    got = K.binary_conv2d(xc, wc, 1, 1, scale, bias, path=path)
+    np.testing.assert_array_equal(got, dotc * scale[:, None, None] + bias[:, None, None])
+
+
+def test_xnor_net_scales_fold_into_the_epilogue(rng):
+    """Binary(scale='channel_mean_abs') weights, Binary(scale='mean_abs') inputs: the simulated
+    layer sums +-alpha_x alpha_w in fp32; the kernel applies alpha_x alpha_w once (closer to exact)."""
+    layer = L.Conv2D(12, 3, padding="same", weight_format=F.Binary(scale="channel_mean_abs"),
+                     input_format=F.Binary(scale="mean_abs"))
+    m, w, b = binary_layer_model(layer, (20, 6, 6), rng)
+    x = rng.normal(size=(1, 20, 6, 6)).astype(np.float32)  # one sample: alpha_x is per batch tensor
+    alpha_w = np.abs(w).reshape(12, -1).mean(1)
+    alpha_x = np.abs(x).mean()
+    got = K.binary_conv2d(x, w, 1, "same", (alpha_w * alpha_x).astype(np.float32), b)
+    np.testing.assert_allclose(got, m.predict(x), rtol=1e-5, atol=1e-5 * float(np.abs(got).max()))
+
+
+def test_native_and_portable_agree_on_a_large_layer(rng):
+    if not NATIVE:
+        pytest.skip("this CPU has no AVX-512 VPOPCNTDQ")
+    x = rng.normal(size=(3, 200, 15, 13)).astype(np.float32)
+    w = K.pack_conv_weights(rng.normal(size=(70, 200, 3, 3)).astype(np.float32))
+    for s, p in [(1, 1), (2, "same"), (1, "valid")]:
+        a = K.binary_conv2d(x, w, s, p, path="native")
+        np.testing.assert_array_equal(a, K.binary_conv2d(x, w, s, p, path="portable"))
+    xd = rng.normal(size=(17, 1500)).astype(np.float32)
+    wd = K.pack_dense_weights(rng.normal(size=(1500, 99)).astype(np.float32))
+    np.testing.assert_array_equal(K.binary_dense(xd, wd, path="native"), K.binary_dense(xd, wd, path="portable"))
+
+
+def test_environment_forces_the_portable_path(tmp_path, rng):
+    x = rng.normal(size=(2, 70, 9, 9)).astype(np.float32)
+    w = rng.normal(size=(33, 70, 3, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    code = ("import json, numpy as np, lowbit as lb; d = '%s';"
+            "y = lb.kernels.binary_conv2d(np.load(d + '/x.npy'), np.load(d + '/w.npy'), 2, 1);"
+            "np.save(d + '/y.npy', y); print(json.dumps(lb.kernels.info()))") % tmp_path
+    env = dict(os.environ, LOWBIT_PORTABLE_KERNELS="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["binary"] == "portable" and info["portable_forced"] is True
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), K.binary_conv2d(x, w, 2, 1))
+    if NATIVE and not K.info()["portable_forced"]:
+        assert K.info()["binary"] == "avx512_vpopcntdq"
+
+
+def test_packed_weights_are_32x_smaller_and_reusable(rng):
+    w = rng.normal(size=(256, 256, 3, 3)).astype(np.float32)
+    p = K.pack_conv_weights(w)
+    assert p.memory_bytes * 32 == w.nbytes and p.kernel_size == (3, 3) and p.out_channels == 256
+    x = rng.normal(size=(1, 256, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(K.binary_conv2d(x, p, 1, 1), K.binary_conv2d(x, w, 1, 1))
+    d = K.pack_dense_weights(rng.normal(size=(4096, 4096)).astype(np.float32))
+    assert d.memory_bytes == 4096 * 4096 // 8
+
+
+def test_bad_arguments_raise(rng):
+    x = rng.normal(size=(2, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="unknown path"):
+        K.binary_dense(x, w, path="gpu")
+    with pytest.raises(ValueError, match="features"):
+        K.binary_dense(x[:, :7], w)
+    with pytest.raises(ValueError, match="scale"):
+        K.binary_dense(x, w, scale=np.ones(3))
+    with pytest.raises(TypeError, match="numeric array"):
+        K.binary_dense("abc", w)
+    with pytest.raises(ValueError, match="convolution weights"):
+        K.binary_dense(x, K.pack_conv_weights(np.ones((4, 8, 1, 1), np.float32)))
+    xc = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="channels"):
+        K.binary_conv2d(xc, np.ones((2, 4, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="kernel extent"):
+        K.binary_conv2d(xc, np.ones((2, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="padding"):
+        K.binary_conv2d(xc, np.ones((2, 3, 3, 3), np.float32), padding="full")
+    with pytest.raises(ValueError, match="stride"):
+        K.binary_conv2d(xc, np.ones((2, 3, 3, 3), np.float32), stride=0)
+    if not NATIVE:
+        with pytest.raises(ValueError, match="VPOPCNTDQ"):
+            K.binary_dense(x, w, path="native")
+
+
+def binary_net(seed=0):
+    """Binary x Binary convs (odd size, 'same', stride 2, 1x1, 16+ channels so that blocked
+    layouts flow between conv and batch norm), a binary Dense, fp32 first and last layers."""
+    b = dict(weight_format=F.Binary(), input_format=F.Binary())
+    return lb.Sequential([
+        L.Conv2D(16, 3, padding="same", input_shape=(3, 11, 11)),
+        L.BatchNormalization(),
+        L.Conv2D(32, 3, padding="same", **b),
+        L.BatchNormalization(),
+        L.Conv2D(70, 3, strides=2, padding="same", **b),
+        L.Conv2D(33, 1, weight_format=F.Binary(hysteresis=0.05), input_format=F.Binary()),
+        L.Flatten(),
+        L.Dense(45, **b),
+        L.Dense(10, activation="softmax"),
+    ], seed=seed)
+
+
+def predict_both_ways(m, x):
+    was = K.use_in_engine(True)
+    try:
+        calls = K.info()["engine_binary_calls"]
+        fast = m.predict(x, batch_size=7)
+        used = K.info()["engine_binary_calls"] - calls
+        K.use_in_engine(False)
+        calls = K.info()["engine_binary_calls"]
+        sim = m.predict(x, batch_size=7)
+        assert K.info()["engine_binary_calls"] == calls, "kernels ran with use_in_engine(False)"
+    finally:
+        K.use_in_engine(was)
+    return fast, sim, used
+
+
+def test_engine_predict_and_evaluate_equal_the_simulated_model_exactly(rng):
+    m = binary_net()
+    m.compile(lb.optimizers.Adam(1e-2), "categorical_crossentropy", metrics=["accuracy"])
+    x = rng.normal(size=(20, 3, 11, 11)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 20)]
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0)  # trained weights and BN statistics
+    fast, sim, used = predict_both_ways(m, x)
+    assert used == 4 * 3  # four binary layers, three batches of 7
+    np.testing.assert_array_equal(fast, sim)
+    K.use_in_engine(False)
+    try:
+        ev_sim = m.evaluate(x, y, batch_size=6)
+    finally:
+        K.use_in_engine(True)
+    assert m.evaluate(x, y, batch_size=6) == ev_sim
+    # new weights reach the kernels (the packed copy follows the latent weights)
+    w = m.get_weights()
+    m.set_weights([-a if a.ndim == 4 and a.shape[0] == 70 else a for a in w])
+    fast2, sim2, _ = predict_both_ways(m, x)
+    np.testing.assert_array_equal(fast2, sim2)
+    assert not np.array_equal(fast2, fast)
+
+
+def test_engine_keeps_scaled_binary_formats_simulated(rng):
+    """The 'binary' preset scales weights per channel (mean |w|): the simulation's rounded
+    partial sums are not reproducible, so these layers stay on the simulated path."""
+    m = lb.models.lenet(seed=0)
+    m.compile(lb.optimizers.Adam(1e-3), precision="binary")
+    x = rng.normal(size=(14, 1, 28, 28)).astype(np.float32)
+    fast, sim, used = predict_both_ways(m, x)
+    assert used == 0
+    np.testing.assert_array_equal(fast, sim)
