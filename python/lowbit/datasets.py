@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import pickle
+import pickletools
 import zlib
 from pathlib import Path
 
@@ -389,18 +391,28 @@ class _CifarUnpickler(pickle.Unpickler):
         raise ValueError(f"unexpected persistent id {pid!r:.40}")
 
 
+def _check_pickle_ops(raw: bytes):
+    """Opcodes checked before unpickling: a memo index far beyond what a CIFAR-10
+    batch uses would make the C unpickler allocate gigabytes for its memo table."""
+    for op, arg, _ in pickletools.genops(raw):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and int(arg) > 10_000:
+            raise ValueError(f"memo index {arg} at {op.name}")
+
+
 def _cifar_pickle_batch(path: Path):
     """One batch of the python version: a dict with b'data' (N, 3072) uint8
     and b'labels' (N ints); returns (data, labels as int64)."""
-    with open(path, "rb") as f:
-        try:
-            d = _CifarUnpickler(f, path).load()
-        except _RefusedGlobal:
-            raise
-        except Exception as e:  # whatever a malformed stream makes go wrong
-            raise ValueError(
-                f"cifar10: {path}: not a CIFAR-10 python batch "
-                f"({type(e).__name__}: {e})") from e
+    raw = path.read_bytes()
+    try:
+        _check_pickle_ops(raw)
+        # from memory: a length field can never make the reader allocate more than the file
+        d = _CifarUnpickler(io.BytesIO(raw), path).load()
+    except _RefusedGlobal:
+        raise
+    except Exception as e:  # whatever a malformed stream makes go wrong
+        raise ValueError(
+            f"cifar10: {path}: not a CIFAR-10 python batch "
+            f"({type(e).__name__}: {e})") from e
     if not isinstance(d, dict):
         raise ValueError(f"cifar10: {path}: expected a dict, got {type(d).__name__}")
 
