@@ -20,8 +20,9 @@
 //   x is RU(x), with RU's sign of a zero sum (RD's x + (-x) = -0, the simulation's +0).
 // * portable: TwoSum gives x = s + e exactly (s = RN32(x)); if e != 0 and s is even, RO(x)
 //   is s's neighbour towards e, one step of s's bit pattern.
-// * avx512_fp16: VFMADD231PH rounds x once to binary16; FP16 arithmetic handles
-//   subnormals whatever MXCSR.DAZ/FTZ say.
+// * avx512_fp16: VFMADD231PH rounds x once to binary16 (embedded round-to-nearest), with
+//   binary16 subnormals (lowbit never sets MXCSR's DAZ/FTZ; the FP16 instructions are
+//   documented to ignore them anyway).
 // No float32 intermediate is subnormal (|ab| >= 2^-48), so DAZ/FTZ do not matter either,
 // and a compiler contracting acc + a*b or p - bp into an FMA changes nothing: ab is exact.
 #include "lowbit/accum_fp16.hpp"
