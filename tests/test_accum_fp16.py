@@ -1,5 +1,5 @@
 """fp16 accumulation kernels (issue 11): Float16 accumulators over binary16 operands run
-on a kernel (native AVX512-FP16, AVX-512F round-to-odd, or portable C++), and every path
+on a kernel (native AVX512-FP16, AVX-512F or AVX2 round-to-odd, or portable C++), and every path
 equals the float64 simulation bit for bit - forward, input and weight gradients, bias."""
 import os
 from fractions import Fraction
@@ -17,6 +17,8 @@ K = lb.kernels
 def available_paths():
     info = K.info()
     paths = ["portable"]
+    if info["fp16_accum_avx2_supported"]:
+        paths.append("avx2")
     if info["fp16_accum_avx512f_supported"]:
         paths.append("avx512f")
     if info["fp16_accum_native_supported"]:
@@ -179,7 +181,7 @@ def test_training_step_identical_on_kernels(rng, restore_path):
 
 def test_dispatch_and_errors(monkeypatch, restore_path):
     info = K.info()
-    assert info["fp16_accum"] in ("avx512_fp16", "avx512f", "portable")
+    assert info["fp16_accum"] in ("avx512_fp16", "avx512f", "avx2", "portable")
     if info["fp16_accum_native_supported"]:
         assert info["fp16_accum"] == "avx512_fp16"
     else:

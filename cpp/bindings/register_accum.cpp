@@ -13,6 +13,7 @@ void register_accum(py::module_& m) {
     d["fp16_accum_setting"] = setting();
     d["fp16_accum_native_supported"] = native_supported();
     d["fp16_accum_avx512f_supported"] = avx512f_supported();
+    d["fp16_accum_avx2_supported"] = avx2_supported();
     d["fp16_accum_kernel_calls"] = kernel_calls();
     d["fp16_accum_simulated_calls"] = simulated_calls();
     return d;

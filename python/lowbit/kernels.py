@@ -18,8 +18,9 @@ fp16 accumulation: a Conv2D/Dense with ``accum_format`` / ``grad_accum_format``
 its dot products on a kernel with a binary16 accumulator, one round-to-nearest-even per
 multiply-add in the simulation's order, bit for bit the simulation's result:
 ``"avx512_fp16"`` (native fp16 FMA), ``"avx512f"`` (fp32 FMAs rounded up and down give
-round-to-odd, then one conversion to fp16) or ``"portable"`` (standard C++: TwoSum,
-round-to-odd, fp16 rounding on the bits); other operands keep the simulation.
+round-to-odd, then one conversion to fp16), ``"avx2"`` (fp32 TwoSum gives round-to-odd,
+then F16C's conversion) or ``"portable"`` (standard C++: TwoSum, round-to-odd, fp16
+rounding on the bits); other operands keep the simulation.
 ``info()["fp16_accum"]`` names the path; :func:`fp16_accum_path` chooses one
 (``"simulate"`` runs the float64 simulation itself).
 
@@ -64,13 +65,13 @@ def use_in_engine(on=None):
     return was
 
 
-FP16_ACCUM_PATHS = ("auto", "simulate", "portable", "avx512f", "avx512_fp16")
+FP16_ACCUM_PATHS = ("auto", "simulate", "portable", "avx2", "avx512f", "avx512_fp16")
 
 
 def fp16_accum_path(path=None):
     """The path of Float16 accumulators in the engine: ``"auto"`` (default: the best this
     CPU has; ``LOWBIT_PORTABLE_KERNELS=1`` makes it ``"portable"``), ``"simulate"``,
-    ``"portable"``, ``"avx512f"`` or ``"avx512_fp16"``. With ``path`` given, set it
+    ``"portable"``, ``"avx2"``, ``"avx512f"`` or ``"avx512_fp16"``. With ``path`` given, set it
     (ValueError for an unknown name or one this CPU cannot run). Returns the previous setting."""
     if path is None:
         return _core.fp16_accum_info()["fp16_accum_setting"]

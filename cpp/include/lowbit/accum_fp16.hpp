@@ -9,8 +9,10 @@
 //   avx512_fp16  native: VFMADD231PH on 32 fp16 lanes (one rounding by the hardware)
 //   avx512f      fp32 FMAs rounded up and down (embedded rounding) give round-to-odd of
 //                the exact sum, then VCVTPS2PH rounds once to binary16
-//   portable     standard C++: fp32 TwoSum gives the exact sum as s + e, round-to-odd
-//                from it, then the binary16 rounding on the float's bits
+//   avx2         fp32 TwoSum gives the exact sum as s + e, round-to-odd from it, then
+//                VCVTPS2PH (F16C) rounds once to binary16
+//   portable     standard C++: the same TwoSum round-to-odd, then the binary16 rounding
+//                on the float's bits
 //   simulate     the float64 simulation itself (the reference)
 //
 // All four give the same bits (accum_fp16.cpp argues why); the engine uses the best one
@@ -26,14 +28,15 @@
 namespace lowbit {
 namespace fp16acc {
 
-enum class Path { simulate, portable, avx512f, avx512_fp16 };
+enum class Path { simulate, portable, avx2, avx512f, avx512_fp16 };
 
 const char* path_name(Path p);
+bool avx2_supported();         // AVX2, FMA and F16C
 bool avx512f_supported();      // AVX-512F
 bool native_supported();       // AVX512-FP16 (with BW, VL)
 Path best_path();              // what "auto" means now (LOWBIT_PORTABLE_KERNELS read at each call)
 Path current();                // the engine's path: the one set, or best_path()
-void set_path(const std::string& name);  // "auto" | "simulate" | "portable" | "avx512f" | "avx512_fp16"
+void set_path(const std::string& name);  // "auto" | "simulate" | "portable" | "avx2" | "avx512f" | "avx512_fp16"
 std::string setting();
 
 // f is IEEE binary16 as an accumulator: Float16() (not saturating, nearest even).

@@ -18,7 +18,7 @@
 // * avx512f: fp32 FMAs rounded up and down; if RU(x) != RD(x) (x inexact) they are
 //   neighbours and RO(x) is the odd one: RD(x) if its last bit is set, else RU(x); an exact
 //   x is RU(x), with RU's sign of a zero sum (RD's x + (-x) = -0, the simulation's +0).
-// * portable: TwoSum gives x = s + e exactly (s = RN32(x)); if e != 0 and s is even, RO(x)
+// * portable, avx2: TwoSum gives x = s + e exactly (s = RN32(x)); if e != 0 and s is even, RO(x)
 //   is s's neighbour towards e, one step of s's bit pattern.
 // * avx512_fp16: VFMADD231PH rounds x once to binary16 (embedded round-to-nearest), with
 //   binary16 subnormals (lowbit never sets MXCSR's DAZ/FTZ; the FP16 instructions are
@@ -40,6 +40,7 @@
 #include "lowbit/kernels.hpp"
 #include "lowbit/simd.hpp"
 
+#define LB_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define LB_AVX512F __attribute__((target("avx512f")))
 #define LB_AVX512FP16 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512fp16")))
 
@@ -91,6 +92,48 @@ LB_CLONES void step_portable(const FloatRound<float>& q, float* __restrict acc, 
 void chains_portable(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t n) {
   const FloatRound<float> q(half_format());
   for (int64_t k = 0; k < K; ++k) step_portable(q, acc, a + k * lda, b[k * ldb], n);
+}
+
+// ---- avx2: the portable step on 8 lanes, VCVTPS2PH (F16C) -------------------------------
+LB_AVX2 inline __m256 step_avx2(__m256 c, __m256 a, __m256 b) {
+  const __m256 p = _mm256_mul_ps(a, b), s = _mm256_add_ps(c, p), bp = _mm256_sub_ps(s, c);
+  const __m256 e = _mm256_add_ps(_mm256_sub_ps(c, _mm256_sub_ps(s, bp)), _mm256_sub_ps(p, bp));
+  const __m256i u = _mm256_castps_si256(s);
+  // e != 0 (false for NaN: s is then inf or NaN and stays); s odd; +-1 (away from / towards zero)
+  const __m256i inexact = _mm256_castps_si256(_mm256_cmp_ps(e, _mm256_setzero_ps(), _CMP_NEQ_OQ));
+  const __m256i odd = _mm256_srai_epi32(_mm256_slli_epi32(u, 31), 31);
+  const __m256i step =
+      _mm256_or_si256(_mm256_srai_epi32(_mm256_xor_si256(_mm256_castps_si256(e), u), 31), _mm256_set1_epi32(1));
+  const __m256i ro = _mm256_add_epi32(u, _mm256_andnot_si256(odd, _mm256_and_si256(inexact, step)));
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_castsi256_ps(ro), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+template <int V>
+LB_AVX2 void tile_avx2(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K) {
+  __m256 c[V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) c[v] = _mm256_loadu_ps(acc + 8 * v);
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 bk = _mm256_set1_ps(b[k * ldb]);
+    const float* row = a + k * lda;
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) c[v] = step_avx2(c[v], _mm256_loadu_ps(row + 8 * v), bk);
+  }
+  for (int v = 0; v < V; ++v) _mm256_storeu_ps(acc + 8 * v, c[v]);
+}
+
+// Whole vectors in tiles of up to 4; the last n % 8 lanes on the portable loop.
+LB_AVX2 void chains_avx2(float* acc, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int64_t n) {
+  const int64_t whole = n / 8 * 8;
+  int64_t l = 0;
+  for (; l + 32 <= whole; l += 32) tile_avx2<4>(acc + l, a + l, lda, b, ldb, K);
+  switch ((whole - l) / 8) {
+    case 3: tile_avx2<3>(acc + l, a + l, lda, b, ldb, K); break;
+    case 2: tile_avx2<2>(acc + l, a + l, lda, b, ldb, K); break;
+    case 1: tile_avx2<1>(acc + l, a + l, lda, b, ldb, K); break;
+    default: break;
+  }
+  if (whole < n) chains_portable(acc + whole, a + whole, lda, b, ldb, K, n - whole);
 }
 
 // ---- avx512f: fp32 FMAs with embedded rounding, VCVTPS2PH ------------------------------
@@ -235,9 +278,19 @@ const char* path_name(Path p) {
   switch (p) {
     case Path::simulate: return "simulate";
     case Path::portable: return "portable";
+    case Path::avx2: return "avx2";
     case Path::avx512f: return "avx512f";
     default: return "avx512_fp16";
   }
+}
+
+bool avx2_supported() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
 }
 
 bool avx512f_supported() {
@@ -261,13 +314,18 @@ bool native_supported() {
 
 Path best_path() {
   if (kernels::portable_forced()) return Path::portable;
-  return native_supported() ? Path::avx512_fp16 : avx512f_supported() ? Path::avx512f : Path::portable;
+  return native_supported()    ? Path::avx512_fp16
+         : avx512f_supported() ? Path::avx512f
+         : avx2_supported()    ? Path::avx2
+                               : Path::portable;
 }
 
 void set_path(const std::string& name) {
-  LB_CHECK(name == "auto" || name == "simulate" || name == "portable" || name == "avx512f" || name == "avx512_fp16",
+  LB_CHECK(name == "auto" || name == "simulate" || name == "portable" || name == "avx2" || name == "avx512f" ||
+               name == "avx512_fp16",
            "fp16 accumulation: unknown path '", name,
-           "' (expected 'auto', 'simulate', 'portable', 'avx512f' or 'avx512_fp16')");
+           "' (expected 'auto', 'simulate', 'portable', 'avx2', 'avx512f' or 'avx512_fp16')");
+  LB_CHECK(name != "avx2" || avx2_supported(), "fp16 accumulation: path 'avx2' needs AVX2, FMA and F16C; this CPU lacks them");
   LB_CHECK(name != "avx512f" || avx512f_supported(), "fp16 accumulation: path 'avx512f' needs AVX-512F; this CPU lacks it");
   LB_CHECK(name != "avx512_fp16" || native_supported(),
            "fp16 accumulation: path 'avx512_fp16' needs AVX512-FP16 (with BW, VL); this CPU lacks it");
@@ -284,6 +342,7 @@ Path current() {
   const std::string s = setting();
   if (s == "simulate") return Path::simulate;
   if (s == "portable") return Path::portable;
+  if (s == "avx2") return Path::avx2;
   if (s == "avx512f") return Path::avx512f;
   if (s == "avx512_fp16") return Path::avx512_fp16;
   return best_path();
@@ -301,6 +360,7 @@ void chains(Path p, float* acc, int64_t ldc, const float* a, int64_t lda, const 
   if (p == Path::avx512f) return chains_avx512f(acc, ldc, a, lda, b, ldb, ldbo, K, n, outs);
   for (int64_t o = 0; o < outs; ++o) {
     if (p == Path::avx512_fp16) chains_fp16(acc + o * ldc, a, lda, b + o * ldbo, ldb, K, n);
+    else if (p == Path::avx2) chains_avx2(acc + o * ldc, a, lda, b + o * ldbo, ldb, K, n);
     else chains_portable(acc + o * ldc, a, lda, b + o * ldbo, ldb, K, n);
   }
 }
