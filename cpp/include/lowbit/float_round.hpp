@@ -11,6 +11,17 @@
 
 namespace lowbit {
 
+inline uint32_t bits_of(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u;
+}
+inline float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 // In the grid's normal range: round half to even on T's bit pattern (a carry moves into
 // the exponent as it should); below 2^emin, on the subnormal spacing s by the
 // add-and-subtract of 2^digits s. Overflow gives inf, or the largest finite value for a

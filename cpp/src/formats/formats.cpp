@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "lowbit/check.hpp"
+#include "lowbit/float_round.hpp"
 #include "lowbit/format.hpp"
 #include "lowbit/rng.hpp"
 #include "lowbit/simd.hpp"
@@ -93,11 +94,6 @@ struct ElemRounder {
     const float r = (a + c) - c;
     return std::copysign(r > maxv ? big : r, v);
   }
-  static float from_bits(uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
   // h: 32 uniform random bits. Rounds away from zero with probability (distance to the
   // grid point below |v|) / spacing: in the normal range `drop` random bits are added
   // below the kept mantissa; below 2^emin f = |v| / spacing goes up from floor(f) when
@@ -140,16 +136,7 @@ LB_CLONES void minifloat_sr(const float* x, float* y, int64_t n, const ElemRound
 }
 
 // ---- block formats (MX, NVFP4) ----
-float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-uint32_t abs_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return u & 0x7FFFFFFFu;  // |v| as an integer: NaN patterns sort above inf
-}
+uint32_t abs_bits(float v) { return bits_of(v) & 0x7FFFFFFFu; }  // |v| as an integer: NaN patterns sort above inf
 // floor(log2 a) of a normal a from its bits; -127 for subnormals and 0 (for the MX scale
 // exactly right: its exponent floor(log2 a) - emax <= -127 clamps to -127 there anyway)
 int floor_log2(uint32_t u) { return int(u >> 23) - 127; }

@@ -30,10 +30,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "lowbit/check.hpp"
 #include "lowbit/float_round.hpp"
@@ -58,16 +60,6 @@ std::atomic<int64_t> n_kernel{0}, n_simulated{0};
 std::mutex setting_mutex;
 std::string the_setting = "auto";
 
-uint32_t bits_of(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return u;
-}
-float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // ---- portable ------------------------------------------------------------------------
 // RN16(acc + p) for binary16 acc and an exact float32 product p: TwoSum, round to odd,
@@ -186,37 +178,26 @@ LB_AVX512F void tiles_avx512f(int64_t n, int64_t most, Tile&& tile) {
   }
 }
 
+using TileFn = void (*)(float*, int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t, __mmask16);
+template <int NO, size_t... I>
+constexpr std::array<TileFn, sizeof...(I)> tile_table(std::index_sequence<I...>) {
+  return {&tile_avx512f<int(I) + 1, NO>...};  // entry V - 1: V vectors
+}
+
 // Four outputs at a time in tiles of up to 4 vectors (16 chains), the rest one at a time
 // in tiles of up to 8: either way enough independent chains to cover a step's latency.
 LB_AVX512F void chains_avx512f(float* acc, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb,
                                int64_t ldbo, int64_t K, int64_t n, int64_t outs) {
+  static constexpr auto four = tile_table<4>(std::make_index_sequence<4>{});
+  static constexpr auto one = tile_table<1>(std::make_index_sequence<8>{});
+  const auto run = [&](int64_t o, int64_t most, const TileFn* table) {
+    tiles_avx512f(n, most, [&](int64_t l, int64_t V, __mmask16 last) {
+      table[V - 1](acc + o * ldc + l, ldc, a + l, lda, b + o * ldbo, ldb, ldbo, K, last);
+    });
+  };
   int64_t o = 0;
-  for (; o + 4 <= outs; o += 4)
-    tiles_avx512f(n, 4, [&](int64_t l, int64_t V, __mmask16 last) {
-      float* c = acc + o * ldc + l;
-      const float *x = a + l, *bo = b + o * ldbo;
-      switch (V) {
-        case 4: tile_avx512f<4, 4>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        case 3: tile_avx512f<3, 4>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        case 2: tile_avx512f<2, 4>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        default: tile_avx512f<1, 4>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-      }
-    });
-  for (; o < outs; ++o)
-    tiles_avx512f(n, 8, [&](int64_t l, int64_t V, __mmask16 last) {
-      float* c = acc + o * ldc + l;
-      const float *x = a + l, *bo = b + o * ldbo;
-      switch (V) {
-        case 8: tile_avx512f<8, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        case 7: tile_avx512f<7, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        case 6: tile_avx512f<6, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        case 5: tile_avx512f<5, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        case 4: tile_avx512f<4, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        case 3: tile_avx512f<3, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        case 2: tile_avx512f<2, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-        default: tile_avx512f<1, 1>(c, ldc, x, lda, bo, ldb, ldbo, K, last); break;
-      }
-    });
+  for (; o + 4 <= outs; o += 4) run(o, 4, four.data());
+  for (; o < outs; ++o) run(o, 8, one.data());
 }
 
 // ---- avx512_fp16: VFMADD231PH -----------------------------------------------------------
