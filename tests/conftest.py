@@ -184,3 +184,31 @@ def np_batchnorm_train(x, gamma, beta, eps, dy):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def predict_kernels_on_off(m, x, family, batch_size=7):
+    """model.predict with the low-precision kernels in the engine, then simulated
+    (lb.kernels.use_in_engine(False)): (kernel output, simulated output, layer calls the
+    engine ran on `family`'s kernels). Asserts no kernel ran while switched off."""
+    K = lb.kernels
+    key = f"engine_{family}_calls"
+    was = K.use_in_engine(True)
+    try:
+        calls = K.info()[key]
+        fast = m.predict(x, batch_size=batch_size)
+        used = K.info()[key] - calls
+        K.use_in_engine(False)
+        calls = K.info()[key]
+        sim = m.predict(x, batch_size=batch_size)
+        assert K.info()[key] == calls, "kernels ran with use_in_engine(False)"
+    finally:
+        K.use_in_engine(was)
+    return fast, sim, used
+
+
+def model_with_random_weights(layer, in_shape, rng):
+    """A one-layer model with N(0, 1) weights (and bias): (model, kernel, bias or None)."""
+    m = single(layer, in_shape)
+    ws = [rng.normal(size=a.shape).astype(np.float32) for a in m.get_weights()]
+    m.set_weights(ws)
+    return m, ws[0], ws[1] if len(ws) > 1 else None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lowbit as lb
-from conftest import np_conv2d, same_pad, single
+from conftest import model_with_random_weights, np_conv2d, predict_kernels_on_off, same_pad
 
 K, L, F = lb.kernels, lb.layers, lb.formats
 NATIVE = K.info()["binary_native_supported"]
@@ -49,12 +49,7 @@ def test_pack_bits_matches_numpy(shape, path, rng):
 
 
 def binary_layer_model(layer, in_shape, rng):
-    m = single(layer, in_shape)
-    w, b = m.get_weights()
-    w = rng.normal(size=w.shape).astype(np.float32)
-    b = rng.normal(size=b.shape).astype(np.float32)
-    m.set_weights([w, b])
-    return m, w, b
+    return model_with_random_weights(layer, in_shape, rng)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -213,18 +208,7 @@ def binary_net(seed=0):
 
 
 def predict_both_ways(m, x):
-    was = K.use_in_engine(True)
-    try:
-        calls = K.info()["engine_binary_calls"]
-        fast = m.predict(x, batch_size=7)
-        used = K.info()["engine_binary_calls"] - calls
-        K.use_in_engine(False)
-        calls = K.info()["engine_binary_calls"]
-        sim = m.predict(x, batch_size=7)
-        assert K.info()["engine_binary_calls"] == calls, "kernels ran with use_in_engine(False)"
-    finally:
-        K.use_in_engine(was)
-    return fast, sim, used
+    return predict_kernels_on_off(m, x, "binary")
 
 
 def test_engine_predict_and_evaluate_equal_the_simulated_model_exactly(rng):

@@ -167,6 +167,7 @@ void register_graph(py::module_& m) {
         LB_CHECK(s == p.value.shape, "set_weights: ", p.name, " of node ", i, " expects shape ",
                  shape_str(p.value.shape), ", got ", shape_str(s));
         std::memcpy(p.value.data(), a.data(), size_t(p.value.size()) * 4);
+        ++p.version;
       })
       .def("get_quant_state", [](Graph& g, int i) {
         py::list r;
@@ -192,6 +193,8 @@ void register_graph(py::module_& m) {
           sts[k]->last_sign.assign(a.data(), a.data() + a.size());
           if (t.size() > 3) sts[k]->running_amax = t[3].cast<float>();
         }
+        if (n.op)
+          for (auto& p : n.op->params) ++p.version;  // weight quantizers read their state (hysteresis)
       })
       .def("init_params", &Graph::init_params, py::arg("seed"))
       .def("set_loss_scaling", &Graph::set_loss_scaling, py::arg("dynamic"), py::arg("init"),

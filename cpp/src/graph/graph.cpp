@@ -45,7 +45,10 @@ void Graph::set_output(int id) {
 
 void Graph::init_params(uint64_t seed) {
   for (size_t i = 0; i < nodes_.size(); ++i)
-    if (nodes_[i].op) nodes_[i].op->init_params(splitmix64(seed * 1000003ull + i));
+    if (nodes_[i].op) {
+      nodes_[i].op->init_params(splitmix64(seed * 1000003ull + i));
+      for (auto& p : nodes_[i].op->params) ++p.version;
+    }
   seed_ = seed;
   step_ = 0;
   if (opt_) opt_->reset();

@@ -1,0 +1,300 @@
+// The engine's layer kernels (see kernels.hpp): the dispatch, and the oneDNN int8 and
+// bf16/f16 layers. A family runs natively when oneDNN builds a non-reference primitive for
+// it on this CPU (and, for int8, the CPU has VNNI: without it oneDNN's u8 x s8 pairs go
+// through 16-bit saturating adds and its weights are halved to 7 bits, so z would not be
+// the simulated one); otherwise the layer stays simulated.
+#include <atomic>
+#include <cmath>
+#include <map>
+#include <mutex>
+
+#include "lowbit/dnnl_util.hpp"
+#include "lowbit/kernels.hpp"
+
+namespace lowbit {
+namespace kernels {
+
+std::unique_ptr<LayerKernel> make_binary_layer(const std::string& kind, const Config& cfg,
+                                               const std::vector<Shape>& in);
+
+namespace {
+
+using namespace dnnl;
+
+std::atomic<bool> g_engine_kernels{true};
+std::atomic<int64_t> g_calls[4], g_preparations{0};
+
+bool is_minifloat(const Format& f, int e, int m) {
+  return f.kind == FormatKind::minifloat && f.exp_bits == e && f.man_bits == m && !f.fn && !f.saturate &&
+         f.rounding == Rounding::nearest;
+}
+
+// The family a layer with these formats belongs to, if any.
+bool family_of(const Format& in, const Format& w, Family* out) {
+  if (in.kind == FormatKind::binary && w.kind == FormatKind::binary) {
+    *out = Family::binary;
+    return in.scale == ScaleMode::none && w.scale == ScaleMode::none;
+  }
+  if (in.kind == FormatKind::integer && w.kind == FormatKind::integer) {
+    *out = Family::int8;
+    return in.bits <= 8 && w.bits <= 8 && w.symmetric;
+  }
+  for (Family f : {Family::bf16, Family::fp16}) {
+    const int e = f == Family::bf16 ? 8 : 5, m = f == Family::bf16 ? 7 : 10;
+    if (is_minifloat(in, e, m) && is_minifloat(w, e, m)) {
+      *out = f;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool has_vnni() {
+  using I = cpu_isa;
+  switch (get_effective_cpu_isa()) {
+    case I::avx2_vnni: case I::avx2_vnni_2: case I::avx512_core_vnni: case I::avx512_core_bf16:
+    case I::avx512_core_fp16: case I::avx512_core_amx: case I::avx512_core_amx_fp16: return true;
+    default: return false;
+  }
+}
+
+// Geometry of the layer: a convolution (groups 1) or a (K -> M) product.
+struct Geo {
+  bool conv = false;
+  int64_t C = 0, H = 0, W = 0, O = 0, kh = 1, kw = 1, OH = 1, OW = 1;
+  dims strides, dil, pad_l, pad_r;
+};
+
+class OnednnLayer : public LayerKernel {
+ public:
+  OnednnLayer(Family fam, const Geo& g, bool asymmetric_input, bool per_channel_w)
+      : fam_(fam), g_(g), asym_(asymmetric_input) {
+    const bool i8 = fam == Family::int8;
+    src_dt_ = i8 ? (asym_ ? dt::u8 : dt::s8) : fam == Family::bf16 ? dt::bf16 : dt::f16;
+    wei_dt_ = i8 ? dt::s8 : src_dt_;
+    w_scale_.assign(size_t(per_channel_w ? g.O : 1), 0.f);
+    prims(1);  // throws when oneDNN has no (non-reference) implementation
+  }
+
+  Family family() const override { return fam_; }
+  std::string impl() const override { return "onednn:" + impl_; }
+  // bf16/f16: the f32 -> bf16/f16 reorder rounds to nearest even, as the format does
+  bool needs_quantized_input() const override { return fam_ == Family::int8; }
+
+  void set_weights(const Tensor& wq, const std::vector<float>& w_step) override {
+    wq_ = Tensor(wq.shape);
+    if (fam_ != Family::int8) {
+      std::memcpy(wq_.data(), wq.data(), size_t(wq.size()) * 4);
+      return;
+    }
+    // codes k = w_q / s exactly (w_q = float(k s), |k| <= 127): the same grid, as integers
+    const int64_t rows = int64_t(w_scale_.size()), per = wq.size() / rows;
+    wcodes_.resize(size_t(wq.size()));
+    for (int64_t r = 0; r < rows; ++r) {
+      const float s = w_step.empty() ? 0.f : w_step[size_t(w_step.size() == 1 ? 0 : r)];
+      w_scale_[size_t(r)] = s;
+      const float inv = s > 0 ? 1.f / s : 0.f;
+      for (int64_t i = r * per; i < (r + 1) * per; ++i) wcodes_[size_t(i)] = int8_t(rne(wq.data()[i] * inv));
+    }
+  }
+
+  void forward(const Tensor& x, const std::vector<float>& x_step, Tensor& z) override {
+    Prims& p = prims(x.dim(0));
+    auto& e = cpu_engine();
+    dims xd(x.shape.begin(), x.shape.end());
+    memory src;
+    std::unordered_map<int, memory> args;
+    if (fam_ == Family::int8) {
+      float s = x_step.empty() ? 0.f : x_step[0];
+      int32_t zp = 0;
+      auto user = memory::desc(xd, src_dt_, x.blocked ? tag::nChw16c : g_.conv ? tag::nchw : tag::ab);
+      memory codes = codes_ws_.get(user);
+      encode(x, s, static_cast<uint8_t*>(codes.get_data_handle()), &zp);
+      src = s_src_.in(p.pd.src_desc(), codes);
+      x_scale_ = s;
+      x_zp_ = zp;
+      args.insert({DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, memory({{1}, dt::f32, tag::x}, e, &x_scale_)});
+      args.insert({DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS,
+                   memory({{int64_t(w_scale_.size())}, dt::f32, tag::x}, e, w_scale_.data())});
+      if (asym_) args.insert({DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, memory({{1}, dt::s32, tag::x}, e, &x_zp_)});
+    } else {
+      src = s_src_.in(p.pd.src_desc(), mem(user_md(x), x));
+    }
+    if (p.wei_version != weights_version) {  // once per weight version and batch size
+      dims wd = g_.conv ? dims{g_.O, g_.C, g_.kh, g_.kw} : dims{g_.C, g_.O};
+      const tag wt = g_.conv ? tag::oihw : tag::ab;
+      memory user = fam_ == Family::int8 ? memory({wd, dt::s8, wt}, e, wcodes_.data()) : mem(md(wd, wt), wq_);
+      p.wei = memory(p.pd.weights_desc(), e);
+      reorder(user, p.wei).execute(cpu_stream(), user, p.wei);
+      p.wei_version = weights_version;
+    }
+    z.blocked = z.blocked && g_.conv && can_block(z.shape) && p.pd.dst_desc() == md(p.pd.dst_desc().get_dims(), tag::nChw16c);
+    auto user_dst = mem(user_md(z), z);
+    auto d = s_dst_.out(p.pd.dst_desc(), user_dst);
+    args.insert({{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.wei}, {DNNL_ARG_DST, d}});
+    p.prim.execute(cpu_stream(), args);
+    s_dst_.done(d, user_dst);
+  }
+
+ private:
+  struct Prims {
+    primitive_desc pd;
+    primitive prim;
+    memory wei;
+    uint64_t wei_version = ~uint64_t(0);
+  };
+  Family fam_;
+  Geo g_;
+  bool asym_;
+  dt src_dt_, wei_dt_;
+  std::map<int64_t, Prims> cache_;
+  std::string impl_;
+  Tensor wq_;
+  std::vector<int8_t> wcodes_;
+  std::vector<float> w_scale_;
+  float x_scale_ = 0;
+  int32_t x_zp_ = 0;
+  Workspace codes_ws_;
+  Staged s_src_, s_dst_;
+
+  // round half to even in float arithmetic (|v| < 2^22), which vectorises
+  static float rne(float v) { return (v + 12582912.f) - 12582912.f; }
+
+  // Int codes of x_q = (k - zp) s: symmetric k = x_q / s (s8); asymmetric m = x_q / s,
+  // zp = -min(0, min m) (the grid's zero point: its lowest level is code 0), k = m + zp (u8).
+  void encode(const Tensor& x, float s, uint8_t* out, int32_t* zp) {
+    const int64_t n = x.size();
+    const float* v = x.data();
+    const float inv = s > 0 ? 1.f / s : 0.f;
+    if (!asym_) {
+      int8_t* o = reinterpret_cast<int8_t*>(out);
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) o[i] = int8_t(rne(v[i] * inv));
+      return;
+    }
+    float lo = 0.f;
+#pragma omp parallel for schedule(static) reduction(min : lo) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) lo = std::min(lo, rne(v[i] * inv));
+    *zp = int32_t(-lo);
+    const float shift = -lo;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) out[i] = uint8_t(rne(v[i] * inv) + shift);
+  }
+
+  Prims& prims(int64_t N) {
+    auto it = cache_.find(N);
+    if (it != cache_.end()) return it->second;
+    auto& e = cpu_engine();
+    primitive_attr attr;
+    if (fam_ == Family::int8) {
+      attr.set_scales_mask(DNNL_ARG_SRC, 0);
+      attr.set_scales_mask(DNNL_ARG_WEIGHTS, w_scale_.size() > 1 ? (g_.conv ? 1 : 2) : 0);
+      if (asym_) attr.set_zero_points_mask(DNNL_ARG_SRC, 0);
+    }
+    Prims p;
+    if (g_.conv) {
+      memory::desc src({N, g_.C, g_.H, g_.W}, src_dt_, tag::any), wei({g_.O, g_.C, g_.kh, g_.kw}, wei_dt_, tag::any),
+          dst({N, g_.O, g_.OH, g_.OW}, dt::f32, tag::any);
+      convolution_forward::primitive_desc pd(e, prop_kind::forward_inference, algorithm::convolution_direct, src, wei,
+                                             memory::desc(), dst, g_.strides, g_.dil, g_.pad_l, g_.pad_r, attr);
+      p.pd = pd;
+      p.prim = convolution_forward(pd);
+    } else {
+      memory::desc src({N, g_.C}, src_dt_, tag::ab), wei({g_.C, g_.O}, wei_dt_, tag::any),
+          dst({N, g_.O}, dt::f32, tag::ab);
+      matmul::primitive_desc pd(e, src, wei, dst, attr);
+      p.pd = pd;
+      p.prim = matmul(pd);
+    }
+    const std::string name = p.pd.impl_info_str();
+    if (name.find("ref") != std::string::npos)  // a reference loop is no kernel: stay simulated
+      throw std::runtime_error("oneDNN has only a reference implementation (" + name + ")");
+    impl_ = name;
+    return cache_.emplace(N, std::move(p)).first->second;
+  }
+};
+
+// A small layer of the family, built once per process: what this CPU runs for it.
+struct Probe {
+  std::string impl, why;
+};
+Probe probe(Family f) {
+  static std::mutex mu;
+  static std::map<Family, Probe> seen;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = seen.find(f);
+  if (it != seen.end()) return it->second;
+  Probe r;
+  if (f == Family::binary) {
+    r.impl = std::string("lowbit:xnor_popcount:") + path_name(binary_path());
+  } else if (f == Family::int8 && !has_vnni()) {
+    r.why = "no VNNI (oneDNN's int8 kernels would saturate 16-bit pair sums)";
+  } else {
+    Geo g{true, 32, 8, 8, 32, 3, 3, 8, 8, {1, 1}, {0, 0}, {1, 1}, {1, 1}};
+    try {
+      r.impl = OnednnLayer(f, g, false, true).impl();
+    } catch (const std::exception& ex) {
+      r.why = std::string("oneDNN: ") + ex.what();
+    }
+  }
+  return seen.emplace(f, r).first->second;
+}
+
+}  // namespace
+
+const char* family_name(Family f) {
+  switch (f) {
+    case Family::binary: return "binary";
+    case Family::int8: return "int8";
+    case Family::bf16: return "bf16";
+    case Family::fp16: return "fp16";
+  }
+  return "?";
+}
+
+std::string family_path(Family f, std::string* why) {
+  if (f != Family::binary && portable_forced()) {
+    if (why) *why = "LOWBIT_PORTABLE_KERNELS=1";
+    return "simulated";
+  }
+  const Probe p = probe(f);
+  if (why) *why = p.why;
+  return p.impl.empty() ? "simulated" : p.impl;
+}
+
+bool family_enabled(Family f) {
+  return g_engine_kernels.load(std::memory_order_relaxed) && (f == Family::binary || !portable_forced());
+}
+
+std::unique_ptr<LayerKernel> make_layer_kernel(const std::string& kind, const Config& cfg,
+                                               const std::vector<Shape>& in, const Format& in_f, const Format& w_f) {
+  Family f;
+  if (!family_of(in_f, w_f, &f)) return nullptr;
+  if (f == Family::binary) return make_binary_layer(kind, cfg, in);
+  if (family_path(f) == "simulated") return nullptr;
+  Geo g;
+  if (kind == "conv2d") {
+    const ConvGeometry c = conv_geometry(cfg, in);
+    if (c.groups != 1) return nullptr;
+    g = {true, c.C, c.H, c.W, c.O, c.kh, c.kw, c.ph.out, c.pw.out, {c.sh, c.sw}, {c.dh - 1, c.dw - 1},
+         {c.ph.lo, c.pw.lo}, {c.ph.hi, c.pw.hi}};
+  } else {
+    g.C = in[0][0], g.O = cfg.i("units", 0);
+  }
+  try {
+    return std::make_unique<OnednnLayer>(f, g, !in_f.symmetric && f == Family::int8,
+                                         f == Family::int8 && w_f.per_channel && g.conv);
+  } catch (const std::exception&) {  // no implementation for this shape: simulated
+    return nullptr;
+  }
+}
+
+bool engine_kernels_enabled() { return g_engine_kernels.load(std::memory_order_relaxed); }
+void set_engine_kernels(bool on) { g_engine_kernels.store(on, std::memory_order_relaxed); }
+int64_t engine_kernel_calls(Family f) { return g_calls[int(f)].load(std::memory_order_relaxed); }
+void count_engine_call(Family f) { g_calls[int(f)].fetch_add(1, std::memory_order_relaxed); }
+int64_t engine_weight_preparations() { return g_preparations.load(std::memory_order_relaxed); }
+void count_weight_preparation() { g_preparations.fetch_add(1, std::memory_order_relaxed); }
+
+}  // namespace kernels
+}  // namespace lowbit
