@@ -212,3 +212,33 @@ def model_with_random_weights(layer, in_shape, rng):
     ws = [rng.normal(size=a.shape).astype(np.float32) for a in m.get_weights()]
     m.set_weights(ws)
     return m, ws[0], ws[1] if len(ws) > 1 else None
+
+
+# Convolution shapes for the kernel tests: odd sizes, stride 2, 'same' / 'valid' /
+# explicit padding, 1x1, dilation, channel counts not a multiple of 64.
+CONV_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilation
+    ((2, 3, 9, 11), 5, 3, 1, "same", 1),
+    ((2, 70, 9, 7), 37, 3, 2, "same", 1),
+    ((1, 130, 8, 8), 33, 3, 1, "valid", 1),
+    ((3, 64, 10, 10), 64, 1, 1, "valid", 1),
+    ((2, 65, 7, 7), 17, 1, 2, "valid", 1),
+    ((1, 9, 13, 6), 7, (5, 3), (2, 1), "same", 1),
+    ((2, 20, 12, 12), 11, 3, 1, "same", 2),
+    ((1, 256, 14, 14), 40, 3, 1, "same", 1),
+    ((2, 5, 6, 6), 3, 3, 1, 2, 1),  # explicit padding larger than the kernel's reach
+]
+
+
+def conv_case_id(c):
+    return f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}-{c[4]}-d{c[5]}"
+
+
+def conv_case_geometry(case):
+    """(stride, ((top, bottom), (left, right)), dilation) of a CONV_CASES entry, as np_conv2d takes them."""
+    shape, _, k, s, pad, d = case
+    kk, ss, dd = (k, k) if np.isscalar(k) else k, (s, s) if np.isscalar(s) else s, (d, d)
+    if pad == "same":
+        pads = tuple(tuple(same_pad(shape[2 + i], kk[i], ss[i], dd[i])) for i in range(2))
+    else:
+        pads = ((pad, pad), (pad, pad)) if isinstance(pad, int) else ((0, 0), (0, 0))
+    return ss, pads, dd

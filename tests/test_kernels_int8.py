@@ -12,20 +12,12 @@ import numpy as np
 import pytest
 
 import lowbit as lb
-from conftest import model_with_random_weights, np_conv2d, predict_kernels_on_off, same_pad
+from conftest import CONV_CASES, conv_case_geometry, conv_case_id, model_with_random_weights, np_conv2d, predict_kernels_on_off
 
 K, L, F = lb.kernels, lb.layers, lb.formats
 U = 2.0 ** -24
 NATIVE = K.info()["int8"] != "simulated"
 native_only = pytest.mark.skipif(not NATIVE, reason=f"int8 simulated here: {K.info().get('int8_simulated_because')}")
-
-
-def conv_pads(shape, k, s, pad, d=(1, 1)):
-    if pad == "same":
-        return tuple(tuple(same_pad(shape[2 + i], k[i], s[i], d[i])) for i in range(2))
-    if isinstance(pad, int):
-        return ((pad, pad), (pad, pad))
-    return ((0, 0), (0, 0))
 
 
 def check_bound(fast, sim, exact, absref, K_len):
@@ -35,16 +27,6 @@ def check_bound(fast, sim, exact, absref, K_len):
     assert np.all(np.abs(fast.astype(np.float64) - exact) <= 8 * U * absref + tiny)
 
 
-CONV_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilation
-    ((3, 3, 9, 11), 5, 3, 1, "same", 1),
-    ((2, 70, 9, 7), 37, 3, 2, "same", 1),
-    ((1, 130, 8, 8), 33, 3, 1, "valid", 1),
-    ((3, 64, 10, 10), 64, 1, 1, "valid", 1),
-    ((2, 65, 7, 7), 17, 1, 2, "valid", 1),
-    ((1, 9, 13, 6), 7, (5, 3), (2, 1), "same", 1),
-    ((2, 20, 12, 12), 11, 3, 1, "same", 2),
-    ((2, 5, 6, 6), 3, 3, 1, 2, 1),
-]
 FORMATS = {  # input, weight
     "s8-tensor": (F.Int(8), F.Int(8)),
     "s8-channel": (F.Int(8), F.Int(8, per_channel=True)),
@@ -55,7 +37,7 @@ FORMATS = {  # input, weight
 
 @native_only
 @pytest.mark.parametrize("fmt", FORMATS, ids=str)
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}-{c[4]}-d{c[5]}")
+@pytest.mark.parametrize("case", CONV_CASES, ids=conv_case_id)
 def test_int8_conv2d_equals_simulated_layer(case, fmt, rng):
     shape, filters, k, s, pad, d = case
     fin, fw = FORMATS[fmt]
@@ -69,10 +51,9 @@ def test_int8_conv2d_equals_simulated_layer(case, fmt, rng):
     assert used == 1
     xq = fin.quantize(x)
     wq = fw.quantize(w, channels=filters)
-    kk, ss, dd = ((k, k) if np.isscalar(k) else k), ((s, s) if np.isscalar(s) else s), (d, d)
-    pads = conv_pads(shape, kk, ss, pad, dd)
-    exact = np_conv2d(xq, wq, None, ss, pads, dd)
-    absref = np_conv2d(np.abs(xq), np.abs(wq), None, ss, pads, dd)
+    geo = conv_case_geometry(case)
+    exact = np_conv2d(xq, wq, None, *geo)
+    absref = np_conv2d(np.abs(xq), np.abs(wq), None, *geo)
     check_bound(fast, sim, exact, absref, w[0].size)
     assert "int8:onednn:" in m.kernels(batch_size=2).impls()[0]
 
@@ -103,6 +84,37 @@ def test_int8_output_format_within_one_lsb_and_bias(rng):
     z = sim - b[None, :, None, None]
     lsb = np.abs(z).max() / 127
     assert np.abs(fast - sim).max() <= 1.001 * lsb
+
+
+@native_only
+def test_int8_bias_is_added_in_the_epilogue(rng):
+    """A bias without an output format goes into the kernel's epilogue: z + b, one fp32
+    rounding as the simulated layer's addition (so up to one more ulp of the result)."""
+    q = dict(weight_format=F.Int(8, per_channel=True), input_format=F.Int(8))
+    for layer, shape in [(L.Conv2D(19, 3, padding="same", **q), (3, 21, 7, 7)), (L.Dense(23, **q), (4, 50))]:
+        m, w, b = model_with_random_weights(layer, shape[1:], rng)
+        x = rng.normal(size=shape).astype(np.float32)
+        fast, sim, used = predict_kernels_on_off(m, x, "int8", batch_size=shape[0])
+        assert used == 1
+        # per-channel scales are per output channel of a conv; a Dense kernel has one (per tensor)
+        xq, wq = q["input_format"].quantize(x), q["weight_format"].quantize(w, channels=len(b) if w.ndim == 4 else 1)
+        if len(shape) == 4:
+            absref = np_conv2d(np.abs(xq), np.abs(wq), None, (1, 1), ((1, 1), (1, 1)))
+        else:
+            absref = np.abs(xq).astype(np.float64) @ np.abs(wq)
+        k = w[0].size if len(shape) == 4 else w.shape[0]
+        assert np.all(np.abs(fast.astype(np.float64) - sim) <= (k + 4) * U * absref + 2 * U * np.abs(sim))
+
+
+def assert_close_but_for_code_flips(fast, sim):
+    """Class probabilities of a deep int8 net: a layer's z differs from the simulated one by
+    its fp32 rounding, and where z_sim lies that close to a rounding boundary of the next
+    layer's Int grid, one input code of that layer differs by one (a step of s_x w in its
+    sums). Almost every output agrees to the roundings; none by more than such a step."""
+    close = np.isclose(fast, sim, rtol=1e-4, atol=1e-6)
+    assert close.mean() >= 0.97, f"{(~close).sum()} of {close.size} outputs differ"
+    np.testing.assert_allclose(fast, sim, rtol=0, atol=5e-3)
+    assert np.array_equal(fast.argmax(1), sim.argmax(1))
 
 
 def int8_net():
@@ -136,10 +148,7 @@ def test_engine_predict_evaluate_and_weight_cache(rng):
     fast, sim, used = predict_kernels_on_off(m, x, "int8")
     assert used == 4 * 3  # four int8 layers, three batches of 7
     assert K.info()["engine_weight_preparations"] - prep == 4  # once per layer, not per batch
-    # several layers deep an input code may flip where z_sim lies on a rounding boundary;
-    # with these data none does, and the outputs agree to the fp32 rounding of the sums
-    np.testing.assert_allclose(fast, sim, rtol=1e-4, atol=1e-6)
-    assert np.array_equal(fast.argmax(1), sim.argmax(1))
+    assert_close_but_for_code_flips(fast, sim)
     ev_fast = m.evaluate(x, y, batch_size=6)
     K.use_in_engine(False)
     try:
@@ -147,18 +156,18 @@ def test_engine_predict_evaluate_and_weight_cache(rng):
     finally:
         K.use_in_engine(True)
     assert ev_fast["accuracy"] == ev_sim["accuracy"]
-    assert ev_fast["loss"] == pytest.approx(ev_sim["loss"], rel=1e-4)
+    assert ev_fast["loss"] == pytest.approx(ev_sim["loss"], rel=1e-3)
     # new weights reach the kernels: set_weights and an optimizer step make a new version
     w = m.get_weights()
     m.set_weights([-a if a.ndim == 4 and a.shape[0] == 70 else a for a in w])
     fast2, sim2, _ = predict_kernels_on_off(m, x, "int8")
-    np.testing.assert_allclose(fast2, sim2, rtol=1e-4, atol=1e-6)
+    assert_close_but_for_code_flips(fast2, sim2)
     assert not np.allclose(fast2, fast, rtol=1e-3)
     prep = K.info()["engine_weight_preparations"]
     m.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
     fast3, sim3, _ = predict_kernels_on_off(m, x, "int8")
     assert K.info()["engine_weight_preparations"] - prep == 4
-    np.testing.assert_allclose(fast3, sim3, rtol=1e-4, atol=1e-6)
+    assert_close_but_for_code_flips(fast3, sim3)
     assert not np.allclose(fast3, fast2, rtol=1e-3)
 
 

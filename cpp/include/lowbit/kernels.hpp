@@ -95,13 +95,17 @@ class LayerKernel {
   virtual ~LayerKernel() = default;
   virtual Family family() const = 0;
   virtual std::string impl() const = 0;  // e.g. "lowbit:xnor_popcount:avx512_vpopcntdq"
-  // Whether forward reads the quantized input x_q (else the raw input: binary reads signs).
+  // Whether forward reads the quantized input x_q (else the raw input, which binary reads
+  // signs of, bf16/fp16 round in their conversion, int8 encodes on the Int grid itself).
   virtual bool needs_quantized_input() const { return true; }
   // New weights: wq the quantized copy (OIHW or (K, M)), w_step their grid step(s) (Int).
   virtual void set_weights(const Tensor& wq, const std::vector<float>& w_step) = 0;
   // z (N, O, OH, OW) / (N, units) from x (plain or nChw16c); z.blocked on entry is the
-  // executor's permission, the kernel sets it to the layout it wrote. x_step: Int grid step.
-  virtual void forward(const Tensor& x, const std::vector<float>& x_step, Tensor& z) = 0;
+  // executor's permission, the kernel sets it to the layout it wrote. in_st: the input
+  // quantizer's state (Int: running range, grid step). bias: per output channel, added
+  // in the epilogue (z + b, one fp32 rounding as the simulated layer's addition), given
+  // exactly when the kernel was made with_bias.
+  virtual void forward(const Tensor& x, QuantState& in_st, const float* bias, Tensor& z) = 0;
   uint64_t weights_version = ~uint64_t(0);  // of the weights last set (~0: none)
 };
 
@@ -109,7 +113,8 @@ class LayerKernel {
 // weight formats, or null (no kernel for them, LOWBIT_PORTABLE_KERNELS=1 for the oneDNN
 // families, or oneDNN has no non-reference implementation on this CPU).
 std::unique_ptr<LayerKernel> make_layer_kernel(const std::string& kind, const Config& cfg,
-                                               const std::vector<Shape>& in, const Format& in_f, const Format& w_f);
+                                               const std::vector<Shape>& in, const Format& in_f, const Format& w_f,
+                                               bool with_bias);
 // What this CPU runs for a family: its implementation (a oneDNN impl string for the oneDNN
 // families, probed on a small layer), or "simulated" with the reason in `why`.
 std::string family_path(Family f, std::string* why = nullptr);

@@ -21,11 +21,11 @@ class BinaryLayer : public LayerKernel {
     w_ = conv_ ? pack_conv_weights(wq.data(), O_, s_.C, kh_, kw_) : pack_dense_weights(wq.data(), fan_in_, O_);
   }
 
-  void forward(const Tensor& xt, const std::vector<float>&, Tensor& z) override {
+  void forward(const Tensor& xt, QuantState&, const float* bias, Tensor& z) override {
     const float* x = xt.data();
     const int64_t N = xt.dim(0);
     z.blocked = false;
-    if (!conv_) return binary_dense(x, N, w_, nullptr, nullptr, z.data(), binary_path());
+    if (!conv_) return binary_dense(x, N, w_, nullptr, bias, z.data(), binary_path());
     if (xt.blocked) {  // nChw16c -> NCHW (C % 16 == 0 for a blocked tensor)
       const int64_t C = s_.C, S = s_.H * s_.W, CB = C / 16;
       LB_CHECK(C % 16 == 0, "binary conv2d: blocked input with ", C, " channels");
@@ -38,7 +38,7 @@ class BinaryLayer : public LayerKernel {
     }
     ConvShape s = s_;
     s.N = N;
-    binary_conv2d(x, s, w_, nullptr, nullptr, z.data(), binary_path());
+    binary_conv2d(x, s, w_, nullptr, bias, z.data(), binary_path());
   }
 
  private:

@@ -10,6 +10,7 @@
 
 #include "lowbit/dnnl_util.hpp"
 #include "lowbit/kernels.hpp"
+#include "lowbit/simd.hpp"
 
 namespace lowbit {
 namespace kernels {
@@ -49,6 +50,18 @@ bool family_of(const Format& in, const Format& w, Family* out) {
   return false;
 }
 
+// Int codes k = clamp(nearbyint(x / s) + zp, kmin, kmax) in double, as the Int quantizer
+// computes them (int_grid_of), as bytes (s8 codes in two's complement). |x / s| is capped
+// at 2^50 first (beyond it k saturates anyway) so that adding 1.5 * 2^52 rounds half to even.
+LB_CLONES void int_codes(const float* x, int64_t n, const IntGrid& g, uint8_t* out) {
+  const double s = g.s, zp = g.zp, lo = g.kmin, hi = g.kmax, big = 6755399441055744.0, cap = 1125899906842624.0;
+  for (int64_t i = 0; i < n; ++i) {
+    double v = std::min(std::max(double(x[i]) / s, -cap), cap);
+    v = (v + big) - big;
+    out[i] = uint8_t(int32_t(std::min(std::max(v + zp, lo), hi)));
+  }
+}
+
 bool has_vnni() {
   using I = cpu_isa;
   switch (get_effective_cpu_isa()) {
@@ -67,8 +80,8 @@ struct Geo {
 
 class OnednnLayer : public LayerKernel {
  public:
-  OnednnLayer(Family fam, const Geo& g, bool asymmetric_input, bool per_channel_w)
-      : fam_(fam), g_(g), asym_(asymmetric_input) {
+  OnednnLayer(Family fam, const Geo& g, const Format& in_f, bool per_channel_w, bool with_bias)
+      : fam_(fam), g_(g), in_f_(in_f), asym_(fam == Family::int8 && !in_f.symmetric), with_bias_(with_bias) {
     const bool i8 = fam == Family::int8;
     src_dt_ = i8 ? (asym_ ? dt::u8 : dt::s8) : fam == Family::bf16 ? dt::bf16 : dt::f16;
     wei_dt_ = i8 ? dt::s8 : src_dt_;
@@ -78,8 +91,9 @@ class OnednnLayer : public LayerKernel {
 
   Family family() const override { return fam_; }
   std::string impl() const override { return "onednn:" + impl_; }
-  // bf16/f16: the f32 -> bf16/f16 reorder rounds to nearest even, as the format does
-  bool needs_quantized_input() const override { return fam_ == Family::int8; }
+  // int8 encodes x on the Int grid itself; bf16/f16: the f32 -> bf16/f16 reorder rounds to
+  // nearest even, as the format does
+  bool needs_quantized_input() const override { return false; }
 
   void set_weights(const Tensor& wq, const std::vector<float>& w_step) override {
     wq_ = Tensor(wq.shape);
@@ -98,21 +112,17 @@ class OnednnLayer : public LayerKernel {
     }
   }
 
-  void forward(const Tensor& x, const std::vector<float>& x_step, Tensor& z) override {
+  void forward(const Tensor& x, QuantState& in_st, const float* bias, Tensor& z) override {
     Prims& p = prims(x.dim(0));
     auto& e = cpu_engine();
-    dims xd(x.shape.begin(), x.shape.end());
     memory src;
     std::unordered_map<int, memory> args;
     if (fam_ == Family::int8) {
-      float s = x_step.empty() ? 0.f : x_step[0];
-      int32_t zp = 0;
-      auto user = memory::desc(xd, src_dt_, x.blocked ? tag::nChw16c : g_.conv ? tag::nchw : tag::ab);
-      memory codes = codes_ws_.get(user);
-      encode(x, s, static_cast<uint8_t*>(codes.get_data_handle()), &zp);
-      src = s_src_.in(p.pd.src_desc(), codes);
-      x_scale_ = s;
-      x_zp_ = zp;
+      const IntGrid grid = int_grid_of(in_f_, x.data(), x.size(), &in_st);  // the simulated layer's grid
+      in_st.step.assign(1, float(grid.s));
+      src = encode(x, grid, p.pd.src_desc());
+      x_scale_ = float(grid.s);
+      x_zp_ = int32_t(grid.zp);
       args.insert({DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, memory({{1}, dt::f32, tag::x}, e, &x_scale_)});
       args.insert({DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS,
                    memory({{int64_t(w_scale_.size())}, dt::f32, tag::x}, e, w_scale_.data())});
@@ -132,6 +142,7 @@ class OnednnLayer : public LayerKernel {
     auto user_dst = mem(user_md(z), z);
     auto d = s_dst_.out(p.pd.dst_desc(), user_dst);
     args.insert({{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.wei}, {DNNL_ARG_DST, d}});
+    if (with_bias_) args.insert({DNNL_ARG_BIAS, memory(p.bias, e, const_cast<float*>(bias))});
     p.prim.execute(cpu_stream(), args);
     s_dst_.done(d, user_dst);
   }
@@ -140,12 +151,14 @@ class OnednnLayer : public LayerKernel {
   struct Prims {
     primitive_desc pd;
     primitive prim;
+    memory::desc bias;
     memory wei;
     uint64_t wei_version = ~uint64_t(0);
   };
   Family fam_;
   Geo g_;
-  bool asym_;
+  Format in_f_;
+  bool asym_, with_bias_;
   dt src_dt_, wei_dt_;
   std::map<int64_t, Prims> cache_;
   std::string impl_;
@@ -160,25 +173,53 @@ class OnednnLayer : public LayerKernel {
   // round half to even in float arithmetic (|v| < 2^22), which vectorises
   static float rne(float v) { return (v + 12582912.f) - 12582912.f; }
 
-  // Int codes of x_q = (k - zp) s: symmetric k = x_q / s (s8); asymmetric m = x_q / s,
-  // zp = -min(0, min m) (the grid's zero point: its lowest level is code 0), k = m + zp (u8).
-  void encode(const Tensor& x, float s, uint8_t* out, int32_t* zp) {
-    const int64_t n = x.size();
+  // x's Int codes in the layout the primitive reads: written straight into NHWC (the
+  // int8 convolutions' layout) from NCHW or nChw16c, else in x's own layout and reordered.
+  memory encode(const Tensor& x, const IntGrid& grid, const memory::desc& want) {
+    dims xd(x.shape.begin(), x.shape.end());
+    IntGrid g = grid;
+    if (!(g.s > 0)) g = {1.0, g.zp, g.zp, g.zp};  // an all-zero grid: every code is the zero point
+    const bool nhwc = g_.conv && want == memory::desc(xd, src_dt_, tag::acdb);
+    auto own = memory::desc(xd, src_dt_, nhwc ? tag::acdb : x.blocked ? tag::nChw16c : g_.conv ? tag::nchw : tag::ab);
+    memory codes = codes_ws_.get(own);
+    uint8_t* out = static_cast<uint8_t*>(codes.get_data_handle());
     const float* v = x.data();
-    const float inv = s > 0 ? 1.f / s : 0.f;
-    if (!asym_) {
-      int8_t* o = reinterpret_cast<int8_t*>(out);
+    if (!nhwc) {
+      const int64_t n = x.size(), chunk = 4096;
 #pragma omp parallel for schedule(static) if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) o[i] = int8_t(rne(v[i] * inv));
-      return;
+      for (int64_t c0 = 0; c0 < n; c0 += chunk) int_codes(v + c0, std::min(chunk, n - c0), g, out + c0);
+      return s_src_.in(want, codes);
     }
-    float lo = 0.f;
-#pragma omp parallel for schedule(static) reduction(min : lo) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) lo = std::min(lo, rne(v[i] * inv));
-    *zp = int32_t(-lo);
-    const float shift = -lo;
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) out[i] = uint8_t(rne(v[i] * inv) + shift);
+    const int64_t N = x.dim(0), C = g_.C, S = g_.H * g_.W;
+    if (x.blocked) {  // (n, cb, s, 16) -> (n, s, c): runs of 16 channels
+      const int64_t CB = C / 16;
+#pragma omp parallel
+      {
+        std::vector<uint8_t> tmp(static_cast<size_t>(S * 16));
+#pragma omp for schedule(static)
+        for (int64_t nb = 0; nb < N * CB; ++nb) {
+          int_codes(v + nb * S * 16, S * 16, g, tmp.data());
+          uint8_t* o = out + (nb / CB) * S * C + (nb % CB) * 16;
+          for (int64_t q = 0; q < S; ++q) std::memcpy(o + q * C, tmp.data() + q * 16, 16);
+        }
+      }
+      return codes;
+    }
+    const int64_t T = 256, tiles = (S + T - 1) / T;  // (n, c, s) -> (n, s, c) by tiles of pixels
+#pragma omp parallel
+    {
+      std::vector<uint8_t> tmp(static_cast<size_t>(T));
+#pragma omp for schedule(static)
+      for (int64_t nt = 0; nt < N * tiles; ++nt) {
+        const int64_t n = nt / tiles, q0 = (nt % tiles) * T, len = std::min(T, S - q0);
+        uint8_t* o = out + (n * S + q0) * C;
+        for (int64_t c = 0; c < C; ++c) {
+          int_codes(v + (n * C + c) * S + q0, len, g, tmp.data());
+          for (int64_t q = 0; q < len; ++q) o[q * C + c] = tmp[size_t(q)];
+        }
+      }
+    }
+    return codes;
   }
 
   Prims& prims(int64_t N) {
@@ -195,14 +236,17 @@ class OnednnLayer : public LayerKernel {
     if (g_.conv) {
       memory::desc src({N, g_.C, g_.H, g_.W}, src_dt_, tag::any), wei({g_.O, g_.C, g_.kh, g_.kw}, wei_dt_, tag::any),
           dst({N, g_.O, g_.OH, g_.OW}, dt::f32, tag::any);
+      if (with_bias_) p.bias = memory::desc({g_.O}, dt::f32, tag::x);
       convolution_forward::primitive_desc pd(e, prop_kind::forward_inference, algorithm::convolution_direct, src, wei,
-                                             memory::desc(), dst, g_.strides, g_.dil, g_.pad_l, g_.pad_r, attr);
+                                             p.bias, dst, g_.strides, g_.dil, g_.pad_l, g_.pad_r, attr);
       p.pd = pd;
       p.prim = convolution_forward(pd);
     } else {
       memory::desc src({N, g_.C}, src_dt_, tag::ab), wei({g_.C, g_.O}, wei_dt_, tag::any),
           dst({N, g_.O}, dt::f32, tag::ab);
-      matmul::primitive_desc pd(e, src, wei, dst, attr);
+      if (with_bias_) p.bias = memory::desc({1, g_.O}, dt::f32, tag::ab);
+      matmul::primitive_desc pd = with_bias_ ? matmul::primitive_desc(e, src, wei, p.bias, dst, attr)
+                                             : matmul::primitive_desc(e, src, wei, dst, attr);
       p.pd = pd;
       p.prim = matmul(pd);
     }
@@ -232,7 +276,8 @@ Probe probe(Family f) {
   } else {
     Geo g{true, 32, 8, 8, 32, 3, 3, 8, 8, {1, 1}, {0, 0}, {1, 1}, {1, 1}};
     try {
-      r.impl = OnednnLayer(f, g, false, true).impl();
+      Format in;  // symmetric Int(8) / the family's float format: only the data types matter here
+      r.impl = OnednnLayer(f, g, in, true, false).impl();
     } catch (const std::exception& ex) {
       r.why = std::string("oneDNN: ") + ex.what();
     }
@@ -267,7 +312,8 @@ bool family_enabled(Family f) {
 }
 
 std::unique_ptr<LayerKernel> make_layer_kernel(const std::string& kind, const Config& cfg,
-                                               const std::vector<Shape>& in, const Format& in_f, const Format& w_f) {
+                                               const std::vector<Shape>& in, const Format& in_f, const Format& w_f,
+                                               bool with_bias) {
   Family f;
   if (!family_of(in_f, w_f, &f)) return nullptr;
   if (f == Family::binary) return make_binary_layer(kind, cfg, in);
@@ -282,8 +328,7 @@ std::unique_ptr<LayerKernel> make_layer_kernel(const std::string& kind, const Co
     g.C = in[0][0], g.O = cfg.i("units", 0);
   }
   try {
-    return std::make_unique<OnednnLayer>(f, g, !in_f.symmetric && f == Family::int8,
-                                         f == Family::int8 && w_f.per_channel && g.conv);
+    return std::make_unique<OnednnLayer>(f, g, in_f, f == Family::int8 && w_f.per_channel && g.conv, with_bias);
   } catch (const std::exception&) {  // no implementation for this shape: simulated
     return nullptr;
   }

@@ -49,7 +49,7 @@ struct Quantized : Op {
   std::unique_ptr<kernels::LayerKernel> kernel_;
   uint64_t wq_version_ = ~uint64_t(0);  // the weight version wq_ was quantized from (inference)
   QuantState::Axis w_axis_, in_axis_;
-  bool ran_forward_ = false, ran_kernel_ = false;
+  bool ran_forward_ = false, ran_kernel_ = false, bias_in_kernel_ = false;
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -80,7 +80,9 @@ struct Quantized : Op {
       (grad ? grad_accum_ : accum_) = f;
     }
     if ((accum_ || grad_accum_) && k == "conv2d") geo_ = conv_geometry(cfg, in);
-    if (w_ && in_ && !accum_) kernel_ = kernels::make_layer_kernel(k, cfg, in, *in_.f, *w_.f);
+    // without an output format the bias goes into the kernel's epilogue (z + b, as here)
+    bias_in_kernel_ = use_bias && !out_;
+    if (w_ && in_ && !accum_) kernel_ = kernels::make_layer_kernel(k, cfg, in, *in_.f, *w_.f, bias_in_kernel_);
     out_shape = inner->out_shape;
     macs = inner->macs;
     const Shape& ks = inner->params[0].value.shape;
@@ -177,7 +179,7 @@ struct Quantized : Op {
       else accum_dense_forward(*accum_, *x, inner->params[0].value, zt, ints);
     } else if (kernel) {
       kernels::count_engine_call(kernel_->family());
-      kernel_->forward(*x, in_.st.step, zt);
+      kernel_->forward(*x, in_.st, bias_in_kernel_ ? params[1].value.data() : nullptr, zt);
     } else {
       inner->forward({x}, zt, ctx);
     }
@@ -186,7 +188,7 @@ struct Quantized : Op {
       dst.blocked = z_.blocked;
     }
     inner->params[0].value = saved;
-    if (use_bias)
+    if (use_bias && !(kernel && bias_in_kernel_))
       add_channel_bias(dst.data(), params[1].value.data(), dst.dim(0), channels, numel(out_shape) / channels,
                        dst.blocked);
   }
