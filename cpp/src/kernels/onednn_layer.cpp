@@ -53,12 +53,41 @@ bool family_of(const Format& in, const Format& w, Family* out) {
 // Int codes k = clamp(nearbyint(x / s) + zp, kmin, kmax) in double, as the Int quantizer
 // computes them (int_grid_of), as bytes (s8 codes in two's complement). |x / s| is capped
 // at 2^50 first (beyond it k saturates anyway) so that adding 1.5 * 2^52 rounds half to even.
-LB_CLONES void int_codes(const float* x, int64_t n, const IntGrid& g, uint8_t* out) {
+LB_CLONES void int_codes_exact(const float* x, int64_t n, const IntGrid& g, uint8_t* out) {
   const double s = g.s, zp = g.zp, lo = g.kmin, hi = g.kmax, big = 6755399441055744.0, cap = 1125899906842624.0;
   for (int64_t i = 0; i < n; ++i) {
     double v = std::min(std::max(double(x[i]) / s, -cap), cap);
     v = (v + big) - big;
     out[i] = uint8_t(int32_t(std::min(std::max(v + zp, lo), hi)));
+  }
+}
+
+// The same codes in float: v = x * fl(1/s) is within |v| 2^-22.9 of x / s, so for
+// |v| <= 1024 it rounds the same way unless x / s lies within 1e-4 of a half integer
+// (returns true: the caller redoes those values exactly); beyond 512 k saturates anyway
+// (|k| <= 255 + zp <= 510).
+// (This file compiles with -fno-trapping-math so that these selects vectorise.)
+LB_CLONES bool int_codes_f32(const float* x, int64_t n, float inv, float zp, float lo, float hi, uint8_t* out) {
+  int near = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] * inv;
+    v = v < -1024.f ? -1024.f : v > 1024.f ? 1024.f : v;
+    const float r = (v + 12582912.f) - 12582912.f;  // round half to even (|v| < 2^22)
+    near |= std::fabs(std::fabs(v - r) - 0.5f) < 1e-4f;
+    float k = r + zp;
+    k = k < lo ? lo : k > hi ? hi : k;
+    out[i] = uint8_t(int32_t(k));
+  }
+  return near != 0;
+}
+
+void int_codes(const float* x, int64_t n, const IntGrid& g, uint8_t* out) {
+  const float inv = float(1.0 / g.s);
+  if (!std::isfinite(inv)) return int_codes_exact(x, n, g, out);
+  for (int64_t i0 = 0; i0 < n; i0 += 256) {  // short runs: a near tie redoes few values
+    const int64_t m = std::min<int64_t>(256, n - i0);
+    if (int_codes_f32(x + i0, m, inv, float(g.zp), float(g.kmin), float(g.kmax), out + i0))
+      int_codes_exact(x + i0, m, g, out + i0);
   }
 }
 
