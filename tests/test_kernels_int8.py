@@ -73,6 +73,25 @@ def test_int8_dense_equals_simulated_layer(n, fan_in, units, fmt, rng):
 
 
 @native_only
+@pytest.mark.parametrize("fin", [F.Int(8), F.Int(8, symmetric=False)], ids=["s8", "u8"])
+def test_codes_at_rounding_ties_follow_the_quantizer(fin, rng):
+    """Inputs on the half-way points (k + 1/2) s of the grid: the kernel's fast float
+    encoding must hand these to the exact (double) rounding the quantizer uses; one code
+    off would move z by s_x |w|, far outside the bound."""
+    n, fan_in = 6, 300
+    k = rng.integers(-120, 120, size=(n, fan_in)) + 0.5
+    x = (k * 0.0123).astype(np.float32)
+    x[0, 0] = 127 * 0.0123  # sets max|x|: s = max|x| / 127 = 0.0123 up to its rounding
+    x[0, 1] = -127 * 0.0123
+    layer = L.Dense(40, use_bias=False, weight_format=F.Int(8), input_format=fin)
+    m, w, _ = model_with_random_weights(layer, (fan_in,), rng)
+    fast, sim, used = predict_kernels_on_off(m, x, "int8", batch_size=n)
+    assert used == 1
+    xq, wq = fin.quantize(x).astype(np.float64), F.Int(8).quantize(w).astype(np.float64)
+    check_bound(fast, sim, xq @ wq, np.abs(xq) @ np.abs(wq), fan_in)
+
+
+@native_only
 def test_int8_output_format_within_one_lsb_and_bias(rng):
     """output_format=Int(8) and a bias: y = Q_out(z) + b, one output LSB apart at most."""
     i8 = dict(weight_format=F.Int(8, per_channel=True), input_format=F.Int(8), output_format=F.Int(8))
