@@ -1,11 +1,17 @@
 // Bindings of the model graph. numpy arrays come in without copies as C-contiguous
-// float32 / int64 (the Python layer converts other dtypes by its documented rule);
-// the GIL is released while the engine computes.
+// float32 / int64 (the Python layer converts other dtypes by its documented rule).
+// Every call that reads or writes the graph's buffers runs on the engine thread
+// (lowbit/engine_thread.hpp) with the GIL released; Python objects are made here, on
+// the caller's thread, before or after.
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+#include <type_traits>
+
+#include "lowbit/engine_thread.hpp"
 #include "lowbit/graph.hpp"
 
 namespace py = pybind11;
@@ -102,6 +108,51 @@ farray output_array(Graph& g, int64_t n) {
   return farray(s);
 }
 
+// Run fn() on the engine thread, GIL released. A call that changes the graph (mutates)
+// is refused while the graph is inside fit_epoch: queued from another thread, it would
+// run between two batches of that fit.
+template <class Fn>
+auto engine_call(Graph& g, const char* what, bool mutates, Fn fn) {
+  using R = decltype(fn());
+  py::gil_scoped_release nogil;
+  auto guarded = [&] {
+    if (mutates && g.fitting())
+      throw std::runtime_error(std::string(what) +
+                               ": fit() is running on this model in another thread; wait for it to return "
+                               "(predict, evaluate and get_weights may be called meanwhile)");
+    return fn();
+  };
+  if constexpr (std::is_void_v<R>) {
+    run_on_engine(guarded);
+  } else {
+    std::optional<R> r;
+    run_on_engine([&] { r.emplace(guarded()); });
+    return std::move(*r);
+  }
+}
+
+Param& param_at(Graph& g, int i, int k) {
+  auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
+  LB_CHECK(n.op, "node ", i, " (", n.kind, ") has no parameters");
+  return n.op->params.at(size_t(k));
+}
+
+farray copy_out(const Shape& shape, const std::vector<float>& v) {
+  farray a(shape);
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * 4);
+  return a;
+}
+
+// Graphs are destroyed on the engine thread, where their primitives were made, and
+// before the destructor returns (so none is left to run while the process exits).
+struct DeleteOnEngine {
+  void operator()(Graph* g) const {
+    if (!PyGILState_Check()) return run_on_engine([g] { delete g; });
+    py::gil_scoped_release nogil;  // the engine may be waiting for the GIL (fit's progress bar)
+    run_on_engine([g] { delete g; });
+  }
+};
+
 py::dict metrics(const Metrics& m) {
   py::dict d;
   d["loss"] = m.loss;
@@ -112,16 +163,21 @@ py::dict metrics(const Metrics& m) {
 }  // namespace
 
 void register_graph(py::module_& m) {
+  py::register_exception<Diverged>(m, "Diverged", PyExc_FloatingPointError);
   m.def("scheduled_lr", [](const py::dict& sched, double lr, int64_t epoch) {
     return scheduled_lr(to_schedule(sched), lr, epoch);
   }, py::arg("schedule"), py::arg("learning_rate"), py::arg("epoch"), "The engine's learning rate of an epoch.");
-  py::class_<Graph>(m, "Graph", "A model graph: Input, then ops in topological order.")
+  py::class_<Graph, std::unique_ptr<Graph, DeleteOnEngine>>(m, "Graph",
+                                                            "A model graph: Input, then ops in topological order.")
       .def(py::init<>())
-      .def("add_input", [](Graph& g, std::vector<int64_t> shape) { return g.add_input(shape); })
-      .def("add", [](Graph& g, const std::string& kind, const std::vector<int>& inputs,
-                     const py::dict& cfg) { return g.add(kind, inputs, to_config(cfg)); },
-           py::arg("kind"), py::arg("inputs"), py::arg("config"))
-      .def("set_output", &Graph::set_output)
+      .def("add_input", [](Graph& g, std::vector<int64_t> shape) {
+        return engine_call(g, "add_input", true, [&] { return g.add_input(shape); });
+      })
+      .def("add", [](Graph& g, const std::string& kind, const std::vector<int>& inputs, const py::dict& cfg) {
+        Config c = to_config(cfg);
+        return engine_call(g, "add", true, [&] { return g.add(kind, inputs, c); });
+      }, py::arg("kind"), py::arg("inputs"), py::arg("config"))
+      .def("set_output", [](Graph& g, int id) { engine_call(g, "set_output", true, [&] { g.set_output(id); }); })
       .def_property_readonly("output", &Graph::output)
       .def_property_readonly("num_nodes", [](Graph& g) { return g.nodes().size(); })
       .def("node_kind", [](Graph& g, int i) { return g.nodes().at(size_t(i)).kind; })
@@ -146,71 +202,179 @@ void register_graph(py::module_& m) {
       .def("set_trainable", [](Graph& g, int i, int k, bool trainable) {
         auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
         LB_CHECK(n.op && k >= 0 && size_t(k) < n.op->params.size(), "set_trainable: node ", i, " has no parameter ", k);
-        n.op->params[size_t(k)].trainable = trainable;
+        engine_call(g, "set_trainable", true, [&] { n.op->params[size_t(k)].trainable = trainable; });
       }, py::arg("node"), py::arg("k"), py::arg("trainable"),
            "Whether the optimizer updates parameter k of node i (a frozen layer keeps its weights).")
       .def("get_param", [](Graph& g, int i, int k) {
-        auto& p = const_cast<Node&>(g.nodes().at(size_t(i))).op->params.at(size_t(k));
+        Param& p = param_at(g, i, k);
         farray a(p.value.shape);
-        std::memcpy(a.mutable_data(), p.value.data(), size_t(p.value.size()) * 4);
+        float* o = a.mutable_data();
+        engine_call(g, "get_weights", false, [&] { std::memcpy(o, p.value.data(), size_t(p.value.size()) * 4); });
         return a;
       })
+      .def("get_params", [](Graph& g, const std::vector<std::pair<int, int>>& slots) {
+        std::vector<Param*> ps;
+        py::list r;
+        std::vector<float*> outs;
+        for (auto [i, k] : slots) {
+          ps.push_back(&param_at(g, i, k));
+          farray a(ps.back()->value.shape);
+          outs.push_back(a.mutable_data());
+          r.append(a);
+        }
+        engine_call(g, "get_weights", false, [&] {  // one call: all from the same batch boundary
+          for (size_t j = 0; j < ps.size(); ++j)
+            std::memcpy(outs[j], ps[j]->value.data(), size_t(ps[j]->value.size()) * 4);
+        });
+        return r;
+      }, "Parameters (node, index) pairs, copied together.")
       .def("get_grad", [](Graph& g, int i, int k) {
-        auto& p = const_cast<Node&>(g.nodes().at(size_t(i))).op->params.at(size_t(k));
+        Param& p = param_at(g, i, k);
         farray a(p.grad.shape);
-        std::memcpy(a.mutable_data(), p.grad.data(), size_t(p.grad.size()) * 4);
+        float* o = a.mutable_data();
+        engine_call(g, "get_grad", false, [&] { std::memcpy(o, p.grad.data(), size_t(p.grad.size()) * 4); });
         return a;
       })
       .def("set_param", [](Graph& g, int i, int k, const farray& a) {
-        auto& p = const_cast<Node&>(g.nodes().at(size_t(i))).op->params.at(size_t(k));
+        Param& p = param_at(g, i, k);
         Shape s(a.shape(), a.shape() + a.ndim());
         LB_CHECK(s == p.value.shape, "set_weights: ", p.name, " of node ", i, " expects shape ",
                  shape_str(p.value.shape), ", got ", shape_str(s));
-        std::memcpy(p.value.data(), a.data(), size_t(p.value.size()) * 4);
-        ++p.version;
+        const float* src = a.data();
+        engine_call(g, "set_weights", true, [&] {
+          std::memcpy(p.value.data(), src, size_t(p.value.size()) * 4);
+          ++p.version;
+        });
       })
-      .def("get_quant_state", [](Graph& g, int i) {
-        py::list r;
-        auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
-        if (n.op)
-          for (auto* st : n.op->quant_states()) {
-            py::array_t<int8_t> signs(py::ssize_t(st->last_sign.size()));
-            std::memcpy(signs.mutable_data(), st->last_sign.data(), st->last_sign.size());
-            r.append(py::make_tuple(st->msb, st->counter, signs, st->running_amax));
+      .def("set_params", [](Graph& g, const std::vector<std::pair<int, int>>& slots, const std::vector<farray>& arrays) {
+        LB_CHECK(slots.size() == arrays.size(), "set_weights: expected ", slots.size(), " arrays, got ", arrays.size());
+        std::vector<Param*> ps;
+        for (size_t j = 0; j < slots.size(); ++j) {
+          ps.push_back(&param_at(g, slots[j].first, slots[j].second));
+          Shape s(arrays[j].shape(), arrays[j].shape() + arrays[j].ndim());
+          LB_CHECK(s == ps[j]->value.shape, "set_weights: ", ps[j]->name, " of node ", slots[j].first,
+                   " expects shape ", shape_str(ps[j]->value.shape), ", got ", shape_str(s));
+        }
+        engine_call(g, "set_weights", true, [&] {  // all or nothing: shapes were checked above
+          for (size_t j = 0; j < ps.size(); ++j) {
+            std::memcpy(ps[j]->value.data(), arrays[j].data(), size_t(ps[j]->value.size()) * 4);
+            ++ps[j]->version;
           }
+        });
+      }, "Set parameters (node, index) together after checking every shape.")
+      .def("get_quant_state", [](Graph& g, int i) {
+        auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
+        auto sts = engine_call(g, "get_quant_state", false, [&] {
+          std::vector<QuantState> r;
+          if (n.op)
+            for (auto* st : n.op->quant_states()) r.push_back(*st);
+          return r;
+        });
+        py::list r;
+        for (auto& st : sts) {
+          py::array_t<int8_t> signs(py::ssize_t(st.last_sign.size()));
+          if (!st.last_sign.empty()) std::memcpy(signs.mutable_data(), st.last_sign.data(), st.last_sign.size());
+          r.append(py::make_tuple(st.msb, st.counter, signs, st.running_amax));
+        }
         return r;
       }, "Quantizer states of node i: (tracked msb, stochastic counter, hysteresis signs, running max|x|) per role.")
       .def("set_quant_state", [](Graph& g, int i, const py::list& states) {
         auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
-        auto sts = n.op ? n.op->quant_states() : std::vector<QuantState*>{};
-        LB_CHECK(sts.size() == states.size(), "load_weights: node ", i, " has ", sts.size(),
-                 " quantizer states, the file has ", states.size());
-        for (size_t k = 0; k < sts.size(); ++k) {
-          auto t = states[k].cast<py::tuple>();
-          sts[k]->msb = t[0].cast<int>();
-          sts[k]->counter = t[1].cast<uint64_t>();
-          auto a = t[2].cast<py::array_t<int8_t, py::array::c_style>>();
-          sts[k]->last_sign.assign(a.data(), a.data() + a.size());
-          if (t.size() > 3) sts[k]->running_amax = t[3].cast<float>();
+        struct In {
+          int msb;
+          uint64_t counter;
+          std::vector<int8_t> signs;
+          std::optional<float> running;
+        };
+        std::vector<In> in;
+        for (auto s : states) {
+          auto t = s.cast<py::tuple>();
+          LB_CHECK(t.size() == 3 || t.size() == 4, "quantizer state: expected (msb, counter, signs[, running])");
+          auto a = t[2].cast<py::array_t<int8_t, py::array::c_style | py::array::forcecast>>();
+          In x{t[0].cast<int>(), t[1].cast<uint64_t>(), std::vector<int8_t>(a.data(), a.data() + a.size()), {}};
+          if (t.size() > 3) x.running = t[3].cast<float>();
+          in.push_back(std::move(x));
         }
-        if (n.op)
-          for (auto& p : n.op->params) ++p.version;  // weight quantizers read their state (hysteresis)
+        engine_call(g, "set_quant_state", true, [&] {
+          auto sts = n.op ? n.op->quant_states() : std::vector<QuantState*>{};
+          LB_CHECK(sts.size() == in.size(), "load_weights: node ", i, " has ", sts.size(), " quantizer states, the file has ",
+                   in.size());
+          for (size_t k = 0; k < sts.size(); ++k) {
+            sts[k]->msb = in[k].msb;
+            sts[k]->counter = in[k].counter;
+            sts[k]->last_sign = in[k].signs;
+            if (in[k].running) sts[k]->running_amax = *in[k].running;
+          }
+          if (n.op)
+            for (auto& p : n.op->params) ++p.version;  // weight quantizers read their state (hysteresis)
+        });
       })
-      .def("init_params", &Graph::init_params, py::arg("seed"))
-      .def("set_loss_scaling", &Graph::set_loss_scaling, py::arg("dynamic"), py::arg("init"),
-           py::arg("growth_interval") = 2000)
-      .def_property_readonly("loss_scale", &Graph::loss_scale)
-      .def_property_readonly("skipped_steps", &Graph::skipped_steps)
+      .def("optimizer_state", [](Graph& g) {
+        struct Out {
+          int64_t t = 0;
+          std::vector<std::vector<std::pair<Shape, std::vector<float>>>> slots;
+        };
+        auto o = engine_call(g, "optimizer_state", false, [&] {
+          Out out;
+          if (auto* opt = g.optimizer()) {
+            out.t = opt->t;
+            for (auto& ps : opt->state) {
+              out.slots.emplace_back();
+              for (auto& s : ps) out.slots.back().emplace_back(s.shape, std::vector<float>(s.data(), s.data() + s.size()));
+            }
+          }
+          return out;
+        });
+        py::list slots;
+        for (auto& ps : o.slots) {
+          py::list l;
+          for (auto& [shape, v] : ps) l.append(copy_out(shape, v));
+          slots.append(l);
+        }
+        return py::make_tuple(o.t, slots);
+      }, "(steps taken, per trainable parameter the optimizer's slot arrays); no slots before the first step.")
+      .def_property_readonly("optimizer_slots", [](Graph& g) { return g.optimizer() ? g.optimizer()->slots() : -1; },
+                             "Slots the optimizer keeps per trainable parameter (-1 before compile).")
+      .def("set_optimizer_state", [](Graph& g, int64_t t, const std::vector<std::vector<farray>>& slots) {
+        std::vector<std::vector<Tensor>> st;
+        for (auto& ps : slots) {
+          st.emplace_back();
+          for (auto& a : ps) {
+            Tensor x(Shape(a.shape(), a.shape() + a.ndim()));
+            std::memcpy(x.data(), a.data(), size_t(a.size()) * 4);
+            st.back().push_back(std::move(x));
+          }
+        }
+        engine_call(g, "set_optimizer_state", true, [&] {
+          LB_CHECK(g.optimizer(), "optimizer state: call compile() first");
+          g.optimizer()->set_state(t, std::move(st), g.params(true));
+        });
+      })
+      .def_property("scaler_state", [](Graph& g) { return engine_call(g, "scaler_state", false, [&] { return g.scaler_state(); }); },
+                    [](Graph& g, const std::vector<double>& s) {
+                      engine_call(g, "scaler_state", true, [&] { g.set_scaler_state(s); });
+                    }, "Loss scaler: (scale, good steps since the last change, skipped steps).")
+      .def("init_params", [](Graph& g, uint64_t seed) { engine_call(g, "init_params", true, [&] { g.init_params(seed); }); },
+           py::arg("seed"))
+      .def("set_loss_scaling", [](Graph& g, bool dynamic, double init, int64_t growth_interval) {
+        engine_call(g, "set_loss_scaling", true, [&] { g.set_loss_scaling(dynamic, init, growth_interval); });
+      }, py::arg("dynamic"), py::arg("init"), py::arg("growth_interval") = 2000)
+      .def_property_readonly("loss_scale", [](Graph& g) { return engine_call(g, "loss_scale", false, [&] { return g.loss_scale(); }); })
+      .def_property_readonly("skipped_steps",
+                             [](Graph& g) { return engine_call(g, "skipped_steps", false, [&] { return g.skipped_steps(); }); })
       .def("activation", [](Graph& g, int i) {
-        const Tensor& t = g.activation(i);
-        LB_CHECK(t.ptr, "activation: node ", i, " has not been computed");
-        farray a(t.shape);
-        std::memcpy(a.mutable_data(), t.data(), size_t(t.size()) * 4);
-        return a;
+        auto r = engine_call(g, "activation", false, [&] {
+          const Tensor& t = g.activation(i);
+          LB_CHECK(t.ptr, "activation: node ", i, " has not been computed");
+          return std::make_pair(t.shape, std::vector<float>(t.data(), t.data() + t.size()));
+        });
+        return copy_out(r.first, r.second);
       })
       .def("count_params", &Graph::count_params)
-      .def_property("step", &Graph::step, &Graph::set_step)
-      .def_property_readonly("learning_rate", &Graph::current_lr)
+      .def_property("step", [](Graph& g) { return engine_call(g, "step", false, [&] { return g.step(); }); },
+                    [](Graph& g, uint64_t s) { engine_call(g, "step", true, [&] { g.set_step(s); }); })
+      .def_property_readonly("learning_rate",
+                             [](Graph& g) { return engine_call(g, "learning_rate", false, [&] { return g.current_lr(); }); })
       .def("compile", [](Graph& g, const std::string& loss, const py::dict& opt, const py::dict& sched) {
         OptimConfig o;
         Config c = to_config(opt);
@@ -228,7 +392,7 @@ void register_graph(py::module_& m) {
         o.bop_threshold = c.f("bop_threshold", 1e-8);
         ScheduleConfig s = to_schedule(sched);
         scheduled_lr(s, o.lr, 0);  // validates the schedule name
-        g.compile(loss, o, s);
+        engine_call(g, "compile", true, [&] { g.compile(loss, o, s); });
       })
       .def("fit_epoch", [](Graph& g, const farray& x, const py::object& y, int64_t batch, bool shuffle, uint64_t seed,
                            int64_t epoch, py::object progress) {
@@ -240,45 +404,35 @@ void register_graph(py::module_& m) {
             py::gil_scoped_acquire gil;
             progress(done, loss, acc);
           };
-        Metrics r;
-        {
-          py::gil_scoped_release nogil;
-          r = g.fit_epoch(x.data(), n, t.labels, t.targets, batch, shuffle, seed, epoch, cb);
-        }
+        Metrics r = engine_call(g, "fit", true, [&] {
+          return g.fit_epoch(x.data(), n, t.labels, t.targets, batch, shuffle, seed, epoch, cb);
+        });
         return metrics(r);
       })
       .def("evaluate", [](Graph& g, const farray& x, const py::object& y, int64_t batch) {
         int64_t n = check_x(g, x, "evaluate");
         Targets t = check_y(g, y, n, "evaluate");
-        py::gil_scoped_release nogil;
-        auto r = g.evaluate(x.data(), n, t.labels, t.targets, batch);
-        py::gil_scoped_acquire gil;
+        auto r = engine_call(g, "evaluate", false, [&] { return g.evaluate(x.data(), n, t.labels, t.targets, batch); });
         return metrics(r);
       })
       .def("predict", [](Graph& g, const farray& x, int64_t batch) {
         int64_t n = check_x(g, x, "predict");
         farray out = output_array(g, n);
         float* o = out.mutable_data();
-        {
-          py::gil_scoped_release nogil;
-          g.predict(x.data(), n, batch, o);
-        }
+        engine_call(g, "predict", false, [&] { g.predict(x.data(), n, batch, o); });
         return out;
       })
       .def("compute_gradients", [](Graph& g, const farray& x, const py::object& y) {
         int64_t n = check_x(g, x, "compute_gradients");
         Targets t = check_y(g, y, n, "compute_gradients");
-        py::gil_scoped_release nogil;
-        return g.compute_gradients(x.data(), n, t.labels, t.targets);
+        return engine_call(g, "compute_gradients", true,
+                           [&] { return g.compute_gradients(x.data(), n, t.labels, t.targets); });
       })
       .def("forward", [](Graph& g, const farray& x, bool training) {
         int64_t n = check_x(g, x, "forward");
         farray out = output_array(g, n);
         float* o = out.mutable_data();
-        {
-          py::gil_scoped_release nogil;
-          g.forward_batch(x.data(), n, training, o);
-        }
+        engine_call(g, "forward", training, [&] { g.forward_batch(x.data(), n, training, o); });
         return out;
       }, py::arg("x"), py::arg("training") = false)
       .def("backward", [](Graph& g, const farray& dy, std::vector<int64_t> x_shape) {
@@ -286,14 +440,13 @@ void register_graph(py::module_& m) {
                      dy.size() == dy.shape(0) * numel(g.nodes()[size_t(g.output())].out_shape) &&
                      numel(Shape(x_shape.begin() + 1, x_shape.end())) == numel(g.nodes()[0].out_shape),
                  "backward: dy must have the output's shape and x_shape the input's, for the last forward batch");
-        LB_CHECK(g.nodes().size() > 0 && dy.size() == g.activation(g.output()).size(),
-                 "backward: dy does not match the last forward batch");
         farray dx(x_shape);
         float* o = dx.mutable_data();
-        {
-          py::gil_scoped_release nogil;
+        engine_call(g, "backward", true, [&] {
+          LB_CHECK(g.nodes().size() > 0 && dy.size() == g.activation(g.output()).size(),
+                   "backward: dy does not match the last forward batch");
           g.backward_batch(dy.data(), o);
-        }
+        });
         return dx;
       })
       .def("forward_inputs", [](Graph& g, const std::vector<farray>& xs, bool training, bool update_stats) {
@@ -312,10 +465,7 @@ void register_graph(py::module_& m) {
         }
         farray out = output_array(g, n);
         float* o = out.mutable_data();
-        {
-          py::gil_scoped_release nogil;
-          g.forward_inputs(ptrs, n, training, update_stats, o);
-        }
+        engine_call(g, "forward", training || update_stats, [&] { g.forward_inputs(ptrs, n, training, update_stats, o); });
         return out;
       }, py::arg("xs"), py::arg("training") = false, py::arg("update_stats") = false,
          "Forward of a graph with any number of inputs (one array per add_input, in order).")
@@ -331,10 +481,7 @@ void register_graph(py::module_& m) {
           dxs.emplace_back(g.activation(i).shape);
           ptrs.push_back(dxs.back().mutable_data());
         }
-        {
-          py::gil_scoped_release nogil;
-          g.backward_inputs(dy.data(), ptrs);
-        }
+        engine_call(g, "backward", true, [&] { g.backward_inputs(dy.data(), ptrs); });
         return dxs;
       }, py::arg("dy"), "Input gradients (one per input) for output gradient dy of the last forward; "
          "parameter gradients are left in get_grad.");

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <oneapi/dnnl/dnnl.hpp>
+#include "lowbit/engine_thread.hpp"
 
 namespace py = pybind11;
 
@@ -48,7 +49,12 @@ void register_info(py::module_& m) {
     d["onednn_cpu_isa"] = cpu_isa_name(dnnl::get_effective_cpu_isa());
     d["onednn_library"] = library_of(reinterpret_cast<const void*>(&dnnl_version));
     d["openmp_library"] = library_of(reinterpret_cast<const void*>(&omp_get_max_threads));
-    d["openmp_threads"] = omp_get_max_threads();
+    int threads = 0;
+    {
+      py::gil_scoped_release nogil;
+      lowbit::run_on_engine([&] { threads = omp_get_max_threads(); });  // where the graphs compute
+    }
+    d["openmp_threads"] = threads;
 #if defined(__GNUC__) && defined(__x86_64__)
     __builtin_cpu_init();
     d["avx2"] = bool(__builtin_cpu_supports("avx2"));
@@ -60,6 +66,8 @@ void register_info(py::module_& m) {
   }, "Versions, the instruction set oneDNN dispatches to, the loaded oneDNN and OpenMP libraries, CPU features.");
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw std::invalid_argument("set_num_threads: expected n >= 1, got " + std::to_string(n));
-    omp_set_num_threads(n);
+    omp_set_num_threads(n);  // this thread (formats on standalone arrays) and the engine thread
+    py::gil_scoped_release nogil;
+    lowbit::run_on_engine([n] { omp_set_num_threads(n); });
   });
 }

@@ -25,14 +25,15 @@ from . import (  # one submodule per line
     precision,
     quantize,
     seeds,
+    serial,
     summary,
 )
 from .layers import Input
-from .model import Model, Sequential
+from .model import Model, Sequential, load_model
 from .precision import Precision
 
 __version__ = "0.1.0"
-__all__ = ["Input", "Model", "Sequential", "Precision", "build_info", "set_num_threads",
+__all__ = ["Diverged", "Input", "Model", "Sequential", "load_model", "Precision", "build_info", "set_num_threads",
            "callbacks",
            "constraints",
            "datasets",
@@ -48,8 +49,10 @@ __all__ = ["Input", "Model", "Sequential", "Precision", "build_info", "set_num_t
            "precision",
            "quantize",
            "seeds",
+           "serial",
            "summary",
            ]
 
+Diverged = _core.Diverged
 build_info = _core.build_info
 set_num_threads = _core.set_num_threads

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 __all__ = ["WeightClip", "weight_clip"]
 
+from .serial import Recorded
 
-class WeightClip:
+
+class WeightClip(Recorded):
     """Clip latent weights to [-clip_value, clip_value] (Larq's weight_clip): keeps binary
     weights' latent values where the clipped STE still passes gradient."""
 

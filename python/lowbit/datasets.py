@@ -38,12 +38,16 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import pickle
+import pickletools
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .formats import as_float32
 
 __all__ = [
     "fashion_mnist",
@@ -389,18 +393,28 @@ class _CifarUnpickler(pickle.Unpickler):
         raise ValueError(f"unexpected persistent id {pid!r:.40}")
 
 
+def _check_pickle_ops(raw: bytes):
+    """Opcodes checked before unpickling: a memo index far beyond what a CIFAR-10
+    batch uses would make the C unpickler allocate gigabytes for its memo table."""
+    for op, arg, _ in pickletools.genops(raw):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and int(arg) > 10_000:
+            raise ValueError(f"memo index {arg} at {op.name}")
+
+
 def _cifar_pickle_batch(path: Path):
     """One batch of the python version: a dict with b'data' (N, 3072) uint8
     and b'labels' (N ints); returns (data, labels as int64)."""
-    with open(path, "rb") as f:
-        try:
-            d = _CifarUnpickler(f, path).load()
-        except _RefusedGlobal:
-            raise
-        except Exception as e:  # whatever a malformed stream makes go wrong
-            raise ValueError(
-                f"cifar10: {path}: not a CIFAR-10 python batch "
-                f"({type(e).__name__}: {e})") from e
+    raw = path.read_bytes()
+    try:
+        _check_pickle_ops(raw)
+        # from memory: a length field can never make the reader allocate more than the file
+        d = _CifarUnpickler(io.BytesIO(raw), path).load()
+    except _RefusedGlobal:
+        raise
+    except Exception as e:  # whatever a malformed stream makes go wrong
+        raise ValueError(
+            f"cifar10: {path}: not a CIFAR-10 python batch "
+            f"({type(e).__name__}: {e})") from e
     if not isinstance(d, dict):
         raise ValueError(f"cifar10: {path}: expected a dict, got {type(d).__name__}")
 
@@ -582,6 +596,14 @@ def load(name: str, root=None):
 # Helpers
 # --------------------------------------------------------------------------
 
+def _pixels(x, what):
+    """Images as float32: real dtypes only (TypeError), finite values only (ValueError)."""
+    x = as_float32(x, what)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what}: expected finite pixel values, found NaN, inf or values beyond float32")
+    return x
+
+
 def pad_to(x, size: int) -> np.ndarray:
     """Zero-pad the last two axes (H, W) centrally to ``size x size``.
 
@@ -589,7 +611,7 @@ def pad_to(x, size: int) -> np.ndarray:
     padding is odd, the extra row/column goes at the bottom/right.  Returns
     a new C-contiguous float32 array.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = _pixels(x, "pad_to")
     if x.ndim < 2:
         raise ValueError(f"pad_to needs an array with H and W axes, got shape {x.shape}")
     h, w = x.shape[-2:]
@@ -608,7 +630,7 @@ def to_rgb(x) -> np.ndarray:
     An input that already has 3 channels is copied unchanged.  Returns a new
     C-contiguous float32 array.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = _pixels(x, "to_rgb")
     if x.ndim < 3 or x.shape[-3] not in (1, 3):
         raise ValueError(f"to_rgb expects (..., 1, H, W) input, got shape {x.shape}")
     reps = (1,) * (x.ndim - 3) + (3 // x.shape[-3], 1, 1)

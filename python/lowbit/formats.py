@@ -58,16 +58,28 @@ bits (MXFP4: 4 + 8/32 = 4.25 bits per value).
 from __future__ import annotations
 
 import numbers
+import threading
 
 import numpy as np
 
 from . import _core
+from .serial import Recorded
 
 __all__ = ["Format", "Float32", "Float16", "BFloat16", "MiniFloat", "Fixed", "Int", "Binary", "Ternary",
            "FP8E4M3FN", "FP8E5M2", "FP6E3M2", "FP6E2M3", "FP4E2M1", "MX", "MXFP8", "MXFP6", "MXFP4", "MXINT8",
            "NVFP4", "msb_from_percentile", "get", "from_config"]
 
 STE_RULES = ("identity", "clipped", "hardtanh", "approx_sign", "none")
+
+
+def as_float32(x, what):
+    """Any real numeric array (or nested list) -> C-contiguous float32 of the same shape;
+    other dtypes raise TypeError."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{what}: expected a real numeric array, got dtype {a.dtype}")
+    with np.errstate(over="ignore"):  # beyond float32 becomes +-inf, which callers check
+        return np.asarray(a, dtype=np.float32, order="C")
 
 
 def _int_arg(v, name, cls, lo=None, hi=None):
@@ -97,30 +109,35 @@ def _overflow(o, cls):
     return o
 
 
-class Format:
+class Format(Recorded):
     """Base class: ``quantize(x)``, ``backward(x, grad)``, ``bits``, ``config()``."""
     bits = 32
 
     def __init__(self, **config):
         self._config = config
         self._q = _core.Quantizer(config)
+        self._lock = threading.Lock()  # the quantizer's state (tracked MSB, steps) per call
 
     def config(self):
         return dict(self._config)
 
     def quantize(self, x, channels=1):
         """Values of ``x`` on this format's grid (float32, same shape)."""
-        a = np.ascontiguousarray(x, dtype=np.float32)
+        a = as_float32(x, f"{type(self).__name__}.quantize")
         # Fixed(msb="auto") not yet calibrated: the array's own max |x| sets the MSB
         track = bool(getattr(self, "msb_auto", False)) and not getattr(self, "_calibrated", False)
-        return self._q.quantize(a, int(channels), track)
+        channels = _int_arg(channels, "channels", f"{type(self).__name__}.quantize", 1)
+        if a.size and a.size % channels:
+            raise ValueError(f"{type(self).__name__}.quantize: {a.size} values do not split into {channels} channels")
+        with self._lock:
+            return self._q.quantize(a, channels, track)
 
     __call__ = quantize
 
     def backward(self, x, grad):
         """The straight-through gradient of ``quantize`` at ``x`` applied to ``grad``."""
-        a = np.ascontiguousarray(x, dtype=np.float32)
-        g = np.ascontiguousarray(grad, dtype=np.float32)
+        a = as_float32(x, f"{type(self).__name__}.backward")
+        g = as_float32(grad, f"{type(self).__name__}.backward")
         if a.shape != g.shape:
             raise ValueError(f"{type(self).__name__}.backward: x has shape {a.shape} but grad {g.shape}")
         return self._q.backward(a, g)
@@ -145,7 +162,8 @@ class Format:
     @property
     def last_step(self):
         """Grid step(s) of the last ``quantize`` call (Fixed q, Int s, Binary/Ternary scale)."""
-        return list(self._q.step)
+        with self._lock:
+            return list(self._q.step)
 
     def __repr__(self):
         return repr(self._q)
@@ -153,9 +171,10 @@ class Format:
     def __deepcopy__(self, memo):
         """A fresh format with the same configuration (and its own quantizer state)."""
         new = object.__new__(type(self))
-        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_q", "_config")})
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_q", "_config", "_lock")})
         new._config = dict(self._config)
         new._q = _core.Quantizer(new._config)
+        new._lock = threading.Lock()
         return new
 
     def __eq__(self, other):
@@ -393,7 +412,8 @@ class Fixed(Format):
     def calibrate(self, x, percentile=99.99):
         """Set the MSB from data (S4 Eq. 11) and return it."""
         msb = msb_from_percentile(x, percentile)
-        self._q.set_msb(msb)
+        with self._lock:
+            self._q.set_msb(msb)
         self._config["msb"] = msb
         self._calibrated = True
         return msb
@@ -449,7 +469,7 @@ class Ternary(Format):
 def msb_from_percentile(x, percentile=99.99):
     """S4 Equation 11: ``ceil(log2(max |limit|))`` with the limits the ``percentile``-th
     and (100 - percentile)-th percentiles of x."""
-    a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    a = as_float32(x, "msb_from_percentile").reshape(-1)
     if a.size == 0:
         raise ValueError("msb_from_percentile: empty input")
     return int(_core.msb_from_percentile(a, float(percentile)))

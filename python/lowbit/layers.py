@@ -13,6 +13,7 @@ from __future__ import annotations
 import numbers
 
 from . import formats as _formats
+from .serial import Recorded
 
 __all__ = [
     "Layer", "Input", "Conv2D", "Dense", "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D",
@@ -119,7 +120,7 @@ class SymbolicTensor:
         return f"<SymbolicTensor from {self.layer.name}>"
 
 
-class Layer:
+class Layer(Recorded):
     """Base class. ``ops()`` lists the engine ops as (kind, config) pairs.
 
     ``seed``: initial weights (and dropout masks) of a layer built by an array call; None

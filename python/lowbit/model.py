@@ -9,9 +9,21 @@ C-contiguous float32 (no copy when it already is one). Labels are integer classe
 (any integer dtype, or floats holding whole numbers) or a (N, classes) float array of
 targets (one-hot or soft). NaN/inf in x, labels out of range, or a wrong shape raise
 ValueError; non-numeric data raises TypeError.
+
+Divergence: when the loss, the gradients or the updated weights become NaN or infinite,
+fit raises FloatingPointError (``lb.Diverged``) naming the epoch and batch, with the
+weights from before that batch (dynamic loss scaling still skips such a step instead).
+
+Threads: one model may be used from several threads. The engine runs one call at a time
+on its own thread (see cpp/include/lowbit/engine_thread.hpp); while fit runs in one
+thread, predict, evaluate, get_weights and summary from another run between two batches,
+and calls that would change the model (compile, fit, set_weights, load_weights,
+calibrate, save, save_weights) raise RuntimeError until fit returns.
 """
 from __future__ import annotations
 
+import re
+import threading
 import os
 import time
 
@@ -21,13 +33,13 @@ from . import _core
 from . import eager as _eager
 from .kernel_table import kernel_table
 from . import formats as _formats
-from ._atomic import atomic_write
 from . import optimizers as _optimizers
 from . import precision as _precision
+from . import serial as _serial
 from .callbacks import Callback, History
 from .layers import Layer, SymbolicTensor, _InputLayer
 
-__all__ = ["Model", "Sequential"]
+__all__ = ["Model", "Sequential", "load_model"]
 
 LOSSES = ("categorical_crossentropy", "mse")
 _LOSS_ALIASES = {"categorical_crossentropy": "categorical_crossentropy",
@@ -38,10 +50,7 @@ _LOSS_ALIASES = {"categorical_crossentropy": "categorical_crossentropy",
 
 def as_input(x, what="x"):
     """Convert ``x`` by the documented rule: real numbers -> C-contiguous float32, finite."""
-    a = np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{what}: expected a real numeric array, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = _formats.as_float32(x, what)
     if a.size and not np.isfinite(a).all():
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise ValueError(f"{what}: expected finite values, found {bad} NaN/inf entries")
@@ -68,6 +77,30 @@ def as_target(y, what="y"):
     raise ValueError(f"{what}: expected labels of shape (N,) or targets of shape (N, classes), got {a.shape}")
 
 
+def _check_sizes(layer, cfg, in_shapes):
+    """Refuse arguments so large that the engine's int64 size arithmetic could overflow:
+    every size an op derives (output, kernel, MACs) is at most a product of its input
+    size and its integer arguments, so that product (each |v| + 2) must stay below 2^62."""
+    bound = sum(int(np.prod(s, dtype=object)) for s in in_shapes) or 1
+
+    def ints(v):
+        if isinstance(v, (bool, np.bool_)):
+            return
+        if isinstance(v, (int, np.integer)):
+            yield int(v)
+        elif isinstance(v, (tuple, list)):
+            for e in v:
+                yield from ints(e)
+
+    args = {k: v for k, v in cfg.items() if k != "formats" and any(True for _ in ints(v))}
+    for v in args.values():
+        for i in ints(v):
+            bound *= abs(i) + 2
+    if bound >= 2 ** 62:
+        raise ValueError(f"{layer.name}: arguments {args} are too large for an input of shape "
+                         f"{tuple(in_shapes[0]) if in_shapes else ()}")
+
+
 def _batch_size(b, what):
     if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
         raise ValueError(f"{what}: expected batch_size >= 1, got {b!r}")
@@ -81,6 +114,9 @@ class Model:
 
     def __init__(self, inputs=None, outputs=None, name=None, seed=None, precision=None):
         self.name = name or type(self).__name__.lower()
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed < 2 ** 64):
+            raise ValueError(f"{self.name}: expected seed to be an integer in [0, 2**64), got {seed!r}")
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2 ** 63))
         _precision.get(precision)  # unknown names fail here, not at compile
         self.default_precision = precision
@@ -90,6 +126,10 @@ class Model:
         self._precision = None
         self._calibrated = False
         self._epochs_done = 0
+        self._fit_seed = None  # the seed of the last fit: the default of the next
+        self._metrics = None
+        self._lock = threading.RLock()  # Python-side state; the engine serialises its own calls
+        self._fit_thread = None  # ident of the thread inside fit()
         if inputs is not None:
             self._build_from(inputs, outputs)
 
@@ -135,6 +175,7 @@ class Model:
             ins = [node_of[id(u)] for u in t.inputs]
             nodes = []
             for kind, cfg in layer.ops():
+                _check_sizes(layer, cfg, [g.node_shape(i) for i in ins])
                 try:
                     nid = g.add(kind, ins, cfg)
                 except ValueError as e:
@@ -153,14 +194,21 @@ class Model:
                     for k, (_, _, trainable) in enumerate(g.node_params(n)):
                         if trainable:
                             g.set_trainable(n, k, False)
-        self._graph, self._layers, self._io = g, layers, (inputs, outputs)
+        self._graph, self._layers, self._io, self._order = g, layers, (inputs, outputs), order
         self._layer_inputs = {id(t.layer): [node_of[id(u)] for u in t.inputs] for t in order if t.inputs}
         self.input_shape = tuple(inputs.layer.input_shape)
         self.output_shape = tuple(g.node_shape(g.output))
+        self._max_numel = max(int(np.prod(g.node_shape(i), dtype=object)) for i in range(g.num_nodes))
 
     @property
     def layers(self):
         return [layer for layer, _ in self._layers] if self._graph else []
+
+    def _not_during_fit(self, what):
+        t = self._fit_thread
+        if t is not None and t != threading.get_ident():
+            raise RuntimeError(f"{what}: fit() is running on model {self.name} in another thread; wait for it to "
+                               "return (predict, evaluate, get_weights and summary may be called meanwhile)")
 
     def _require_built(self):
         if self._graph is None:
@@ -182,82 +230,206 @@ class Model:
 
     def get_weights(self):
         """Weights in Keras order: per layer kernel, bias; BN gamma, beta, moving_mean, moving_variance.
-        Conv kernels are OIHW (filters, in_channels/groups, kh, kw); Dense kernels (in, units)."""
+        Conv kernels are OIHW (filters, in_channels/groups, kh, kw); Dense kernels (in, units).
+        During a fit in another thread, all come from the same batch boundary."""
         self._require_built()
-        return [self._graph.get_param(n, k) for n, k in self._param_slots()]
+        return self._graph.get_params(self._param_slots())
 
     def set_weights(self, weights):
-        self._require_built()
-        slots = self._param_slots()
-        if len(weights) != len(slots):
-            raise ValueError(f"set_weights: expected {len(slots)} arrays, got {len(weights)}")
-        for (n, k), w in zip(slots, weights):
-            self._graph.set_param(n, k, as_input(w, "set_weights"))
+        """Set all weights (every shape is checked before any is changed)."""
+        with self._lock:
+            self._not_during_fit("set_weights")
+            self._require_built()
+            slots = self._param_slots()
+            if len(weights) != len(slots):
+                raise ValueError(f"set_weights: expected {len(slots)} arrays, got {len(weights)}")
+            self._graph.set_params(slots, [as_input(w, "set_weights") for w in weights])
 
     def save_weights(self, path):
-        """Write all weights to ``path`` (.npz) atomically: a temporary file in the same
-        folder, flushed to disk, then renamed over the target."""
-        self._require_built()
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"save_weights: folder {folder} does not exist")
-        arrays = {f"w{i:04d}": w for i, w in enumerate(self.get_weights())}
-        arrays["step"] = np.array(self._graph.step, dtype=np.uint64)
-        arrays.update(self._quant_state_arrays())
-        atomic_write(path, lambda f: np.savez(f, **arrays))
+        """Write the weights, the training step and the quantizer state to ``path``
+        atomically (a lowbit weights file; format in ``lowbit.serial``)."""
+        with self._lock:
+            self._not_during_fit("save_weights")
+            self._require_built()
+            _serial.write(path, "lowbit-weights", {}, self._state_arrays(), "save_weights")
 
     def load_weights(self, path):
-        self._require_built()
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"load_weights: no file {path}")
-        with np.load(path) as z:
-            keys = sorted(k for k in z.files if k.startswith("w"))
-            self.set_weights([z[k] for k in keys])
-            if "step" in z.files:
-                self._graph.step = int(z["step"])
-            self._load_quant_state(z)
+        """Read weights, step and quantizer state from a file of ``save_weights`` or
+        ``save``. Everything is checked against the model first: a truncated, corrupted,
+        foreign or mismatching file raises ValueError and leaves the model as it was."""
+        with self._lock:
+            self._not_during_fit("load_weights")
+            self._require_built()
+            self._read_state(_serial.Reader(path, "load_weights"))()
 
-    # Quantization state saved beside the weights: per kernel layer the calibrated MSB of
-    # each Fixed format, and per engine node the quantizers' tracked MSB, stochastic
-    # rounding counter, hysteresis signs and running activation range (Int).
-    def _quant_state_arrays(self):
-        out = {}
+    # The state beside the architecture, as named arrays (see lowbit.serial): weights,
+    # step; per kernel layer the calibrated MSB of each Fixed precision format, and per
+    # engine node the quantizers' tracked MSB, stochastic rounding counter, hysteresis
+    # signs and running activation range (Int); optionally the optimizer's slots.
+    def _state_arrays(self, optimizer=False):
+        g = self._graph
+        out = {f"w{i:04d}": w for i, w in enumerate(self.get_weights())}
+        out["step"] = np.array(g.step, dtype=np.uint64)
         for i, layer in enumerate(self._kernel_layers()):
             for role, f in getattr(layer, "_precision_formats", {}).items():
                 if isinstance(f, _formats.Fixed) and getattr(f, "_calibrated", False):
                     out[f"qmsb_{i}_{role}"] = np.array(f.msb, np.int32)
         for _, nodes in self._layers:
             for n in nodes:
-                for k, (msb, counter, signs, running) in enumerate(self._graph.get_quant_state(n)):
+                for k, (msb, counter, signs, running) in enumerate(g.get_quant_state(n)):
                     out[f"qs_{n}_{k}"] = np.array([msb, counter], np.int64)
                     out[f"qh_{n}_{k}"] = signs
                     out[f"qr_{n}_{k}"] = np.array(running, np.float32)
+        if optimizer:
+            for p, slots in enumerate(g.optimizer_state()[1]):
+                for s, a in enumerate(slots):
+                    out[f"opt_{p:04d}_{s}"] = a
         return out
 
-    def _load_quant_state(self, z):
-        changed = False
-        for i, layer in enumerate(self._kernel_layers()):
-            for role, f in getattr(layer, "_precision_formats", {}).items():
-                key = f"qmsb_{i}_{role}"
-                if key in z.files and isinstance(f, _formats.Fixed):
-                    msb = int(z[key])
-                    changed |= f.msb != msb or not getattr(f, "_calibrated", False)
-                    f._q.set_msb(msb)
-                    f._config["msb"], f._calibrated = msb, True
-        if changed:  # the engine's formats carry the static MSB: rebuild with the loaded ones
-            self._rebuild()
-            self._calibrated = True
+    def _read_state(self, r, optimizer=False):
+        """Check every array of reader ``r`` against this model; returns a function that
+        applies them (nothing changes before all checks passed)."""
+        g, names = self._graph, set(r.names())
+        slots = self._param_slots()
+        owner = {n: layer.name for layer, nodes in self._layers for n in nodes}
+        count = sum(1 for k in names if re.fullmatch(r"w\d{4}", k))
+        if count != len(slots):
+            r.fail(f"holds {count} weight arrays, expected {len(slots)} for model {self.name}")
+        weights = []
+        for i, (n, k) in enumerate(slots):
+            pname, shape, _ = g.node_params(n)[k]
+            w = r.array(f"w{i:04d}", shape, np.float32, f"{owner[n]} {pname}")
+            if not np.isfinite(w).all():
+                r.fail(f"array w{i:04d} ({owner[n]} {pname}) holds NaN or infinite values")
+            weights.append(w)
+        used = {f"w{i:04d}" for i in range(len(slots))}
+        step = None
+        if "step" in names:
+            step = int(r.array("step", (), np.uint64))
+            used.add("step")
+        elif r.header["version"] >= 1:
+            r.fail("missing array step")
+
+        def msb_ok(m):
+            return -126 <= m <= 127
+
+        msbs = {}
+        kernel = self._kernel_layers()
+        for key in sorted(k for k in names if k.startswith("qmsb_")):
+            m = re.fullmatch(r"qmsb_(\d+)_([a-z_]+)", key)
+            i, role = (int(m[1]), m[2]) if m else (-1, "")
+            f = getattr(kernel[i], "_precision_formats", {}).get(role) if 0 <= i < len(kernel) else None
+            if not isinstance(f, _formats.Fixed):
+                r.fail(f"array {key}: the model's precision has no Fixed {role or '?'} format for kernel layer {i}")
+            v = int(r.array(key, (), np.int32))
+            if not msb_ok(v):
+                r.fail(f"array {key}: MSB {v} outside [-126, 127]")
+            msbs[(i, role)] = v
+            used.add(key)
+        qstates = {}
         for _, nodes in self._layers:
             for n in nodes:
-                k, states = 0, []
-                while f"qs_{n}_{k}" in z.files:
-                    msb, counter = (int(v) for v in z[f"qs_{n}_{k}"])
-                    states.append((msb, counter, z[f"qh_{n}_{k}"], float(z[f"qr_{n}_{k}"])))
-                    k += 1
-                if states:
-                    self._graph.set_quant_state(n, states)
+                have = g.get_quant_state(n)
+                present = [k for k in range(len(have)) if f"qs_{n}_{k}" in names]
+                if not present:
+                    continue
+                if len(present) != len(have):
+                    r.fail(f"node {n} ({owner[n]}) has {len(have)} quantizer states, the file {len(present)}")
+                states = []
+                for k in range(len(have)):
+                    msb, counter = (int(v) for v in r.array(f"qs_{n}_{k}", (2,), np.int64))
+                    signs = r.array(f"qh_{n}_{k}", None, np.int8)
+                    running = float(r.array(f"qr_{n}_{k}", (), np.float32))
+                    if not (msb_ok(msb) or msb == -1000) or counter < 0 or signs.ndim != 1 or \
+                            not np.isin(signs, (-1, 0, 1)).all() or not (running >= 0 or running == -1):
+                        r.fail(f"quantizer state {n}.{k} ({owner[n]}) is out of range")
+                    states.append((msb, counter, signs, running))
+                    used |= {f"qs_{n}_{k}", f"qh_{n}_{k}", f"qr_{n}_{k}"}
+                qstates[n] = states
+        opt_slots = None
+        if optimizer:
+            trainable = self._param_slots(True)
+            per = g.optimizer_slots
+            found = sorted(k for k in names if k.startswith("opt_"))
+            if found:
+                if len(found) != len(trainable) * per:
+                    r.fail(f"holds {len(found)} optimizer arrays, the optimizer keeps {per} for each of "
+                           f"{len(trainable)} trainable parameters")
+                opt_slots = []
+                for p, (n, k) in enumerate(trainable):
+                    pname, shape, _ = g.node_params(n)[k]
+                    opt_slots.append([r.array(f"opt_{p:04d}_{s}", shape, np.float32, f"optimizer slot of "
+                                              f"{owner[n]} {pname}") for s in range(per)])
+                    used |= {f"opt_{p:04d}_{s}" for s in range(per)}
+        elif r.header["format"] == "lowbit-model":  # load_weights from a model file: not its optimizer
+            used |= {k for k in names if re.fullmatch(r"opt_\d{4}_\d+", k)}
+        extra = sorted(names - used)
+        if extra:
+            r.fail(f"unexpected arrays for model {self.name}: {', '.join(extra[:5])}")
+
+        def apply():
+            if msbs:
+                self._set_calibrated_msbs(msbs)  # may rebuild the engine graph
+            self._graph.set_params(slots, weights)
+            if step is not None:
+                self._graph.step = step
+            for n, states in qstates.items():
+                self._graph.set_quant_state(n, states)
+            return opt_slots
+        return apply
+
+    def _set_calibrated_msbs(self, msbs):
+        changed = False
+        kernel = self._kernel_layers()
+        for (i, role), msb in msbs.items():
+            f = kernel[i]._precision_formats[role]
+            changed |= f.msb != msb or not getattr(f, "_calibrated", False)
+            f._q.set_msb(msb)
+            f._config["msb"], f._calibrated = msb, True
+        if changed:  # the engine's formats carry the static MSB: rebuild with the loaded ones
+            self._rebuild()
+        self._calibrated = True
+
+    # ----- whole model --------------------------------------------------------------
+    def save(self, path):
+        """Write the whole model to one file, atomically: architecture (layers with their
+        arguments, formats, precision), weights, quantizer state, optimizer and its state,
+        loss scaler, schedule position (epochs done), step and seeds (the shuffling and
+        dropout masks are functions of seed, epoch and step). ``lb.load_model(path)``
+        restores it, and ``fit`` then continues exactly where this model stopped. The
+        format (versioned, no code in it) is described in ``lowbit.serial``."""
+        with self._lock:
+            self._not_during_fit("save")
+            self._require_built()
+            header = {"model": self._architecture(), "compile": None, "training": {
+                "epochs": self._epochs_done, "step": int(self._graph.step), "fit_seed": self._fit_seed,
+                "calibrated": bool(self._calibrated)}}
+            if self._compiled is not None:
+                opt, loss = self._compiled
+                header["compile"] = {k: _serial.encode(v, f"save: compile {k}") for k, v in (
+                    ("optimizer", opt), ("loss", loss), ("metrics", self._metrics), ("precision", self._precision))}
+                header["training"]["optimizer_steps"] = int(self._graph.optimizer_state()[0])
+                header["training"]["loss_scaler"] = list(self._graph.scaler_state)
+            _serial.write(path, "lowbit-model", header, self._state_arrays(optimizer=self._compiled is not None),
+                          "save")
+
+    def _architecture(self):
+        def layer_config(layer):
+            cfg = _serial.encode(layer, f"save: layer {layer.name}")
+            cfg["kwargs"]["name"] = layer.name
+            return cfg
+
+        arch = {"class": type(self).__name__, "name": self.name, "seed": self.seed,
+                "input_shape": list(self.input_shape)}
+        if isinstance(self, Sequential):
+            arch["sequential"] = [layer_config(layer) for layer in self._stack]
+            return arch
+        index = {id(t): i for i, t in enumerate(self._order)}
+        arch["nodes"] = [{"input": list(t.layer.input_shape), "name": t.layer.name} if isinstance(t.layer, _InputLayer)
+                         else {"layer": layer_config(t.layer), "inputs": [index[id(u)] for u in t.inputs]}
+                         for t in self._order]
+        arch["input"], arch["output"] = index[id(self._io[0])], index[id(self._io[1])]
+        return arch
 
     # ----- training -----------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss="categorical_crossentropy", metrics=None, precision=None):
@@ -267,6 +439,11 @@ class Model:
         'binary', 'w1a8', 'fw16bw32', 'fw16bw16') or an ``lb.Precision`` - see
         ``lowbit.precision``. Changing the precision rebuilds the engine graph; weights are
         kept, optimizer state starts afresh, and layers' ``trainable`` flags take effect."""
+        with self._lock:
+            self._not_during_fit("compile")
+            self._compile(optimizer, loss, metrics, precision)
+
+    def _compile(self, optimizer, loss, metrics, precision):
         if not isinstance(loss, str) or loss.lower() not in _LOSS_ALIASES:
             raise ValueError(f"compile: unknown loss {loss!r} (expected one of {', '.join(LOSSES)})")
         for m in metrics or []:
@@ -274,6 +451,7 @@ class Model:
                 raise ValueError(f"compile: unknown metric {m!r} (only 'accuracy' is supported)")
         opt = _optimizers.get(optimizer)
         self._compiled = (opt, _LOSS_ALIASES[loss.lower()])
+        self._metrics = list(metrics) if metrics else None
         self._precision = _precision.get(self.default_precision if precision is None else precision)
         self._calibrated = False
         self._assign_precision()
@@ -314,17 +492,26 @@ class Model:
         """Choose the MSB of every ``Fixed(msb="auto")`` format of the model's precision
         from data (S4 Eq. 11): percentiles of each layer's kernel, input and output in a
         float32 forward pass over ``x`` (a few hundred samples suffice)."""
+        with self._lock:
+            self._not_during_fit("calibrate")
+            return self._calibrate(x, percentile)
+
+    def _calibrate(self, x, percentile):
         p = self._precision
         if p is None:
             return {}
+        self._require_built()
         pct = p.calibration_percentile if percentile is None else float(percentile)
+        x = as_input(x, "calibrate: x")
+        if len(x) == 0 or x.shape[1:] != tuple(self.input_shape):
+            raise ValueError(f"calibrate: expected samples of shape {tuple(self.input_shape)}, got x of shape {x.shape}")
         ks = self._kernel_layers()
         saved = {id(layer): layer._precision_formats for layer in ks}
         for layer in ks:
             layer._precision_formats = {}
         self._rebuild()  # float32 graph for the statistics
         g = self._graph
-        g.forward(as_input(x, "calibrate: x"), False)
+        g.forward(x, False)
         chosen = {}
         for layer, nodes in self._layers:
             fm = saved.get(id(layer))
@@ -344,7 +531,7 @@ class Model:
 
     def _maybe_calibrate(self, x):
         if self._precision is not None and self._precision.needs_calibration and not self._calibrated:
-            self.calibrate(x[:256])
+            self._calibrate(x[:256], None)
 
     def _ready(self, x):
         """Before a run over ``x``: calibrate auto-MSB formats once, and hand the
@@ -357,6 +544,8 @@ class Model:
         x = as_input(x, f"{what}: x")
         if self._graph is None:
             self._build_lazily(x.shape[1:])
+        if len(x) * self._max_numel >= 2 ** 62:  # the engine's batch buffers are indexed in int64
+            raise ValueError(f"{what}: {len(x)} samples with activations of {self._max_numel} values each are too many")
         if y is None:
             return x, None
         y = as_target(y, f"{what}: y")
@@ -368,43 +557,72 @@ class Model:
         self._require_built()
 
     def fit(self, x, y, batch_size=32, epochs=1, validation_data=None, shuffle=True, seed=None, verbose=1,
-            callbacks=None):
+            callbacks=None, initial_epoch=None):
         """Train; returns a History whose ``.history`` has per-epoch lists ``loss``,
         ``accuracy``, ``val_loss``, ``val_accuracy`` (with validation_data), ``epoch_time``
         and ``learning_rate``. ``seed`` fixes shuffling and dropout masks (default: the
-        model's seed)."""
-        if self._compiled is None:
-            raise ValueError("fit: call compile() first")
-        batch_size = _batch_size(batch_size, "fit")
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"fit: expected epochs >= 0, got {epochs!r}")
-        x, y = self._prepare(x, y, "fit")
-        if len(x) == 0:
-            raise ValueError("fit: x is empty")
-        self._ready(x)
-        val = None
-        if validation_data is not None:
-            vx, vy = validation_data[:2]
-            val = self._prepare(vx, vy, "fit: validation_data")
-        seed = self.seed if seed is None else int(seed)
-        history = History()
-        cbs = [history] + list(callbacks or [])
+        seed of the previous fit, else the model's seed); they are functions of (seed,
+        epoch, step), so a saved and loaded model continues exactly.
+
+        Epochs are counted over the model's life: by default fit trains ``epochs`` more
+        after those already done (the epoch index sets the shuffle and the learning-rate
+        schedule). ``initial_epoch=k`` as in Keras: train epochs k .. ``epochs`` - 1
+        (``epochs`` is then the index to stop at). Callbacks receive that epoch index."""
+        with self._lock:
+            self._not_during_fit("fit")
+            if self._compiled is None:
+                raise ValueError("fit: call compile() first")
+            batch_size = _batch_size(batch_size, "fit")
+            if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+                raise ValueError(f"fit: expected epochs >= 0, got {epochs!r}")
+            if initial_epoch is None:
+                first, last = self._epochs_done, self._epochs_done + int(epochs)
+            elif isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
+                    or not 0 <= initial_epoch <= epochs:
+                raise ValueError(f"fit: expected 0 <= initial_epoch <= epochs, got {initial_epoch!r} and {epochs!r}")
+            else:
+                first, last = int(initial_epoch), int(epochs)
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                     or not 0 <= seed < 2 ** 64):
+                raise ValueError(f"fit: expected seed to be an integer in [0, 2**64), got {seed!r}")
+            x, y = self._prepare(x, y, "fit")
+            if len(x) == 0:
+                raise ValueError("fit: x is empty")
+            val = None
+            if validation_data is not None:
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) < 2:
+                    raise TypeError("fit: validation_data must be a tuple (x_val, y_val)")
+                vx, vy = validation_data[:2]
+                val = self._prepare(vx, vy, "fit: validation_data")
+            history = History()
+            cbs = [history] + list(callbacks or [])
+            for cb in cbs:
+                if not isinstance(cb, Callback):
+                    raise TypeError(f"fit: callbacks must be lb.callbacks.Callback instances, got {type(cb).__name__}")
+            self._ready(x)
+            seed = int(seed) if seed is not None else self._fit_seed if self._fit_seed is not None else self.seed
+            self._fit_seed = seed
+            self._fit_thread = threading.get_ident()
+        try:
+            return self._fit_epochs(x, y, batch_size, first, last, val, shuffle, seed, verbose, cbs, history)
+        finally:
+            self._fit_thread = None
+
+    def _fit_epochs(self, x, y, batch_size, first, last, val, shuffle, seed, verbose, cbs, history):
         for cb in cbs:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"fit: callbacks must be lb.callbacks.Callback instances, got {type(cb).__name__}")
             cb.model = self
         self.stop_training = False
         for cb in cbs:
             cb.on_train_begin()
         n = len(x)
-        for e in range(int(epochs)):
-            epoch = self._epochs_done
+        for epoch in range(first, last):
+            self._epochs_done = epoch
             for cb in cbs:
-                cb.on_epoch_begin(e)
+                cb.on_epoch_begin(epoch)
             bar = None
             if verbose:
                 from tqdm.auto import tqdm
-                bar = tqdm(total=n, desc=f"epoch {e + 1}/{epochs}", unit="img", leave=True)
+                bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{last}", unit="img", leave=True)
 
                 def progress(done, loss, acc, bar=bar):
                     bar.update(done - bar.n)
@@ -412,10 +630,15 @@ class Model:
             else:
                 progress = None
             t0 = time.perf_counter()
-            m = self._graph.fit_epoch(x, y, batch_size, bool(shuffle), seed, epoch, progress)
+            try:
+                m = self._graph.fit_epoch(x, y, batch_size, bool(shuffle), seed, epoch, progress)
+            except BaseException:
+                if bar is not None:
+                    bar.close()
+                raise
             logs = {"loss": m["loss"], "accuracy": m["accuracy"], "epoch_time": time.perf_counter() - t0,
                     "learning_rate": self._graph.learning_rate}
-            self._epochs_done += 1
+            self._epochs_done = epoch + 1
             if val is not None:
                 v = self._graph.evaluate(val[0], val[1], 256)
                 logs["val_loss"], logs["val_accuracy"] = v["loss"], v["accuracy"]
@@ -423,7 +646,7 @@ class Model:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "learning_rate"})
                 bar.close()
             for cb in cbs:
-                cb.on_epoch_end(e, logs)
+                cb.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
         for cb in cbs:
@@ -432,28 +655,32 @@ class Model:
 
     def evaluate(self, x, y, batch_size=256, verbose=0):
         """Returns {'loss', 'accuracy'} with inference-mode layers (dropout off, BN running stats)."""
-        if self._compiled is None:
-            raise ValueError("evaluate: call compile() first")
-        batch_size = _batch_size(batch_size, "evaluate")
-        x, y = self._prepare(x, y, "evaluate")
-        self._ready(x)
-        return dict(self._graph.evaluate(x, y, batch_size))
+        with self._lock:
+            if self._compiled is None:
+                raise ValueError("evaluate: call compile() first")
+            batch_size = _batch_size(batch_size, "evaluate")
+            x, y = self._prepare(x, y, "evaluate")
+            self._ready(x)
+            return dict(self._graph.evaluate(x, y, batch_size))
 
     def predict(self, x, batch_size=256):
-        batch_size = _batch_size(batch_size, "predict")
-        x, _ = self._prepare(x, None, "predict")
-        self._maybe_calibrate(x)
-        return self._graph.predict(x, batch_size)
+        with self._lock:
+            batch_size = _batch_size(batch_size, "predict")
+            x, _ = self._prepare(x, None, "predict")
+            self._maybe_calibrate(x)
+            return self._graph.predict(x, batch_size)
 
     def compute_gradients(self, x, y):
         """(loss, gradients in get_weights() order) for one batch: training-mode forward
         (dropout active with the current step's mask), running statistics untouched."""
-        if self._compiled is None:
-            raise ValueError("compute_gradients: call compile() first")
-        x, y = self._prepare(x, y, "compute_gradients")
-        self._ready(x)
-        loss = self._graph.compute_gradients(x, y)
-        return loss, [self._graph.get_grad(n, k) for n, k in self._param_slots()]
+        with self._lock:
+            self._not_during_fit("compute_gradients")
+            if self._compiled is None:
+                raise ValueError("compute_gradients: call compile() first")
+            x, y = self._prepare(x, y, "compute_gradients")
+            self._ready(x)
+            loss = self._graph.compute_gradients(x, y)
+            return loss, [self._graph.get_grad(n, k) for n, k in self._param_slots()]
 
     # ----- inspection ---------------------------------------------------------------
     def kernels(self, batch_size=None):
@@ -494,18 +721,20 @@ class Sequential(Model):
         self._stack.append(layer)
 
     def build(self, input_shape=None):
-        shape = tuple(input_shape) if input_shape is not None else self._stack[0].input_shape
-        if shape is None:
-            raise ValueError("Sequential.build: no input_shape")
-        if not self._stack:
-            raise ValueError("Sequential.build: no layers")
-        from .layers import Input
-        t = inp = Input(shape)
-        for layer in self._stack:
-            t = layer(t)
-        self._build_from(inp, t)
-        if self._compiled is not None:
-            self._apply_compile()
+        with self._lock:
+            self._not_during_fit("build")
+            if not self._stack:
+                raise ValueError("Sequential.build: no layers")
+            shape = tuple(input_shape) if input_shape is not None else self._stack[0].input_shape
+            if shape is None:
+                raise ValueError("Sequential.build: no input_shape")
+            from .layers import Input
+            t = inp = Input(shape)
+            for layer in self._stack:
+                t = layer(t)
+            self._build_from(inp, t)
+            if self._compiled is not None:
+                self._apply_compile()
 
     @property
     def layers(self):
@@ -528,3 +757,73 @@ class Sequential(Model):
 
     def _kernel_layers(self):
         return [layer for layer in self._stack if hasattr(layer, "weight_format")]
+
+
+def load_model(path):
+    """The model saved by ``model.save(path)``: architecture, precision, weights,
+    quantizer, optimizer and loss-scaler state, epochs done, step and seeds; ``fit``
+    continues where the saved model stopped. Nothing in the file is executed: layers,
+    formats and optimizers are rebuilt from their recorded arguments (``lowbit.serial``).
+    A truncated, corrupted, foreign or newer-version file raises ValueError naming it
+    and the problem; a missing one FileNotFoundError."""
+    r = _serial.Reader(path, "load_model", expect=("lowbit-model",))
+    h = r.header
+    try:
+        model = _model_from_architecture(h["model"])
+        comp = h["compile"]
+        if comp is not None:
+            model.compile(**{k: _serial.decode(comp[k]) for k in ("optimizer", "loss", "metrics", "precision")})
+        tr = h["training"]
+        epochs, fit_seed, calibrated = tr["epochs"], tr["fit_seed"], tr["calibrated"]
+        if not (isinstance(epochs, int) and epochs >= 0 and (fit_seed is None or isinstance(fit_seed, int))
+                and isinstance(calibrated, bool)):
+            raise ValueError("bad training state")
+        if comp is not None:
+            opt_steps, scaler = tr["optimizer_steps"], tr["loss_scaler"]
+            if not (isinstance(opt_steps, int) and opt_steps >= 0 and isinstance(scaler, list) and len(scaler) == 3
+                    and all(isinstance(v, (int, float)) for v in scaler)):
+                raise ValueError("bad optimizer or loss scaler state")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        r.fail(f"corrupted model description ({type(e).__name__}: {e})")
+    apply = model._read_state(r, optimizer=comp is not None)
+    try:
+        opt_slots = apply()
+        if comp is not None:
+            if getattr(model, "_compiled_graph", None) is not model._graph:
+                model._apply_compile()
+            model._graph.set_optimizer_state(opt_steps, opt_slots or [])
+            model._graph.scaler_state = [float(v) for v in scaler]
+    except ValueError as e:
+        r.fail(str(e))
+    model._epochs_done, model._fit_seed = epochs, fit_seed
+    model._calibrated = calibrated or model._calibrated
+    return model
+
+
+def _model_from_architecture(arch):
+    from .layers import Input
+    classes = _serial._classes()
+    if not isinstance(arch, dict) or not isinstance(arch.get("seed"), int):
+        raise ValueError("no model description")
+    name, seed = arch["name"], arch["seed"]
+
+    def layer(cfg):
+        obj = _serial.decode(cfg, classes)
+        if not isinstance(obj, Layer) or isinstance(obj, _InputLayer):
+            raise ValueError(f"expected a layer, got {type(obj).__name__}")
+        return obj
+
+    if "sequential" in arch:
+        model = Sequential([layer(c) for c in arch["sequential"]], name=name, seed=seed)
+        model.build(tuple(arch["input_shape"]))
+        return model
+    tensors = []
+    for node in arch["nodes"]:
+        if "input" in node:
+            tensors.append(Input(tuple(node["input"]), name=node["name"]))
+        else:
+            ins = [tensors[i] for i in node["inputs"] if 0 <= i < len(tensors)]
+            if len(ins) != len(node["inputs"]):
+                raise ValueError("layer inputs must come earlier in the node list")
+            tensors.append(layer(node["layer"])(*ins))
+    return Model(tensors[arch["input"]], tensors[arch["output"]], name=name, seed=seed)

@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -232,7 +233,10 @@ class LatencyTable:
     def lookup(self, j, cin, cout):
         """Latency (ms) of kernel layer j at (cin, cout), bilinear between grid points."""
         e = self.layers[j]
-        ci, co, ms = np.asarray(e["in_channels"], float), np.asarray(e["out_channels"], float), np.asarray(e["ms"])
+        ci, co = np.asarray(e["in_channels"], float), np.asarray(e["out_channels"], float)
+        # A layer with more channels is never faster: measured dips are timing noise, so the
+        # lookup uses the monotone envelope (running max along both axes) of the medians.
+        ms = np.maximum.accumulate(np.maximum.accumulate(np.asarray(e["ms"], float), axis=0), axis=1)
         row = np.array([np.interp(cout, co, r) for r in ms]) if len(co) > 1 else ms[:, 0]
         return float(np.interp(cin, ci, row)) if len(ci) > 1 else float(row[0])
 
@@ -469,9 +473,10 @@ def adapt(model, train, val, budget, resource="macs", table=None, reduction_sche
             acc = accuracy(cand)
             if best is None or acc > best[0]:
                 best = (acc, j, cand)
-        if best is None:
-            raise ValueError(f"adapt: no layer can lose filters to meet {constraint:.6g} (budget {budget:.6g}); "
-                             f"lower filter_step or raise the budget")
+        if best is None:  # Algorithm 1 has no move left: keep what was reached, say so
+            warnings.warn(f"adapt: no layer can lose filters to meet {constraint:.6g} (budget {budget:.6g}); "
+                          f"stopping at {res(widths):.6g} - lower filter_step or raise the budget", RuntimeWarning)
+            break
         acc, j, current = best
         history.append({"iteration": i, "accuracy": acc, "resource": res(filters_of(current)),
                         "block": model.layers[ks[j]].name, "filters": filters_of(current)})

@@ -8,8 +8,10 @@ from __future__ import annotations
 __all__ = ["Optimizer", "SGD", "Adam", "Adadelta", "RMSprop", "Bop", "get",
            "Schedule", "StepDecay", "MultiStepDecay", "ExponentialDecay", "CosineDecay"]
 
+from .serial import Recorded
 
-class Schedule:
+
+class Schedule(Recorded):
     name = "constant"
 
     def __init__(self, initial_learning_rate):
@@ -76,7 +78,7 @@ class CosineDecay(Schedule):
         return {"name": self.name, "t_max": self.t_max, "min_lr": self.min_lr}
 
 
-class Optimizer:
+class Optimizer(Recorded):
     name = None
 
     def __init__(self, learning_rate, **hyper):

@@ -33,11 +33,12 @@ from __future__ import annotations
 import copy
 
 from . import formats as F
+from .serial import Recorded
 
 __all__ = ["Precision", "PRESETS", "get"]
 
 
-class Precision:
+class Precision(Recorded):
     """Formats per tensor role. Each argument is a Format (copied per layer, so that
     per-layer state such as a calibrated MSB stays per layer) or None for float32.
     ``accum`` / ``grad_accum``: accumulator formats of the forward / backward dot products

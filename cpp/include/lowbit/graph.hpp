@@ -6,6 +6,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <stdexcept>
 
 #include "dnnl_util.hpp"
 #include "ops.hpp"
@@ -24,6 +25,12 @@ struct Node {
 struct Metrics {
   double loss = 0, accuracy = 0;
   int64_t seen = 0;
+};
+
+// fit stopped because the loss, the gradients or the updated weights became NaN or
+// infinite; the weights are those from before the batch (Python: FloatingPointError).
+struct Diverged : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 // progress(done_samples, running_loss, running_accuracy)
@@ -76,6 +83,12 @@ class Graph {
 
   std::string loss_name() const { return loss_; }
   double current_lr() const { return lr_; }
+  // Training state beyond the weights, for an exact resume: the optimizer (null before
+  // compile) and the loss scaler (scale, good steps since the last change, skipped steps).
+  Optimizer* optimizer() { return opt_.get(); }
+  std::vector<double> scaler_state() const { return {loss_scale_, double(good_steps_), double(skipped_)}; }
+  void set_scaler_state(const std::vector<double>& s);
+  bool fitting() const { return fitting_; }  // inside fit_epoch (calls between batches see it)
   uint64_t step() const { return step_; }
   void set_step(uint64_t s) { step_ = s; }
 
@@ -89,10 +102,17 @@ class Graph {
   ScheduleConfig sched_;
   double base_lr_ = 0, lr_ = 0;
   uint64_t step_ = 0, seed_ = 0;
+  bool fitting_ = false;
   bool dynamic_scale_ = false;
   double loss_scale_ = 1.0;
   int64_t growth_interval_ = 2000, good_steps_ = 0, skipped_ = 0;
-  bool unscale_and_check(const std::vector<Param*>& ps);
+  bool all_finite(const std::vector<Param*>& ps, bool grads) const;
+  bool unscale_and_check(const std::vector<Param*>& ps, bool finite);
+  // copies of the weights and optimizer slots before an update, to undo one that overflowed
+  std::vector<std::vector<float>> undo_;
+  int64_t undo_t_ = 0;
+  void save_undo(const std::vector<Param*>& ps);
+  void restore_undo(const std::vector<Param*>& ps);
   std::vector<Tensor> act_, grad_;
   std::vector<char> grad_set_;
   std::vector<Tensor> scratch_, dplain_;

@@ -36,6 +36,12 @@ struct Optimizer {
   explicit Optimizer(OptimConfig c);
   void reset() { t = 0, state.clear(); }
   void step(const std::vector<Param*>& params, double lr);
+  // slots per parameter: SGD momentum v (1 with momentum); Adam m, v; Adadelta a, d;
+  // RMSprop a; at least 1 with Bop (its moving average m)
+  int slots() const;
+  // Restore t and the slots (saved from `state`; empty = not started) for `params`,
+  // checking their count and shapes.
+  void set_state(int64_t steps, std::vector<std::vector<Tensor>> slots_, const std::vector<Param*>& params);
 };
 
 }  // namespace lowbit

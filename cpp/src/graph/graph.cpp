@@ -4,14 +4,29 @@
 #include <cmath>
 #include <numeric>
 
+#include <unistd.h>
+
+#include "lowbit/engine_thread.hpp"
 #include "lowbit/rng.hpp"
 
 namespace lowbit {
+
+namespace {
+// The element count, or -1 beyond 2^40 (4 TiB of float32): larger sizes are refused
+// before any int64 product of them can overflow.
+int64_t bounded_numel(const Shape& s) {
+  int64_t n = 1;
+  for (auto d : s)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n) || n > (int64_t(1) << 40)) return -1;
+  return n;
+}
+}  // namespace
 
 int Graph::add_input(const Shape& shape) {
   LB_CHECK(!shape.empty() && shape.size() <= 3, "Input: expected shape (C, H, W) or (features,), got ",
            shape_str(shape));
   for (auto d : shape) LB_CHECK(d >= 1, "Input: expected positive dimensions, got ", shape_str(shape));
+  LB_CHECK(bounded_numel(shape) > 0, "Input: shape ", shape_str(shape), " has more than 2^40 elements");
   nodes_.push_back({"input", nullptr, {}, shape});
   inputs_.push_back(int(nodes_.size()) - 1);
   return inputs_.back();
@@ -33,6 +48,16 @@ int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Co
   cfg.ints["node_id"] = {int64_t(nodes_.size())};
   auto op = make_op(kind, cfg, in);
   Shape out = op->out_shape;
+  LB_CHECK(bounded_numel(out) > 0, kind, ": output shape ", shape_str(out), " is empty or has more than 2^40 elements");
+  // one tensor larger than the machine's memory could only end in the out-of-memory killer
+  const double ram = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  auto fits = [&](const Shape& s, const char* what) {
+    const int64_t n = bounded_numel(s);
+    LB_CHECK(n >= 0 && (ram <= 0 || 4.0 * double(n) <= ram), kind, ": ", what, " of shape ", shape_str(s), " needs ",
+             4.0 * double(n) / 1e9, " GB, more than this machine's ", ram / 1e9, " GB of memory");
+  };
+  fits(out, "the output of one sample");
+  for (auto& p : op->params) fits(p.value.shape, p.name.c_str());
   nodes_.push_back({kind, std::move(op), inputs, out});
   output_ = int(nodes_.size()) - 1;
   return output_;
@@ -268,6 +293,12 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
   LB_CHECK(batch >= 1, "fit: expected batch_size >= 1, got ", batch);
   LB_CHECK(n >= 1, "fit: expected at least one sample");
   check_targets(n, labels, targets);
+  if (fitting_) throw std::runtime_error("fit: this model is already being trained (fit() in another thread)");
+  fitting_ = true;
+  struct Clear {  // however the epoch ends
+    bool& f;
+    ~Clear() { f = false; }
+  } clear{fitting_};
   const Shape& in = nodes_[size_t(input("fit"))].out_shape;
   const int64_t inner = numel(in), K = nodes_[size_t(output_)].out_shape[0];
   std::vector<int64_t> order(static_cast<size_t>(n));
@@ -303,15 +334,32 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
     double l = loss_and_grad(nb, labels ? lab.data() : nullptr, targets ? tgt.data() : nullptr, &loss_grad_, &hits);
     grad_.resize(nodes_.size());
     std::swap(grad_[size_t(from)], loss_grad_);  // buffers swap, nothing is copied or freed
-    LB_CHECK(std::isfinite(l), "fit: the loss became ", l, " at step ", step_,
-             " (diverged: lower the learning rate, or check the data)");
+    auto diverged = [&](const std::string& what) {
+      return Diverged(str("fit diverged: ", what, " in epoch ", epoch + 1, ", batch ", b0 / batch + 1, " of ",
+                          (n + batch - 1) / batch, " (counting from 1; training step ", step_,
+                          "); training stopped with the weights from before this batch. Lower the learning "
+                          "rate, or check the scale of the data"));
+    };
+    if (!std::isfinite(l)) throw diverged(str("the loss became ", l));
     if (loss_scale_ != 1.0) {
       const float sc = float(loss_scale_);
       float* gd = grad_[size_t(from)].data();
       for (int64_t e = 0, m = grad_[size_t(from)].size(); e < m; ++e) gd[e] *= sc;
     }
     run_backward(from, false);
-    if (unscale_and_check(ps)) opt_->step(ps, lr_);
+    const bool finite = all_finite(ps, true);
+    // non-finite gradients: with dynamic loss scaling the step is skipped and the scale halved
+    if (!finite && !dynamic_scale_)
+      throw diverged(loss_scale_ == 1.0 ? std::string("the gradients became NaN or infinite")
+                                        : str("the gradients overflowed with a static loss scale of ", loss_scale_));
+    if (unscale_and_check(ps, finite)) {
+      save_undo(ps);
+      opt_->step(ps, lr_);
+      if (!all_finite(ps, false)) {
+        restore_undo(ps);
+        throw diverged("the update made weights NaN or infinite");
+      }
+    }
     ++step_;
     loss_sum += l * double(nb);
     hits_sum += hits;
@@ -321,6 +369,7 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
       progress(m.seen, loss_sum / double(m.seen), double(hits_sum) / double(m.seen));
       last = now;
     }
+    engine_yield();  // calls from other threads (predict, get_weights) run between batches
   }
   m.loss = loss_sum / double(m.seen);
   m.accuracy = double(hits_sum) / double(m.seen);
@@ -336,17 +385,32 @@ void Graph::set_loss_scaling(bool dynamic, double init, int64_t growth_interval)
   good_steps_ = skipped_ = 0;
 }
 
+void Graph::set_scaler_state(const std::vector<double>& s) {
+  LB_CHECK(s.size() == 3 && s[0] > 0 && std::isfinite(s[0]) && s[1] >= 0 && s[2] >= 0,
+           "loss scaler state: expected (scale > 0, good steps >= 0, skipped steps >= 0)");
+  loss_scale_ = s[0];
+  good_steps_ = int64_t(s[1]);
+  skipped_ = int64_t(s[2]);
+}
+
+bool Graph::all_finite(const std::vector<Param*>& ps, bool grads) const {
+  bool ok = true;
+#pragma omp parallel for schedule(static) reduction(&& : ok)
+  for (size_t k = 0; k < ps.size(); ++k) {
+    const Tensor& t = grads ? ps[k]->grad : ps[k]->value;
+    const float* v = t.data();
+    bool f = true;
+    for (int64_t i = 0, m = t.size(); i < m; ++i) f &= std::isfinite(v[i]);
+    ok = ok && f;
+  }
+  return ok;
+}
+
 // Divide the gradients by the loss scale; with dynamic scaling, report (false) and
 // shrink the scale when any gradient overflowed, so the step is skipped.
-bool Graph::unscale_and_check(const std::vector<Param*>& ps) {
+bool Graph::unscale_and_check(const std::vector<Param*>& ps, bool finite) {
   if (loss_scale_ == 1.0 && !dynamic_scale_) return true;
-  bool finite = true;
-  for (auto* p : ps) {
-    const float* g = p->grad.data();
-    for (int64_t i = 0, n = p->grad.size(); i < n && finite; ++i) finite = std::isfinite(g[i]);
-  }
   if (!finite) {
-    LB_CHECK(dynamic_scale_, "fit: gradients overflowed with a static loss scale of ", loss_scale_);
     loss_scale_ = std::max(loss_scale_ * 0.5, 1.0 / 65536.0);
     good_steps_ = 0;
     ++skipped_;
@@ -362,6 +426,30 @@ bool Graph::unscale_and_check(const std::vector<Param*>& ps) {
     good_steps_ = 0;
   }
   return true;
+}
+
+// The optimizer updates in place; these copies (one memcpy per weight and slot) let a
+// step whose result overflowed be undone.
+void Graph::save_undo(const std::vector<Param*>& ps) {
+  std::vector<Tensor*> ts;
+  for (auto* p : ps) ts.push_back(&p->value);
+  for (auto& slots : opt_->state)
+    for (auto& s : slots) ts.push_back(&s);
+  undo_.resize(ts.size());
+  for (size_t k = 0; k < ts.size(); ++k) undo_[k].assign(ts[k]->data(), ts[k]->data() + ts[k]->size());
+  undo_t_ = opt_->t;
+}
+
+void Graph::restore_undo(const std::vector<Param*>& ps) {
+  if (undo_.size() == ps.size()) opt_->state.clear();  // the slots did not exist before this step
+  size_t k = 0;
+  for (auto* p : ps) {
+    std::memcpy(p->value.data(), undo_[k++].data(), size_t(p->value.size()) * 4);
+    ++p->version;
+  }
+  for (auto& slots : opt_->state)
+    for (auto& s : slots) std::memcpy(s.data(), undo_[k++].data(), size_t(s.size()) * 4);
+  opt_->t = undo_t_;
 }
 
 Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch) {

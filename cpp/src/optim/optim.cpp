@@ -93,9 +93,27 @@ void bop(float* w, const float* g, float* m, int64_t n, float gamma, float tau) 
 
 }  // namespace
 
+int Optimizer::slots() const {
+  return std::max(cfg.bop ? 1 : 0, cfg.name == "sgd" ? (cfg.momentum > 0 ? 1 : 0) : cfg.name == "rmsprop" ? 1 : 2);
+}
+
+void Optimizer::set_state(int64_t steps, std::vector<std::vector<Tensor>> slots_, const std::vector<Param*>& params) {
+  LB_CHECK(steps >= 0, "optimizer state: expected a step count >= 0, got ", steps);
+  LB_CHECK(slots_.empty() || slots_.size() == params.size(), "optimizer state: expected slots for ", params.size(),
+           " trainable parameters, got ", slots_.size());
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    LB_CHECK(int(slots_[k].size()) == slots(), "optimizer state: ", cfg.name, " keeps ", slots(),
+             " slot(s) per parameter, got ", slots_[k].size(), " for parameter ", k);
+    for (auto& s : slots_[k])
+      LB_CHECK(s.shape == params[k]->value.shape, "optimizer state: parameter ", k, " (", params[k]->name,
+               ") has shape ", shape_str(params[k]->value.shape), ", its slot ", shape_str(s.shape));
+  }
+  t = steps;
+  state = std::move(slots_);
+}
+
 void Optimizer::step(const std::vector<Param*>& params, double lr_d) {
-  // slots per parameter: at least one for Bop's moving average
-  const int slots = std::max(cfg.bop ? 1 : 0, cfg.name == "sgd" ? (cfg.momentum > 0 ? 1 : 0) : cfg.name == "rmsprop" ? 1 : 2);
+  const int slots = this->slots();
   if (state.size() != params.size()) {
     state.assign(params.size(), {});
     for (size_t k = 0; k < params.size(); ++k)
