@@ -443,7 +443,8 @@ void register_graph(py::module_& m) {
         farray dx(x_shape);
         float* o = dx.mutable_data();
         engine_call(g, "backward", true, [&] {
-          LB_CHECK(g.nodes().size() > 0 && dy.size() == g.activation(g.output()).size(),
+          LB_CHECK(g.has_forward(), "backward: call forward first");
+          LB_CHECK(dy.size() == g.activation(g.output()).size(),
                    "backward: dy does not match the last forward batch");
           g.backward_batch(dy.data(), o);
         });
@@ -471,7 +472,7 @@ void register_graph(py::module_& m) {
          "Forward of a graph with any number of inputs (one array per add_input, in order).")
       .def("backward_inputs", [](Graph& g, const farray& dy) {
         const auto& ins = g.inputs();
-        LB_CHECK(!ins.empty() && g.activation(g.output()).ptr, "backward: call forward_inputs first");
+        LB_CHECK(!ins.empty() && g.has_forward(), "backward: call forward_inputs first");
         const Shape& y = g.activation(g.output()).shape;
         LB_CHECK(Shape(dy.shape(), dy.shape() + dy.ndim()) == y, "backward: expected dy of shape ", shape_str(y),
                  " (the last forward's output), got ", shape_str(Shape(dy.shape(), dy.shape() + dy.ndim())));
