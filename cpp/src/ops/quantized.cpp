@@ -142,7 +142,8 @@ struct Quantized : Op {
     const Tensor* x = src[0];
     const bool kernel = kernel_ && !ctx.training && kernels::family_enabled(kernel_->family());
     ran_kernel_ = kernel;
-    // binary reads signs, bf16/fp16 round in their conversion: no quantizer pass over x
+    // the kernels read x itself (binary: its signs; int8: encoded on the Int grid;
+    // bf16/fp16: rounded in their conversion): no quantizer pass over x
     if (in_ && !(kernel && !kernel_->needs_quantized_input() && in_.f->hysteresis == 0.f)) {
       xq_.resize(x->shape);
       xq_.blocked = x->blocked;
