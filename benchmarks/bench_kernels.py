@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Real low-precision kernels against lowbit's own fp32 (oneDNN) layer of the same shape,
-measured in one run: binary xnor-popcount conv/dense (lb.kernels) vs Conv2D/Dense fp32.
+measured in one run: binary xnor-popcount conv/dense (lb.kernels) vs Conv2D/Dense fp32,
+and the engine's int8 / bf16 / fp16 layers (predict of a one-layer model whose input and
+weight formats are Int(8) / BFloat16 / Float16, on the kernels and simulated) vs the
+same predict of the fp32 layer.
 
 Shapes (issue 11): 3x3 conv 256->256 at 14x14 and 64->64 at 56x56 ('same', batch 16),
 dense 4096->4096 at batch 64. Prints the CPU, its ISA, the kernel path, GMAC/s, the
@@ -8,6 +11,7 @@ ratio to fp32 and the fraction of the measured popcount peak (one popcounted bit
 binary multiply-accumulate; peak = VPOPCNTQ throughput x threads).
 
     python benchmarks/bench_kernels.py [--threads 1,2] [--reps 7] [--portable] [--engine]
+                                       [--families int8,bf16,fp16]
 
 Timing: fp32 and binary calls are interleaved; each figure is the best of --reps runs,
 by wall clock and by the process's CPU time (on a shared machine the wall clock of a
@@ -77,8 +81,8 @@ def one_layer(kind, shape, out, **formats):
     return m
 
 
-def engine_binary(m, on):
-    """predict of the Binary() layer with the engine's kernels on or off (simulated)."""
+def engine_layer(m, on):
+    """predict of a quantized layer with the engine's kernels on or off (simulated)."""
     def run():
         was = lb.kernels.use_in_engine(on)
         try:
@@ -89,6 +93,13 @@ def engine_binary(m, on):
 
 
 x_of = {}
+# per-channel weight scales for convolutions (per output channel), per tensor for dense
+FAMILY_FORMATS = {
+    "int8": lambda kind: dict(weight_format=lb.formats.Int(8, per_channel=kind == "conv"),
+                              input_format=lb.formats.Int(8)),
+    "bf16": lambda kind: dict(weight_format=lb.formats.BFloat16(), input_format=lb.formats.BFloat16()),
+    "fp16": lambda kind: dict(weight_format=lb.formats.Float16(), input_format=lb.formats.Float16()),
+}
 
 
 def build_case(kind, shape, out, rng):
@@ -114,10 +125,20 @@ def main():
     ap.add_argument("--portable", action="store_true", help="also time the portable path")
     ap.add_argument("--engine", action="store_true",
                     help="also time predict of a Binary() layer in the engine, simulated and on the kernels")
+    ap.add_argument("--families", default="int8,bf16,fp16",
+                    help="engine layers to time besides binary (comma-separated; empty: none)")
     a = ap.parse_args()
+    families = [f for f in a.families.split(",") if f]
+    for f in families:
+        if f not in FAMILY_FORMATS:
+            ap.error(f"--families: unknown family {f!r} (expected {', '.join(FAMILY_FORMATS)})")
     info = lb.kernels.info()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs); ISA: {' '.join(cpu_flags())}")
-    print(f"lowbit {lb.__version__}, oneDNN {lb.build_info()['onednn']}; binary kernel path: {info['binary']}")
+    print(f"lowbit {lb.__version__}, oneDNN {lb.build_info()['onednn']} (dispatching to "
+          f"{lb.build_info()['onednn_cpu_isa']}); binary kernel path: {info['binary']}")
+    for f in families:
+        why = info.get(f"{f}_simulated_because")
+        print(f"{f} layers: {info[f]}" + (f" ({why})" if why else ""))
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1) * 0.5:
         print(f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs: the machine is shared; "
@@ -143,8 +164,14 @@ def main():
                 b1 = lb.formats.Binary()
                 layer = one_layer(kind, shape, out, weight_format=b1, input_format=b1)
                 x_of[id(layer)] = x
-                calls["engine Binary sim"] = engine_binary(layer, False)
-                calls["engine Binary krn"] = engine_binary(layer, True)
+                calls["engine Binary sim"] = engine_layer(layer, False)
+                calls["engine Binary krn"] = engine_layer(layer, True)
+            for fam in families:
+                layer = one_layer(kind, shape, out, **FAMILY_FORMATS[fam](kind))
+                x_of[id(layer)] = x
+                calls[f"{fam} sim"] = engine_layer(layer, False)
+                if info[fam] != "simulated":
+                    calls[f"{fam} kernel"] = engine_layer(layer, True)
             best = measure(calls, a.reps)
             fw, fc = best["fp32 oneDNN"]
             for k, (w, c) in best.items():
@@ -152,7 +179,8 @@ def main():
                 # more, a descheduled worker leaves CPU/threads below it, so the wall clock counts
                 busy = min(w, c) if threads == 1 else w
                 per = macs / busy / 1e9
-                frac = f"{macs / busy / (peak * threads):8.0%}" if peak and k != "fp32 oneDNN" else ""
+                popcounts = k in (info["binary"], "portable", "engine Binary krn")  # of the popcount peak
+                frac = f"{macs / busy / (peak * threads):8.0%}" if peak and popcounts else ""
                 ratio = "" if k == "fp32 oneDNN" else f"{fw / w:11.1f}x{fc / c:10.1f}x"
                 print(f"{name:<28}{threads:>4}{k:>18}{w * 1e3:10.2f}{c * 1e3:9.2f}{per:9.0f}{ratio:>23}{frac:>9}")
             print(f"{'':<32}(weights packed once in {pack_s * 1e3:.1f} ms: {packed.memory_bytes / 1024:.0f} KiB "

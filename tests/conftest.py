@@ -184,3 +184,61 @@ def np_batchnorm_train(x, gamma, beta, eps, dy):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def predict_kernels_on_off(m, x, family, batch_size=7):
+    """model.predict with the low-precision kernels in the engine, then simulated
+    (lb.kernels.use_in_engine(False)): (kernel output, simulated output, layer calls the
+    engine ran on `family`'s kernels). Asserts no kernel ran while switched off."""
+    K = lb.kernels
+    key = f"engine_{family}_calls"
+    was = K.use_in_engine(True)
+    try:
+        calls = K.info()[key]
+        fast = m.predict(x, batch_size=batch_size)
+        used = K.info()[key] - calls
+        K.use_in_engine(False)
+        calls = K.info()[key]
+        sim = m.predict(x, batch_size=batch_size)
+        assert K.info()[key] == calls, "kernels ran with use_in_engine(False)"
+    finally:
+        K.use_in_engine(was)
+    return fast, sim, used
+
+
+def model_with_random_weights(layer, in_shape, rng):
+    """A one-layer model with N(0, 1) weights (and bias): (model, kernel, bias or None)."""
+    m = single(layer, in_shape)
+    ws = [rng.normal(size=a.shape).astype(np.float32) for a in m.get_weights()]
+    m.set_weights(ws)
+    return m, ws[0], ws[1] if len(ws) > 1 else None
+
+
+# Convolution shapes for the kernel tests: odd sizes, stride 2, 'same' / 'valid' /
+# explicit padding, 1x1, dilation, channel counts not a multiple of 64.
+CONV_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilation
+    ((2, 3, 9, 11), 5, 3, 1, "same", 1),
+    ((2, 70, 9, 7), 37, 3, 2, "same", 1),
+    ((1, 130, 8, 8), 33, 3, 1, "valid", 1),
+    ((3, 64, 10, 10), 64, 1, 1, "valid", 1),
+    ((2, 65, 7, 7), 17, 1, 2, "valid", 1),
+    ((1, 9, 13, 6), 7, (5, 3), (2, 1), "same", 1),
+    ((2, 20, 12, 12), 11, 3, 1, "same", 2),
+    ((1, 256, 14, 14), 40, 3, 1, "same", 1),
+    ((2, 5, 6, 6), 3, 3, 1, 2, 1),  # explicit padding larger than the kernel's reach
+]
+
+
+def conv_case_id(c):
+    return f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}-{c[4]}-d{c[5]}"
+
+
+def conv_case_geometry(case):
+    """(stride, ((top, bottom), (left, right)), dilation) of a CONV_CASES entry, as np_conv2d takes them."""
+    shape, _, k, s, pad, d = case
+    kk, ss, dd = (k, k) if np.isscalar(k) else k, (s, s) if np.isscalar(s) else s, (d, d)
+    if pad == "same":
+        pads = tuple(tuple(same_pad(shape[2 + i], kk[i], ss[i], dd[i])) for i in range(2))
+    else:
+        pads = ((pad, pad), (pad, pad)) if isinstance(pad, int) else ((0, 0), (0, 0))
+    return ss, pads, dd

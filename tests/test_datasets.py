@@ -568,6 +568,16 @@ def test_to_rgb():
         datasets.to_rgb(np.zeros((2, 2, 4, 4)))
 
 
+def test_image_helpers_refuse_complex_nan_and_out_of_range_pixels():
+    for f in (lambda a: datasets.pad_to(a, 6), datasets.to_rgb):
+        with pytest.raises(TypeError, match="real numeric"):
+            f(np.ones((1, 1, 4, 4), dtype=np.complex64))
+        with pytest.raises(ValueError, match="finite"):
+            f(np.full((1, 1, 4, 4), np.nan))
+        with pytest.raises(ValueError, match="finite"):
+            f(np.full((1, 1, 4, 4), 1e300))  # would become inf in float32
+
+
 def test_fashion_as_cifar_shape(tmp_path):
     make_idx_dir(tmp_path, n_train=3, n_test=2)
     (xtr, _), _ = datasets.fashion_mnist(tmp_path)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lowbit as lb
-from conftest import np_conv2d, same_pad, single
+from conftest import CONV_CASES, conv_case_geometry, conv_case_id, model_with_random_weights, np_conv2d, predict_kernels_on_off
 
 K, L, F = lb.kernels, lb.layers, lb.formats
 NATIVE = K.info()["binary_native_supported"]
@@ -49,12 +49,7 @@ def test_pack_bits_matches_numpy(shape, path, rng):
 
 
 def binary_layer_model(layer, in_shape, rng):
-    m = single(layer, in_shape)
-    w, b = m.get_weights()
-    w = rng.normal(size=w.shape).astype(np.float32)
-    b = rng.normal(size=b.shape).astype(np.float32)
-    m.set_weights([w, b])
-    return m, w, b
+    return model_with_random_weights(layer, in_shape, rng)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -67,21 +62,8 @@ def test_binary_dense_equals_simulated_layer(n, fan_in, units, path, rng):
     np.testing.assert_array_equal(K.binary_dense(x, w, path=path), (sign(x) @ sign(w)).astype(np.float32))
 
 
-CONV_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilation
-    ((2, 3, 9, 11), 5, 3, 1, "same", 1),
-    ((2, 70, 9, 7), 37, 3, 2, "same", 1),
-    ((1, 130, 8, 8), 33, 3, 1, "valid", 1),
-    ((3, 64, 10, 10), 64, 1, 1, "valid", 1),
-    ((2, 65, 7, 7), 17, 1, 2, "valid", 1),
-    ((1, 9, 13, 6), 7, (5, 3), (2, 1), "same", 1),
-    ((2, 20, 12, 12), 11, 3, 1, "same", 2),
-    ((1, 256, 14, 14), 40, 3, 1, "same", 1),
-    ((2, 5, 6, 6), 3, 3, 1, 2, 1),  # explicit padding larger than the kernel's reach
-]
-
-
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}-{c[4]}-d{c[5]}")
+@pytest.mark.parametrize("case", CONV_CASES, ids=conv_case_id)
 def test_binary_conv2d_equals_simulated_layer(case, path, rng):
     shape, filters, k, s, pad, d = case
     layer = L.Conv2D(filters, k, strides=s, padding=pad, dilation_rate=d, weight_format=F.Binary(),
@@ -91,10 +73,7 @@ def test_binary_conv2d_equals_simulated_layer(case, path, rng):
     got = K.binary_conv2d(x, w, stride=s, padding=pad, bias=b, dilation=d, path=path)
     np.testing.assert_array_equal(got, m.predict(x))
     # and the numpy sign convolution (padding adds 0), without bias
-    kk, ss, dd = (k, k) if np.isscalar(k) else k, (s, s) if np.isscalar(s) else s, (d, d)
-    pads = (tuple(same_pad(shape[2 + i], kk[i], ss[i], dd[i])) for i in range(2)) if pad == "same" else \
-        ((pad, pad), (pad, pad)) if isinstance(pad, int) else ((0, 0), (0, 0))
-    ref = np_conv2d(sign(x), sign(w), None, ss, tuple(pads), dd).astype(np.float32)
+    ref = np_conv2d(sign(x), sign(w), None, *conv_case_geometry(case)).astype(np.float32)
     np.testing.assert_array_equal(K.binary_conv2d(x, w, stride=s, padding=pad, dilation=d, path=path), ref)
 
 
@@ -213,18 +192,7 @@ def binary_net(seed=0):
 
 
 def predict_both_ways(m, x):
-    was = K.use_in_engine(True)
-    try:
-        calls = K.info()["engine_binary_calls"]
-        fast = m.predict(x, batch_size=7)
-        used = K.info()["engine_binary_calls"] - calls
-        K.use_in_engine(False)
-        calls = K.info()["engine_binary_calls"]
-        sim = m.predict(x, batch_size=7)
-        assert K.info()["engine_binary_calls"] == calls, "kernels ran with use_in_engine(False)"
-    finally:
-        K.use_in_engine(was)
-    return fast, sim, used
+    return predict_kernels_on_off(m, x, "binary")
 
 
 def test_engine_predict_and_evaluate_equal_the_simulated_model_exactly(rng):

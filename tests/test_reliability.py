@@ -356,3 +356,13 @@ def test_cifar_pickle_with_a_huge_memo_index_is_refused_without_allocating(tmp_p
         assert tracemalloc.get_traced_memory()[1] < 64 << 20  # peak bytes
     finally:
         tracemalloc.stop()
+
+
+def test_backward_before_any_forward_is_a_value_error():
+    m = lb.models.lenet()
+    m.compile("adam", "categorical_crossentropy")  # builds the engine graph
+    g = m._graph
+    with pytest.raises(ValueError, match="call forward first"):
+        g.backward(np.zeros((2, 10), np.float32), [2, 1, 28, 28])
+    with pytest.raises(ValueError, match="call forward_inputs first"):
+        g.backward_inputs(np.zeros((2, 10), np.float32))

@@ -241,7 +241,10 @@ void register_graph(py::module_& m) {
         LB_CHECK(s == p.value.shape, "set_weights: ", p.name, " of node ", i, " expects shape ",
                  shape_str(p.value.shape), ", got ", shape_str(s));
         const float* src = a.data();
-        engine_call(g, "set_weights", true, [&] { std::memcpy(p.value.data(), src, size_t(p.value.size()) * 4); });
+        engine_call(g, "set_weights", true, [&] {
+          std::memcpy(p.value.data(), src, size_t(p.value.size()) * 4);
+          ++p.version;
+        });
       })
       .def("set_params", [](Graph& g, const std::vector<std::pair<int, int>>& slots, const std::vector<farray>& arrays) {
         LB_CHECK(slots.size() == arrays.size(), "set_weights: expected ", slots.size(), " arrays, got ", arrays.size());
@@ -253,8 +256,10 @@ void register_graph(py::module_& m) {
                    " expects shape ", shape_str(ps[j]->value.shape), ", got ", shape_str(s));
         }
         engine_call(g, "set_weights", true, [&] {  // all or nothing: shapes were checked above
-          for (size_t j = 0; j < ps.size(); ++j)
+          for (size_t j = 0; j < ps.size(); ++j) {
             std::memcpy(ps[j]->value.data(), arrays[j].data(), size_t(ps[j]->value.size()) * 4);
+            ++ps[j]->version;
+          }
         });
       }, "Set parameters (node, index) together after checking every shape.")
       .def("get_quant_state", [](Graph& g, int i) {
@@ -300,6 +305,8 @@ void register_graph(py::module_& m) {
             sts[k]->last_sign = in[k].signs;
             if (in[k].running) sts[k]->running_amax = *in[k].running;
           }
+          if (n.op)
+            for (auto& p : n.op->params) ++p.version;  // weight quantizers read their state (hysteresis)
         });
       })
       .def("optimizer_state", [](Graph& g) {
@@ -436,7 +443,8 @@ void register_graph(py::module_& m) {
         farray dx(x_shape);
         float* o = dx.mutable_data();
         engine_call(g, "backward", true, [&] {
-          LB_CHECK(g.nodes().size() > 0 && dy.size() == g.activation(g.output()).size(),
+          LB_CHECK(g.has_forward(), "backward: call forward first");
+          LB_CHECK(dy.size() == g.activation(g.output()).size(),
                    "backward: dy does not match the last forward batch");
           g.backward_batch(dy.data(), o);
         });
@@ -464,7 +472,7 @@ void register_graph(py::module_& m) {
          "Forward of a graph with any number of inputs (one array per add_input, in order).")
       .def("backward_inputs", [](Graph& g, const farray& dy) {
         const auto& ins = g.inputs();
-        LB_CHECK(!ins.empty() && g.activation(g.output()).ptr, "backward: call forward_inputs first");
+        LB_CHECK(!ins.empty() && g.has_forward(), "backward: call forward_inputs first");
         const Shape& y = g.activation(g.output()).shape;
         LB_CHECK(Shape(dy.shape(), dy.shape() + dy.ndim()) == y, "backward: expected dy of shape ", shape_str(y),
                  " (the last forward's output), got ", shape_str(Shape(dy.shape(), dy.shape() + dy.ndim())));

@@ -29,7 +29,15 @@ void register_kernels(py::module_& m) {
     d["binary_native_supported"] = binary_native_supported();
     d["portable_forced"] = portable_forced();
     d["engine"] = engine_kernels_enabled();
-    d["engine_binary_calls"] = engine_kernel_calls();
+    // per family: the implementation evaluate/predict use, or "simulated" and why
+    for (Family f : {Family::binary, Family::int8, Family::bf16, Family::fp16}) {
+      const std::string name = family_name(f);
+      std::string why;
+      if (f != Family::binary) d[name.c_str()] = family_path(f, &why);
+      if (!why.empty()) d[(name + "_simulated_because").c_str()] = why;
+      d[("engine_" + name + "_calls").c_str()] = engine_kernel_calls(f);
+    }
+    d["engine_weight_preparations"] = engine_weight_preparations();
     return d;
   }, "Which kernel path each low-precision layer uses on this CPU.");
 

@@ -366,7 +366,10 @@ def cmd_info(a):
     import lowbit as lb
     for k, v in lb.build_info().items():
         print(f"{k}: {v}")
-    print(f"binary kernels: {lb.kernels.info()['binary']}")
+    info = lb.kernels.info()
+    for fam in ("binary", "int8", "bf16", "fp16"):
+        why = info.get(f"{fam}_simulated_because")
+        print(f"{fam} kernels: {info[fam]}" + (f" ({why})" if why else ""))
     return 0
 
 

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .formats import as_float32
+
 __all__ = [
     "fashion_mnist",
     "mnist",
@@ -594,6 +596,14 @@ def load(name: str, root=None):
 # Helpers
 # --------------------------------------------------------------------------
 
+def _pixels(x, what):
+    """Images as float32: real dtypes only (TypeError), finite values only (ValueError)."""
+    x = as_float32(x, what)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what}: expected finite pixel values, found NaN, inf or values beyond float32")
+    return x
+
+
 def pad_to(x, size: int) -> np.ndarray:
     """Zero-pad the last two axes (H, W) centrally to ``size x size``.
 
@@ -601,7 +611,7 @@ def pad_to(x, size: int) -> np.ndarray:
     padding is odd, the extra row/column goes at the bottom/right.  Returns
     a new C-contiguous float32 array.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = _pixels(x, "pad_to")
     if x.ndim < 2:
         raise ValueError(f"pad_to needs an array with H and W axes, got shape {x.shape}")
     h, w = x.shape[-2:]
@@ -620,7 +630,7 @@ def to_rgb(x) -> np.ndarray:
     An input that already has 3 channels is copied unchanged.  Returns a new
     C-contiguous float32 array.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = _pixels(x, "to_rgb")
     if x.ndim < 3 or x.shape[-3] not in (1, 3):
         raise ValueError(f"to_rgb expects (..., 1, H, W) input, got shape {x.shape}")
     reps = (1,) * (x.ndim - 3) + (3 // x.shape[-3], 1, 1)

@@ -78,7 +78,8 @@ def as_float32(x, what):
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{what}: expected a real numeric array, got dtype {a.dtype}")
-    return np.asarray(a, dtype=np.float32, order="C")
+    with np.errstate(over="ignore"):  # beyond float32 becomes +-inf, which callers check
+        return np.asarray(a, dtype=np.float32, order="C")
 
 
 def _int_arg(v, name, cls, lo=None, hi=None):

@@ -13,6 +13,33 @@ A convolution's zero padding is exact: a padded tap adds 0, as in the simulated 
 ``"portable"``. ``LOWBIT_PORTABLE_KERNELS=1`` in the environment forces the portable
 path; every function also takes ``path="auto" | "native" | "portable"``.
 
+The engine runs quantized Conv2D/Dense layers on a kernel of the format itself in
+``evaluate``/``predict`` (training keeps the simulated layers, whose backward needs the
+quantized fp32 copies); ``use_in_engine(False)`` switches back to the simulated layers.
+One dispatch for every family; ``info()[family]`` says what this CPU runs:
+
+- ``binary``: input and weight formats both ``Binary()`` (no scale): the xnor-popcount
+  kernels above, the same numbers exactly. Scaled Binary formats stay simulated: there
+  the fp32 partial sums of +-alpha terms round (a zero dot comes out as +-1 ulp, whose
+  sign the next binary layer sees), which no kernel reproduces; pass the scales to
+  ``binary_conv2d``/``binary_dense`` as ``scale`` to apply them once to the exact dot.
+- ``int8``: ``Int(b <= 8)`` weights (symmetric; per tensor, or per output channel of a
+  Conv2D) and inputs (symmetric: s8; asymmetric: u8 with the grid's zero point): oneDNN
+  u8/s8 x s8 -> s32 convolution / matmul on VNNI, dequantised in its output scales,
+  ``z = float(acc) * (s_x * s_w)``. The simulated layer sums ``float(k_x s_x) float(k_w s_w)``
+  in fp32; both lie within ``(K + 4) 2^-24 sum|x_q w_q|`` of the exact sum (K the
+  reduction length), and an ``output_format=Int(8)`` output within one output LSB.
+  Without VNNI oneDNN's int8 kernels saturate 16-bit pair sums: such CPUs stay simulated.
+- ``bf16`` / ``fp16``: ``BFloat16()`` / ``Float16()`` weights and inputs: oneDNN bf16/f16
+  primitives, fp32 accumulation. Products of these formats are exact in fp32, so only the
+  summation order differs: ``|z - z_sim| <= 2 K 2^-24 sum|x_q w_q|``. Where oneDNN has no
+  (non-reference) primitive for the type on this CPU (f16 without AVX512-FP16 / AVX2-VNNI-2)
+  the layers stay simulated and ``info()`` says why.
+
+``LOWBIT_PORTABLE_KERNELS=1`` makes the oneDNN families fall back to the simulated
+layers (and binary to its portable path). Quantized weights are prepared once per weight
+version (an optimizer step or ``set_weights`` makes a new one), not at every call.
+
 fp16 accumulation: a Conv2D/Dense with ``accum_format`` / ``grad_accum_format``
 ``Float16()`` whose operands are binary16 values (fp16 inputs, weights, gradients) runs
 its dot products on a kernel with a binary16 accumulator, one round-to-nearest-even per
@@ -23,14 +50,6 @@ then F16C's conversion) or ``"portable"`` (standard C++: TwoSum, round-to-odd, f
 rounding on the bits); other operands keep the simulation.
 ``info()["fp16_accum"]`` names the path; :func:`fp16_accum_path` chooses one
 (``"simulate"`` runs the float64 simulation itself).
-
-The engine runs Conv2D/Dense layers whose input and weight formats are both ``Binary()``
-(no scale) on these kernels in ``evaluate``/``predict`` (training keeps the simulated
-layers, whose gradients it needs), with the same numbers exactly; ``use_in_engine(False)``
-switches back to the simulated layers. Scaled Binary formats stay simulated: there the
-fp32 partial sums of +-alpha terms round (a zero dot comes out as +-1 ulp, whose sign the
-next binary layer sees), which no kernel reproduces; pass the scales to
-``binary_conv2d``/``binary_dense`` as ``scale`` to apply them once to the exact dot.
 """
 from __future__ import annotations
 
@@ -45,11 +64,14 @@ BinaryWeights = _core.BinaryWeights
 
 
 def info():
-    """{'binary': path used by default, 'binary_native_supported', 'portable_forced',
-    'engine': whether evaluate/predict use the kernels, 'engine_binary_calls': layer calls
-    run on them so far, 'fp16_accum': the path of Float16 accumulators (with
-    'fp16_accum_kernel_calls' / 'fp16_accum_simulated_calls': dot products run on a kernel
-    / on the simulation so far), and the CPU features the engine sees}."""
+    """What this CPU runs: 'binary' (its path), 'binary_native_supported', and per oneDNN
+    family 'int8' / 'bf16' / 'fp16': ``"onednn:<implementation>"`` or ``"simulated"`` (then
+    '<family>_simulated_because' says why); 'portable_forced'; 'engine': whether
+    evaluate/predict use the kernels; 'engine_<family>_calls': layer calls run on them so
+    far; 'engine_weight_preparations': weight copies the kernels prepared; 'fp16_accum':
+    the path of Float16 accumulators (with 'fp16_accum_kernel_calls' /
+    'fp16_accum_simulated_calls': dot products run on a kernel / on the simulation so far);
+    and the CPU features the engine sees."""
     d = dict(_core.kernel_info())
     d.update(_core.fp16_accum_info())
     d["cpu"] = {k: v for k, v in _core.build_info().items() if k.startswith("avx")}
@@ -57,7 +79,7 @@ def info():
 
 
 def use_in_engine(on=None):
-    """Whether evaluate/predict run Binary x Binary layers on the kernels (default True);
+    """Whether evaluate/predict run quantized layers on the kernels (default True);
     with ``on`` given, set it. Returns the previous setting."""
     was = bool(_core.engine_kernels_enabled())
     if on is not None:

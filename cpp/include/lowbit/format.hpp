@@ -145,6 +145,14 @@ inline int64_t overflow_int(int64_t k, int bits, Overflow o) {
 // Largest finite value of a MiniFloat (or of a block format's float element).
 double minifloat_max(const Format& f);
 
+// The grid Int puts x on (S2 eq. 3.3-3.4): q = (k - zp) s with
+// k = clamp(nearbyint(x / s) + zp, kmin, kmax), computed in double. Moves the running
+// range of an activation quantizer in training, as quantize() does (it calls this).
+struct IntGrid {
+  double s = 0, zp = 0, kmin = 0, kmax = 0;
+};
+IntGrid int_grid_of(const Format& f, const float* x, int64_t n, QuantState* st);
+
 // y = Q(x) over n values laid out as `channels` rows (axis 0) for per-channel scales.
 void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t channels = 1,
               QuantState* state = nullptr);

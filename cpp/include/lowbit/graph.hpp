@@ -80,6 +80,8 @@ class Graph {
   int64_t skipped_steps() const { return skipped_; }
   // activations of node i after the last forward (calibration)
   const Tensor& activation(int i) { return plain(act_.at(size_t(i))); }
+  // whether a forward has run since the graph was built (a backward needs its activations)
+  bool has_forward() const { return output_ >= 0 && size_t(output_) < act_.size() && act_[size_t(output_)].ptr; }
 
   std::string loss_name() const { return loss_; }
   double current_lr() const { return lr_; }

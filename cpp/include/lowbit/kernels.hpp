@@ -15,8 +15,11 @@
 // (std C++ with __builtin_popcountll). LOWBIT_PORTABLE_KERNELS=1 forces the portable path.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "ops.hpp"
 
 namespace lowbit {
 namespace kernels {
@@ -63,32 +66,68 @@ struct ConvShape {
 void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, const float* scale,
                    const float* bias, float* y, Path p);
 
-// The engine's use of these kernels: evaluate/predict of a Conv2D/Dense whose input and
-// weight formats are both Binary() without scale. z = dot(sign x, sign wq) into a plain
-// NCHW / (N, units) tensor: the simulated fp32 sum of +-1 products, exactly. (Scaled
-// Binary formats stay simulated: there the fp32 partial sums of +-alpha terms round, e.g.
-// a zero dot comes out as +-1 ulp, whose sign the next binary layer sees, so no kernel can
-// reproduce them.) The packed weights are kept while the latent weights stay the same
-// (quantizing unchanged weights again gives the same signs, hysteresis included).
-class BinaryLayer {
- public:
-  BinaryLayer(const ConvShape& per_sample, int64_t O, int64_t kh, int64_t kw);  // conv2d
-  BinaryLayer(int64_t fan_in, int64_t units);                                    // dense
-  // x: (N, C, H, W) plain or nChw16c (blocked), or (N, fan_in); latent: the layer's
-  // weights, wq: their quantized copy (read only when latent changed since the last call).
-  void forward(const float* x, bool x_blocked, int64_t N, const float* latent, const float* wq, float* z);
-  bool packed_from(const float* latent) const;
+// The engine's use of these kernels: evaluate/predict of a quantized Conv2D/Dense runs a
+// LayerKernel when one exists for its input and weight formats (make_layer_kernel), with
+// the simulated layer's numbers; otherwise the simulated layer (oneDNN fp32 on the
+// formats' grids). One dispatch for every format family:
+//   binary  Binary() x Binary() without scale: z = dot(sign x, sign wq) by xnor-popcount,
+//           the simulated fp32 sum of +-1 products exactly. (Scaled Binary formats stay
+//           simulated: there the fp32 partial sums of +-alpha terms round, e.g. a zero dot
+//           comes out as +-1 ulp, whose sign the next binary layer sees.)
+//   int8    Int(b <= 8) weights (symmetric, per tensor or per output channel) and inputs
+//           (symmetric: s8; asymmetric: u8 with a zero point): oneDNN u8/s8 x s8 -> s32
+//           with the dequantisation z = float(acc) * (s_x s_w[o]) fused as output scales.
+//           The simulated z sums float(k_x s_x) float(k_w s_w) in fp32; both are within
+//           (K + 4) 2^-24 sum|x_q w_q| of the exact sum, K the reduction length.
+//   bf16 / fp16  BFloat16 / Float16 (round to nearest, IEEE overflow) weights and inputs:
+//           oneDNN bf16/f16 primitives with fp32 accumulation and fp32 z. Products of these
+//           formats are exact in fp32, so only the summation order differs from the
+//           simulation: |z - z_sim| <= 2 K 2^-24 sum|x_q w_q|.
+// Training keeps the simulated layers: their backward needs x_q and w_q, and the summation
+// order (int8: the fp32 rounding) makes the kernels' z differ from the simulated one.
+// Weights are prepared (packed / converted / reordered) once per weight version (see
+// Param::version), not at every call.
+enum class Family { binary, int8, bf16, fp16 };
+const char* family_name(Family f);
 
- private:
-  bool conv_;
-  ConvShape s_;
-  int64_t O_, kh_, kw_, fan_in_;
-  std::vector<float> latent_, plain_;
-  BinaryWeights w_;
+class LayerKernel {
+ public:
+  virtual ~LayerKernel() = default;
+  virtual Family family() const = 0;
+  virtual std::string impl() const = 0;  // e.g. "lowbit:xnor_popcount:avx512_vpopcntdq"
+  // Whether forward reads the quantized input x_q (else the raw input, which binary reads
+  // signs of, bf16/fp16 round in their conversion, int8 encodes on the Int grid itself).
+  virtual bool needs_quantized_input() const { return true; }
+  // New weights: wq the quantized copy (OIHW or (K, M)), w_step their grid step(s) (Int).
+  virtual void set_weights(const Tensor& wq, const std::vector<float>& w_step) = 0;
+  // z (N, O, OH, OW) / (N, units) from x (plain or nChw16c); z.blocked on entry is the
+  // executor's permission, the kernel sets it to the layout it wrote. in_st: the input
+  // quantizer's state (Int: running range, grid step). bias: per output channel, added
+  // in the epilogue (z + b, one fp32 rounding as the simulated layer's addition), given
+  // exactly when the kernel was made with_bias.
+  virtual void forward(const Tensor& x, QuantState& in_st, const float* bias, Tensor& z) = 0;
+  uint64_t weights_version = ~uint64_t(0);  // of the weights last set (~0: none)
 };
+
+// The kernel for a Conv2D ("conv2d", groups 1) / Dense ("dense") layer with these input and
+// weight formats, or null (no kernel for them, LOWBIT_PORTABLE_KERNELS=1 for the oneDNN
+// families, or oneDNN has no non-reference implementation on this CPU).
+std::unique_ptr<LayerKernel> make_layer_kernel(const std::string& kind, const Config& cfg,
+                                               const std::vector<Shape>& in, const Format& in_f, const Format& w_f,
+                                               bool with_bias);
+// What this CPU runs for a family: its implementation (a oneDNN impl string for the oneDNN
+// families, probed on a small layer), or "simulated" with the reason in `why`.
+std::string family_path(Family f, std::string* why = nullptr);
+
 bool engine_kernels_enabled();
 void set_engine_kernels(bool on);  // off: evaluate/predict run the simulated layers
-int64_t engine_kernel_calls();     // layer calls the engine ran on the binary kernels
+// evaluate/predict may use a family's kernels now: the engine switch is on and, for the
+// oneDNN families, LOWBIT_PORTABLE_KERNELS=1 is not set (their fallback is the simulation)
+bool family_enabled(Family f);
+int64_t engine_kernel_calls(Family f);  // layer calls the engine ran on a family's kernels
+void count_engine_call(Family f);
+int64_t engine_weight_preparations();  // LayerKernel::set_weights calls (once per weight version)
+void count_weight_preparation();
 
 // Measured throughput of the native popcount unit (bits per second, one thread):
 // independent VPOPCNTQ chains on registers, the bound an xnor-popcount kernel can reach.

@@ -32,6 +32,9 @@ struct Param {
   bool trainable = true;
   float clip = 0.f;     // > 0: clip the latent value to [-clip, clip] after each step (weight_clip)
   bool binary = false;  // the op reads it through a Binary format (Bop updates it)
+  // Bumped by every write of `value` (optimizer step, set_weights, init, quantizer state
+  // load): layers keep quantized / packed copies of the weights while it stays the same.
+  uint64_t version = 0;
 };
 
 // Per-step information the ops may need (dropout masks are a function of seed+step).

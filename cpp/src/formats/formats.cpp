@@ -27,10 +27,20 @@ const char* ste_name(Ste s) {
   }
 }
 
+// max |x| over the non-NaN values, on the bit patterns: |x| orders as its bits do, and an
+// integer max reduction vectorises (a float one would need -ffast-math)
 LB_CLONES float max_abs(const float* x, int64_t n) {
-  float m = 0.f;
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
-  return m;
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    u &= 0x7FFFFFFFu;
+    u &= -uint32_t(u <= 0x7F800000u);  // NaN: skipped
+    m = std::max(m, u);
+  }
+  float r;
+  std::memcpy(&r, &m, 4);
+  return r;
 }
 
 // Rounding onto a minifloat (or MXINT8) element grid on float32 bit patterns, vectorisable:
@@ -400,6 +410,14 @@ double abs_percentile(const float* x, int64_t n, double p) {
 // Returns the grid step s.
 double quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantState* st = nullptr) {
   if (n == 0) return 0.0;
+  const IntGrid g = int_grid_of(f, x, n, st);
+  return int_grid(x, y, n, g.s, g.zp, g.kmin, g.kmax);
+}
+
+}  // namespace
+
+IntGrid int_grid_of(const Format& f, const float* x, int64_t n, QuantState* st) {
+  if (n == 0) return {};
   if (f.symmetric) {
     const double qmax = std::ldexp(1.0, f.bits - 1) - 1;
     double amax = max_abs(x, n);
@@ -423,17 +441,15 @@ double quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantS
       }
       amax = best_a;
     }
-    return int_grid(x, y, n, amax / qmax, 0, -qmax, qmax);
+    return {amax / qmax, 0, -qmax, qmax};
   }
   const double levels = std::ldexp(1.0, f.bits) - 1;
   double lo = 0, hi = 0;
   for (int64_t i = 0; i < n; ++i) lo = std::min(lo, double(x[i])), hi = std::max(hi, double(x[i]));
   double s = (hi - lo) / levels;
   double zp = s > 0 ? std::nearbyint(-lo / s) : 0;
-  return int_grid(x, y, n, s, zp, 0, levels);  // (k - zp) s: still whole multiples of s
+  return {s, zp, 0, levels};  // (k - zp) s: still whole multiples of s
 }
-
-}  // namespace
 
 double minifloat_max(const Format& f) {
   const int e = f.exp_bits, m = f.man_bits, bias = (1 << (e - 1)) - 1;

@@ -70,7 +70,10 @@ void Graph::set_output(int id) {
 
 void Graph::init_params(uint64_t seed) {
   for (size_t i = 0; i < nodes_.size(); ++i)
-    if (nodes_[i].op) nodes_[i].op->init_params(splitmix64(seed * 1000003ull + i));
+    if (nodes_[i].op) {
+      nodes_[i].op->init_params(splitmix64(seed * 1000003ull + i));
+      for (auto& p : nodes_[i].op->params) ++p.version;
+    }
   seed_ = seed;
   step_ = 0;
   if (opt_) opt_->reset();
@@ -440,7 +443,10 @@ void Graph::save_undo(const std::vector<Param*>& ps) {
 void Graph::restore_undo(const std::vector<Param*>& ps) {
   if (undo_.size() == ps.size()) opt_->state.clear();  // the slots did not exist before this step
   size_t k = 0;
-  for (auto* p : ps) std::memcpy(p->value.data(), undo_[k++].data(), size_t(p->value.size()) * 4);
+  for (auto* p : ps) {
+    std::memcpy(p->value.data(), undo_[k++].data(), size_t(p->value.size()) * 4);
+    ++p->version;
+  }
   for (auto& slots : opt_->state)
     for (auto& s : slots) std::memcpy(s.data(), undo_[k++].data(), size_t(s.size()) * 4);
   opt_->t = undo_t_;

@@ -1,7 +1,4 @@
 // The engine's Binary x Binary layers on the xnor-popcount kernels (see kernels.hpp).
-#include <atomic>
-#include <cstring>
-
 #include "lowbit/check.hpp"
 #include "lowbit/kernels.hpp"
 
@@ -9,48 +6,58 @@ namespace lowbit {
 namespace kernels {
 
 namespace {
-std::atomic<bool> g_engine_kernels{true};
-std::atomic<int64_t> g_engine_calls{0};
+
+class BinaryLayer : public LayerKernel {
+ public:
+  BinaryLayer(const ConvShape& per_sample, int64_t O, int64_t kh, int64_t kw)
+      : conv_(true), s_(per_sample), O_(O), kh_(kh), kw_(kw), fan_in_(per_sample.C * kh * kw) {}
+  BinaryLayer(int64_t fan_in, int64_t units) : conv_(false), s_{}, O_(units), kh_(1), kw_(1), fan_in_(fan_in) {}
+
+  Family family() const override { return Family::binary; }
+  std::string impl() const override { return std::string("lowbit:xnor_popcount:") + path_name(binary_path()); }
+  // signs only: the quantizer pass over the input is not needed (hysteresis aside)
+  bool needs_quantized_input() const override { return false; }
+  void set_weights(const Tensor& wq, const std::vector<float>&) override {
+    w_ = conv_ ? pack_conv_weights(wq.data(), O_, s_.C, kh_, kw_) : pack_dense_weights(wq.data(), fan_in_, O_);
+  }
+
+  void forward(const Tensor& xt, QuantState&, const float* bias, Tensor& z) override {
+    const float* x = xt.data();
+    const int64_t N = xt.dim(0);
+    z.blocked = false;
+    if (!conv_) return binary_dense(x, N, w_, nullptr, bias, z.data(), binary_path());
+    if (xt.blocked) {  // nChw16c -> NCHW (C % 16 == 0 for a blocked tensor)
+      const int64_t C = s_.C, S = s_.H * s_.W, CB = C / 16;
+      LB_CHECK(C % 16 == 0, "binary conv2d: blocked input with ", C, " channels");
+      plain_.resize(size_t(N * C * S));
+#pragma omp parallel for schedule(static)
+      for (int64_t nb = 0; nb < N * CB; ++nb)
+        for (int64_t p = 0; p < S; ++p)
+          for (int64_t c = 0; c < 16; ++c) plain_[size_t((nb * 16 + c) * S + p)] = x[(nb * S + p) * 16 + c];
+      x = plain_.data();
+    }
+    ConvShape s = s_;
+    s.N = N;
+    binary_conv2d(x, s, w_, nullptr, bias, z.data(), binary_path());
+  }
+
+ private:
+  bool conv_;
+  ConvShape s_;
+  int64_t O_, kh_, kw_, fan_in_;
+  std::vector<float> plain_;
+  BinaryWeights w_;
+};
+
 }  // namespace
 
-int64_t engine_kernel_calls() { return g_engine_calls.load(std::memory_order_relaxed); }
-
-bool engine_kernels_enabled() { return g_engine_kernels.load(std::memory_order_relaxed); }
-void set_engine_kernels(bool on) { g_engine_kernels.store(on, std::memory_order_relaxed); }
-
-BinaryLayer::BinaryLayer(const ConvShape& per_sample, int64_t O, int64_t kh, int64_t kw)
-    : conv_(true), s_(per_sample), O_(O), kh_(kh), kw_(kw), fan_in_(per_sample.C * kh * kw) {}
-
-BinaryLayer::BinaryLayer(int64_t fan_in, int64_t units)
-    : conv_(false), s_{}, O_(units), kh_(1), kw_(1), fan_in_(fan_in) {}
-
-bool BinaryLayer::packed_from(const float* latent) const {
-  const size_t nw = size_t(O_ * fan_in_);
-  return latent_.size() == nw && std::memcmp(latent_.data(), latent, nw * sizeof(float)) == 0;
-}
-
-void BinaryLayer::forward(const float* x, bool x_blocked, int64_t N, const float* latent, const float* wq,
-                          float* z) {
-  g_engine_calls.fetch_add(1, std::memory_order_relaxed);
-  if (!packed_from(latent)) {
-    latent_.assign(latent, latent + O_ * fan_in_);
-    w_ = conv_ ? pack_conv_weights(wq, O_, s_.C, kh_, kw_) : pack_dense_weights(wq, fan_in_, O_);
-  }
-  const float* scale = nullptr;
-  if (!conv_) return binary_dense(x, N, w_, scale, nullptr, z, binary_path());
-  if (x_blocked) {  // nChw16c -> NCHW (C % 16 == 0 for a blocked tensor)
-    const int64_t C = s_.C, S = s_.H * s_.W, CB = C / 16;
-    LB_CHECK(C % 16 == 0, "binary conv2d: blocked input with ", C, " channels");
-    plain_.resize(size_t(N * C * S));
-#pragma omp parallel for schedule(static)
-    for (int64_t nb = 0; nb < N * CB; ++nb)
-      for (int64_t p = 0; p < S; ++p)
-        for (int64_t c = 0; c < 16; ++c) plain_[size_t((nb * 16 + c) * S + p)] = x[(nb * S + p) * 16 + c];
-    x = plain_.data();
-  }
-  ConvShape s = s_;
-  s.N = N;
-  binary_conv2d(x, s, w_, scale, nullptr, z, binary_path());
+std::unique_ptr<LayerKernel> make_binary_layer(const std::string& kind, const Config& cfg,
+                                               const std::vector<Shape>& in) {
+  if (kind == "dense") return std::make_unique<BinaryLayer>(in[0][0], cfg.i("units", 0));
+  const ConvGeometry g = conv_geometry(cfg, in);
+  if (g.groups != 1) return nullptr;
+  ConvShape s{0, g.C, g.H, g.W, g.sh, g.sw, g.dh, g.dw, g.ph.lo, g.ph.hi, g.pw.lo, g.pw.hi};
+  return std::make_unique<BinaryLayer>(s, g.O, g.kh, g.kw);
 }
 
 }  // namespace kernels

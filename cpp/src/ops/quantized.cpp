@@ -45,9 +45,11 @@ struct Quantized : Op {
   Tensor wq_, xq_, z_, dz_, dxq_;
   std::optional<Format> accum_, grad_accum_;
   ConvGeometry geo_{};
-  std::unique_ptr<kernels::BinaryLayer> binary_;  // Binary x Binary: xnor-popcount in evaluate/predict
+  // evaluate/predict on a low-precision kernel (binary, int8, bf16, fp16), when one exists
+  std::unique_ptr<kernels::LayerKernel> kernel_;
+  uint64_t wq_version_ = ~uint64_t(0);  // the weight version wq_ was quantized from (inference)
   QuantState::Axis w_axis_, in_axis_;
-  bool ran_forward_ = false;
+  bool ran_forward_ = false, ran_kernel_ = false, bias_in_kernel_ = false;
 
   Quantized(const std::string& k, const Config& cfg, const std::vector<Shape>& in) {
     kind = k;
@@ -78,15 +80,9 @@ struct Quantized : Op {
       (grad ? grad_accum_ : accum_) = f;
     }
     if ((accum_ || grad_accum_) && k == "conv2d") geo_ = conv_geometry(cfg, in);
-    auto plain_binary = [](const Role& r) { return r && r.f->kind == FormatKind::binary && r.f->scale == ScaleMode::none; };
-    if (plain_binary(w_) && plain_binary(in_) && !accum_) {
-      if (k == "dense") {
-        binary_ = std::make_unique<kernels::BinaryLayer>(in[0][0], cfg.i("units", 0));
-      } else if (const ConvGeometry g = conv_geometry(cfg, in); g.groups == 1) {
-        kernels::ConvShape s{0, g.C, g.H, g.W, g.sh, g.sw, g.dh, g.dw, g.ph.lo, g.ph.hi, g.pw.lo, g.pw.hi};
-        binary_ = std::make_unique<kernels::BinaryLayer>(s, g.O, g.kh, g.kw);
-      }
-    }
+    // without an output format the bias goes into the kernel's epilogue (z + b, as here)
+    bias_in_kernel_ = use_bias && !out_;
+    if (w_ && in_ && !accum_) kernel_ = kernels::make_layer_kernel(k, cfg, in, *in_.f, *w_.f, bias_in_kernel_);
     out_shape = inner->out_shape;
     macs = inner->macs;
     const Shape& ks = inner->params[0].value.shape;
@@ -108,6 +104,12 @@ struct Quantized : Op {
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
   // The inner op's primitives, except the passes lowbit's accumulator loops replace.
   std::vector<Kernel> kernels() const override {
+    if (ran_kernel_) {  // the last forward ran a low-precision kernel
+      std::vector<Kernel> ks{{"forward", std::string(kernels::family_name(kernel_->family())) + ":" + kernel_->impl()}};
+      for (auto& k : inner->kernels())
+        if (k.pass != "forward") ks.push_back(k);
+      return ks;
+    }
     if (!accum_ && !grad_accum_) return inner->kernels();
     if (!ran_forward_) return {};
     const auto ran = inner->kernels();
@@ -138,10 +140,11 @@ struct Quantized : Op {
     ran_forward_ = true;
     const bool may_block = dst.blocked;  // the executor's permission
     const Tensor* x = src[0];
-    // Binary() x Binary() in evaluate/predict: the kernel reads signs, so the input needs no
-    // quantizer pass (without hysteresis), nor the weights while the latent ones are unchanged.
-    const bool kernel = binary_ && !ctx.training && kernels::engine_kernels_enabled();
-    if (in_ && !(kernel && in_.f->hysteresis == 0.f)) {
+    const bool kernel = kernel_ && !ctx.training && kernels::family_enabled(kernel_->family());
+    ran_kernel_ = kernel;
+    // the kernels read x itself (binary: its signs; int8: encoded on the Int grid;
+    // bf16/fp16: rounded in their conversion): no quantizer pass over x
+    if (in_ && !(kernel && !kernel_->needs_quantized_input() && in_.f->hysteresis == 0.f)) {
       xq_.resize(x->shape);
       xq_.blocked = x->blocked;
       quantize(*in_.f, x->data(), xq_.data(), x->size(), 1, &in_.st);
@@ -149,10 +152,24 @@ struct Quantized : Op {
     }
     Tensor& latent = inner->params[0].value;
     Tensor saved = latent;
-    if (w_ && !(kernel && binary_->packed_from(latent.data()))) {
+    // Inference keeps the quantized weights while the latent ones are unchanged (same
+    // version). A training forward quantizes afresh (it tracks statistics and hysteresis),
+    // and so does stochastic rounding, which draws new bits at every call.
+    const uint64_t version = params[0].version;
+    if (ctx.training) {
+      wq_version_ = ~uint64_t(0);
+      if (kernel_) kernel_->weights_version = ~uint64_t(0);
+    }
+    if (w_ && (wq_version_ != version || w_.f->rounding == Rounding::stochastic)) {
       wq_.resize(latent.shape);
       quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, &w_.st);
-      inner->params[0].value = wq_;
+      if (!ctx.training) wq_version_ = version;
+    }
+    if (w_) inner->params[0].value = wq_;
+    if (kernel && kernel_->weights_version != version) {
+      kernel_->set_weights(wq_, w_.st.step);
+      kernels::count_weight_preparation();
+      kernel_->weights_version = version;
     }
     Tensor& zt = out_ ? z_ : dst;
     if (out_) z_.resize(dst.shape);
@@ -162,8 +179,8 @@ struct Quantized : Op {
       if (kind == "conv2d") accum_conv_forward(*accum_, geo_, *x, inner->params[0].value, zt, ints);
       else accum_dense_forward(*accum_, *x, inner->params[0].value, zt, ints);
     } else if (kernel) {
-      binary_->forward(x->data(), x->blocked, x->dim(0), latent.data(), wq_.data(), zt.data());
-      zt.blocked = false;
+      kernels::count_engine_call(kernel_->family());
+      kernel_->forward(*x, in_.st, bias_in_kernel_ ? params[1].value.data() : nullptr, zt);
     } else {
       inner->forward({x}, zt, ctx);
     }
@@ -172,7 +189,7 @@ struct Quantized : Op {
       dst.blocked = z_.blocked;
     }
     inner->params[0].value = saved;
-    if (use_bias)
+    if (use_bias && !(kernel && bias_in_kernel_))
       add_channel_bias(dst.data(), params[1].value.data(), dst.dim(0), channels, numel(out_shape) / channels,
                        dst.blocked);
   }

@@ -128,6 +128,7 @@ void Optimizer::step(const std::vector<Param*>& params, double lr_d) {
 #pragma omp parallel for schedule(static)
   for (size_t k = 0; k < params.size(); ++k) {
     Param& p = *params[k];
+    ++p.version;
     float *w = p.value.data(), *g = p.grad.data();
     const int64_t n = p.value.size();
     auto& st = state[k];
