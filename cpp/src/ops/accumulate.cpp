@@ -326,23 +326,21 @@ void accum_conv_backward_weights(const Format& f, const ConvGeometry& g, const T
   }
   with_rounder(f, {{x.data(), x.size()}, {dz.data(), dz.size()}}, [&](const auto& r) {
     using A = typename Lanes<std::decay_t<decltype(r)>>::acc;
+    // images outermost: the transposed columns of image n (P KC values) serve every
+    // output channel while in cache; the chains' state for all (o, k) stays in acc
+    std::vector<A> acc(static_cast<size_t>(g.O * K), A(0));
+    const int64_t per_group = (Og + kOuts - 1) / kOuts;
 #pragma omp parallel
-    {
-      std::vector<A> acc(static_cast<size_t>(kOuts * K));
-      std::vector<float> dzo(static_cast<size_t>(kOuts * N * P));  // dz[:, o] as one row over (n, p)
-      const int64_t per_group = (Og + kOuts - 1) / kOuts;
+    for (int64_t n = 0; n < N; ++n) {
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < g.groups * per_group; ++t) {
         const int64_t grp = t / per_group, o = grp * Og + (t % per_group) * kOuts;
         const int64_t outs = std::min(kOuts, (grp + 1) * Og - o);
-        for (int64_t j = 0; j < outs; ++j)
-          for (int64_t n = 0; n < N; ++n)
-            std::copy_n(dz.data() + (n * g.O + o + j) * P, P, dzo.begin() + (j * N + n) * P);
-        std::fill(acc.begin(), acc.end(), A(0));
-        dot_rows(r, acc.data(), K, colsT.data() + grp * K, KC, dzo.data(), 1, N * P, N * P, K, outs);
-        for (int64_t j = 0; j < outs; ++j) float_rows(dw.data(), 0, K)(0, o + j, acc.data() + j * K, K);
+        dot_rows(r, acc.data() + o * K, K, colsT.data() + n * P * KC + grp * K, KC, dz.data() + (n * g.O + o) * P, 1,
+                 P, P, K, outs);
       }
     }
+    float_rows(dw.data(), 0, 0)(0, 0, acc.data(), g.O * K);
   });
 }
 
