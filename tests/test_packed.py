@@ -248,3 +248,18 @@ def test_cli_export_packed(tmp_path, capsys):
     path = tmp_path / "ex" / "model.packed.lowbit"
     assert res["packed_weight_bytes"] == weight_bytes(path) < res["float32_bytes"] / 3
     lb.load_packed(path).predict(X[:2])
+
+
+def test_formats_set_after_construction_are_saved_and_packed(tmp_path):
+    """lb.quantize sets layer formats on built layers: model files and packed files both
+    record the formats the layers have, not those of their constructor call."""
+    m = lb.models.lenet(seed=0)
+    m.compile("adam")
+    lb.quantize.quantize_layers(m, (4, 8, 8), msb=(0, 3, 3))
+    want = m.predict(X)
+    m.save(tmp_path / "m.lowbit")
+    np.testing.assert_array_equal(lb.load_model(tmp_path / "m.lowbit").predict(X), want)
+    sizes = m.export_packed(tmp_path / "p.lowbit")
+    assert {v["codes"] for v in header(tmp_path / "p.lowbit")["packed"].values()} == {"fixed"}
+    assert sum(sizes.values()) == m.summary(print_fn=None).totals["memory_bytes"]
+    np.testing.assert_array_equal(lb.load_packed(tmp_path / "p.lowbit").predict(X), want)

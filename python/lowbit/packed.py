@@ -18,9 +18,13 @@ symmetric, minmax             output channel of a Conv2D with ``per_channel``, e
 ``Ternary``                   2-bit codes in {-1, 0, 1} plus ``_scale`` (fp32 a)
 ``Float16``, ``BFloat16``,    the format's bit patterns (sign, exponent, mantissa; Float16 =
 ``MiniFloat`` (nearest)       IEEE binary16, BFloat16 = float32's top 16 bits), 1 + e + m bits
-anything else                 the fp32 latent weights (``w<i>``), quantized on load as in the
-(MX, NVFP4, stochastic        simulated model: block formats are not packed yet
-rounding, Int asymmetric ...)
+``MX`` (nearest)              element codes (float elements: bit patterns; MXINT8: k of k 2^-6)
+                              plus ``_bscale``, one E8M0 byte per block (X = 2^(byte - 127))
+``NVFP4`` (nearest)           E2M1 codes, ``_bscale`` one E4M3 byte per block and ``_tscale``
+                              (fp32 max|w| of the tensor: the tensor scale is 2688 / max|w|)
+anything else (stochastic     the fp32 latent weights (``w<i>``), quantized on load as the
+rounding, Int asymmetric or   simulated model quantizes them (its quantizer state comes along)
+non-minmax, > 16 bits)
 ============================  ==================================================================
 
 Codes of 8, 16 or 32 bits are stored as that integer dtype (row-major (rows, K), one row
@@ -35,9 +39,11 @@ loaded model quantizes its activations as the exported one did.
 arrays (``w<i>`` and ``w<i>_*``) of this file: quantizer state and header excluded.
 
 **Exactness.** Export checks that the decoded weights equal the simulated layer's
-quantized weights (bit for bit, but for the sign of zeros on integer grids) and are a fixed point of its quantizer; the loaded model
-keeps the formats and has these as its weights, so it runs the same layers (and the
-same low-precision kernels) and predicts bit for bit what the exported model predicts.
+quantized weights (bit for bit, but for the sign of zeros on integer grids) and that
+its quantizer maps them to themselves (NVFP4: with the tensor's max|w| put back on its
+largest weight, as the tensor scale depends on it); the loaded model keeps the formats
+and has these as its weights, so it runs the same layers (and the same low-precision
+kernels) and predicts bit for bit what the exported model predicts.
 
 The loaded model is for inference: ``predict``, ``evaluate``, ``summary``, ``save``.
 ``fit`` and ``compute_gradients`` raise ValueError: its weights are the quantized ones,
@@ -454,6 +460,13 @@ def export_packed(model, path):
             if fmt is not None and f"qh_{node}_0" in state:  # the weight quantizer's hysteresis signs: those
                 state[f"qh_{node}_0"] = np.zeros(0, np.int8)  # of the stored weights, rebuilt on load
         state = {k: v for k, v in state.items() if not WEIGHT_ARRAY.fullmatch(k)}
+        for node in range(g.num_nodes):  # quantizers never run or tracked: nothing to restore
+            ks = [k for k in range(8) if f"qs_{node}_{k}" in state]
+            if all(list(state[f"qs_{node}_{k}"]) == [-1000, 0] and state[f"qh_{node}_{k}"].size == 0
+                   and state[f"qr_{node}_{k}"] == -1 for k in ks):
+                for k in ks:
+                    for pre in ("qs", "qh", "qr"):
+                        del state[f"{pre}_{node}_{k}"]
         header = {"model": model._architecture(), "packed": packed, "compile": None,
                   "training": {"calibrated": bool(model._calibrated)}}
         if model._compiled is not None:
