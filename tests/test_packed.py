@@ -94,8 +94,13 @@ def test_int8_codes_and_fp16_bits(tmp_path):
     m.export_packed(tmp_path / "h.lowbit")
     a = members(tmp_path / "h.lowbit")
     conv = m.get_weights()[0].reshape(32, -1)
-    assert a["w0000_codes"].dtype == np.int16
+    assert a["w0000_codes"].dtype == np.uint16  # IEEE binary16 bit patterns
     np.testing.assert_array_equal(a["w0000_codes"].view(np.float16), conv.astype(np.float16))
+    m = trained("bf16")
+    m.export_packed(tmp_path / "b.lowbit")
+    bf = members(tmp_path / "b.lowbit")["w0002_codes"]
+    wq = F.BFloat16().quantize(m.get_weights()[2]).reshape(48, -1)
+    np.testing.assert_array_equal(bf, wq.view(np.uint32) >> 16)  # float32's top 16 bits
 
 
 def layer_format_model():
@@ -263,3 +268,23 @@ def test_formats_set_after_construction_are_saved_and_packed(tmp_path):
     assert {v["codes"] for v in header(tmp_path / "p.lowbit")["packed"].values()} == {"fixed"}
     assert sum(sizes.values()) == m.summary(print_fn=None).totals["memory_bytes"]
     np.testing.assert_array_equal(lb.load_packed(tmp_path / "p.lowbit").predict(X), want)
+
+
+def test_binary_hysteresis_keeps_the_engines_signs(tmp_path):
+    """Binary(hysteresis=t): a weight inside (-t, t) keeps the sign the layer's quantizer
+    last gave it, which need not be its own sign; the file stores the signs the layer uses."""
+    m = lb.Sequential([L.Conv2D(3, 3, weight_format=F.Binary(scale="channel_mean_abs", hysteresis=0.5),
+                                input_shape=(2, 6, 6), name="c"), L.Flatten(), L.Dense(2)], seed=0)
+    x = RNG.normal(size=(5, 2, 6, 6)).astype(np.float32)
+    w = m.get_weights()
+    w[0] = np.where(RNG.uniform(size=w[0].shape) < 0.5, 0.9, -0.9).astype(np.float32)
+    m.set_weights(w)
+    m.predict(x)  # the quantizer's signs: those of +-0.9
+    flipped = [a.copy() for a in w]
+    flipped[0] = (-0.1 * np.sign(w[0])).astype(np.float32)  # inside (-0.5, 0.5): the old signs stay
+    m.set_weights(flipped)
+    want = m.predict(x)
+    m.export_packed(tmp_path / "h.lowbit")
+    codes = members(tmp_path / "h.lowbit")["w0000_codes"]
+    np.testing.assert_array_equal(codes, np.packbits(w[0].reshape(3, -1) < 0, axis=1))  # old signs
+    np.testing.assert_array_equal(lb.load_packed(tmp_path / "h.lowbit").predict(x), want)

@@ -69,7 +69,8 @@ WEIGHT_ARRAY = re.compile(r"w\d{4}(_[a-z]+)?")  # the arrays summary() counts
 def encoding(fmt, kind):
     """How a kernel of layer kind ``kind`` ('conv2d'/'dense') in weight format ``fmt`` is
     stored: a dict (JSON-ready) with ``"codes"`` ('sign', 'int', 'fixed', 'ternary',
-    'minifloat' or None for fp32), ``"bits"`` and ``"scales"`` ('channel', 'tensor' or None)."""
+    'minifloat', 'mx', 'nvfp4' or None for fp32), ``"bits"`` per code and ``"scales"``
+    ('channel', 'tensor', 'block' or None), plus the element's layout for float codes."""
     fp32 = {"codes": None, "bits": 32, "scales": None}
     if fmt is None or isinstance(fmt, F.Float32) or getattr(fmt, "rounding", None) == "stochastic":
         return fp32
@@ -135,10 +136,19 @@ def _from_rows(m, shape, kind):
     return np.ascontiguousarray(m.reshape(shape) if kind == "conv2d" else m.T)
 
 
-def _pack(codes, bits):
+def _signed(enc):
+    """Two's-complement codes (integer grids) or bit patterns (sign bits, floats)."""
+    return enc["codes"] in ("int", "fixed", "ternary") or bool(enc.get("element", {}).get("int"))
+
+
+def _code_dtype(bits, signed):
+    return np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
+
+
+def _pack(codes, bits, signed):
     """(rows, K) integer codes -> their low ``bits`` bits, as an int array or bit-packed rows."""
     if bits in (8, 16, 32):
-        return codes.astype({8: np.int8, 16: np.int16, 32: np.int32}[bits])
+        return codes.astype(_code_dtype(bits, signed))
     u = codes.astype(np.int64) & ((1 << bits) - 1)
     shifts = np.arange(bits - 1, -1, -1)
     b = ((u[..., None] >> shifts) & 1).astype(np.uint8)  # (rows, K, bits), MSB first
@@ -147,8 +157,7 @@ def _pack(codes, bits):
 
 def _unpack(data, bits, rows, k, signed):
     if bits in (8, 16, 32):
-        codes = data.astype(np.int64)
-        return codes if signed else codes & ((1 << bits) - 1)
+        return data.astype(np.int64)
     b = np.unpackbits(data, axis=1, count=k * bits).reshape(rows, k, bits).astype(np.int64)
     u = (b << np.arange(bits - 1, -1, -1)).sum(-1)
     return np.where(u >= 1 << (bits - 1), u - (1 << bits), u) if signed else u
@@ -305,15 +314,14 @@ def _encode(enc, wq, kind, msb, latent):
         codes = _element_codes(rows_q, dv, enc["element"], bits)
     else:
         codes = _minifloat_codes(rows_q, enc["exp_bits"], enc["man_bits"], enc["ieee"])
-    arrays["codes"] = _pack(codes, bits)
+    arrays["codes"] = _pack(codes, bits, _signed(enc))
     return arrays, extra
 
 
 def _decode(enc, arrays, shape, kind, msb):
     rows, k = _rows(shape, kind)
     code, bits = enc["codes"], enc["bits"]
-    signed = code in ("int", "fixed", "ternary") or (code in ("mx", "nvfp4") and enc["element"].get("int"))
-    codes = _unpack(arrays["codes"], bits, rows, k, signed=signed)
+    codes = _unpack(arrays["codes"], bits, rows, k, _signed(enc))
     if code == "sign":
         signs = np.where(codes == 1, -1.0, 1.0).astype(np.float32)
         w = _from_rows(signs, shape, kind)
@@ -356,7 +364,7 @@ def _expected_arrays(enc, shape, kind):
     """Suffix -> (shape, dtype) of the arrays of an encoded kernel."""
     rows, k = _rows(shape, kind)
     bits = enc["bits"]
-    out = {"codes": ((rows, k), {8: "<i1", 16: "<i2", 32: "<i4"}[bits]) if bits in (8, 16, 32)
+    out = {"codes": ((rows, k), _code_dtype(bits, _signed(enc)).str) if bits in (8, 16, 32)
            else ((rows, -(-k * bits // 8)), "|u1")}
     ns = _scale_count(enc, shape, kind)
     if enc["codes"] in ("sign", "ternary") and ns:
