@@ -52,8 +52,12 @@ def test_lenet_presets_predict_exactly_and_size_is_the_summary(tmp_path, preset)
     loaded = lb.load_packed(path)
     # the same formats on weights that are fixed points of them: the same layers and
     # kernels run, so even int8 (allowed one output LSB) agrees bit for bit
+    family = {"int8": "int8", "bf16": "bf16", "fp16": "fp16"}.get(preset)
+    calls = lb.kernels.info().get(f"engine_{family}_calls", 0)
     got = loaded.predict(X)
     np.testing.assert_array_equal(got, want)
+    if family and lb.kernels.info()[family].startswith("onednn"):  # the loaded layers run the format's kernel
+        assert lb.kernels.info()[f"engine_{family}_calls"] > calls
     assert loaded.evaluate(X, Y) == m.evaluate(X, Y)
     assert loaded.summary(print_fn=None).totals["memory_bytes"] == table.totals["memory_bytes"]
     fp32 = 4 * m.count_params()
@@ -288,3 +292,19 @@ def test_binary_hysteresis_keeps_the_engines_signs(tmp_path):
     codes = members(tmp_path / "h.lowbit")["w0000_codes"]
     np.testing.assert_array_equal(codes, np.packbits(w[0].reshape(3, -1) < 0, axis=1))  # old signs
     np.testing.assert_array_equal(lb.load_packed(tmp_path / "h.lowbit").predict(x), want)
+
+
+@pytest.mark.parametrize("kw", [dict(precision="w1a8", hysteresis=0.1),
+                                dict(precision="binary", hysteresis=0.1, quantize_shortcuts=True)], ids=str)
+def test_resnet20_binary_blocks(tmp_path, kw):
+    """S1's ResNet-20 with binary weights (hysteresis, clipped latent weights), batch norm,
+    shortcuts and quantized feature maps: the same predictions and summary bytes."""
+    x = RNG.uniform(size=(16, 3, 32, 32)).astype(np.float32)
+    m = lb.models.resnet20(seed=0, **kw)
+    m.compile(lb.optimizers.Adam(1e-2), "categorical_crossentropy")
+    m.fit(x, np.arange(16) % 10, batch_size=8, epochs=1, verbose=0)
+    want = m.predict(x)
+    sizes = m.export_packed(tmp_path / "r.lowbit")
+    assert sum(sizes.values()) == m.summary(print_fn=None).totals["memory_bytes"] == weight_bytes(tmp_path / "r.lowbit")
+    assert 4 * m.count_params() / sum(sizes.values()) > 10
+    np.testing.assert_array_equal(lb.load_packed(tmp_path / "r.lowbit").predict(x), want)
