@@ -234,6 +234,13 @@ def test_damaged_foreign_and_wrong_kind_files(tmp_path):
         mem["lowbit.json"] = json.dumps(h).encode()
         mem["w0002_more.npy"] = npy(np.zeros(1, np.float32))
     refused(rewrite(good, tmp_path / "extra", extra), "unexpected arrays")
+
+    def both(mem):
+        h = json.loads(mem["lowbit.json"])
+        h["arrays"]["w0002"] = [[48, 32, 5, 5], "<f4"]
+        mem["lowbit.json"] = json.dumps(h).encode()
+        mem["w0002.npy"] = npy(np.zeros((48, 32, 5, 5), np.float32))
+    refused(rewrite(good, tmp_path / "both", both), "both packed and in fp32")
     with pytest.raises(FileNotFoundError):
         lb.load_packed(tmp_path / "missing.lowbit")
     with pytest.raises(ValueError, match="use lb.load_packed"):

@@ -538,6 +538,8 @@ def load_packed(path):
         if got != want or (enc["codes"] == "fixed" and (isinstance(msb, bool) or not isinstance(msb, int)
                                                         or not -126 <= msb <= 127)):
             r.fail(f"packed listing of {name} ({what}) is {got!r:.200}, expected {want!r:.200} for {fmt!r}")
+        if name in r.arrays:
+            r.fail(f"array {name} ({what}) is stored both packed and in fp32")
         parts = {}
         for suffix, (shp, dt) in _expected_arrays(enc, shape, kind).items():
             parts[suffix] = r.array(f"{name}_{suffix}", shp, dt, what)
