@@ -5,7 +5,11 @@ network quantized with Brevitas (8-bit: Int8 fixed-point weights and ReLU activa
 binary: SignedBinary weights and activations, first input and last layer full precision)
 measured in the same run (target: lowbit faster).
 
-    python benchmarks/bench_precision.py [--batches 30] [--warmup 3] [--threads 2]
+Then fp16 with fp16 accumulators (accum and grad_accum Float16(), issue 11): the step on
+the float64 simulation against the fp16 accumulation kernel this CPU uses (the same
+weights after every step), in ms per image.
+
+    python benchmarks/bench_precision.py [--batches 30] [--warmup 3] [--threads 2] [--acc16-batches 4]
 """
 from __future__ import annotations
 
@@ -17,6 +21,12 @@ import numpy as np
 import lowbit as lb
 
 BATCH = 128
+
+
+def fp16_accumulators():
+    F16 = lb.formats.Float16
+    return lb.Precision(F16(), F16(), F16(), F16(), loss_scale="dynamic", name="fp16+acc16", accum=F16(),
+                        grad_accum=F16())
 
 
 def time_lowbit(precision, x, y, batches, warmup):
@@ -80,6 +90,7 @@ def main():
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--acc16-batches", type=int, default=4, help="batches timed per fp16-accumulator path")
     a = ap.parse_args()
     lb.set_num_threads(a.threads)
     (x, y), _ = lb.datasets.fashion_mnist()
@@ -102,6 +113,19 @@ def main():
         b = brev.get(p)
         bs = f"{b * 1e3:18.1f}{b / lowbit[p]:15.2f}x" if b else ""
         print(f"{p:<10}{lowbit[p] * 1e3:16.1f}{r:15.2f}x{target:>10}{bs}")
+
+    kernel = lb.kernels.info()["fp16_accum"]
+    acc16 = {}
+    for path in ("simulate", "auto"):
+        was = lb.kernels.fp16_accum_path(path)
+        acc16[path] = time_lowbit(fp16_accumulators(), x, y, a.acc16_batches, 1)
+        lb.kernels.fp16_accum_path(was)
+    from lowbit.experiments import cpu_model
+    print(f"fp16 with fp16 accumulators, LeNet train step (forward + backward + Adam), {cpu_model()}")
+    print(f"{'path':<22}{'ms/step':>10}{'ms/img':>10}{'speedup':>10}")
+    for path, name in (("simulate", "simulation (float64)"), ("auto", f"kernel ({kernel})")):
+        t = acc16[path]
+        print(f"{name:<22}{t * 1e3:10.1f}{t / BATCH * 1e3:10.3f}{acc16['simulate'] / t:9.2f}x")
 
 
 if __name__ == "__main__":

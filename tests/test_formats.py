@@ -400,6 +400,20 @@ def test_nvfp4_matches_reference(rng):
     assert e8 < nv < e4
 
 
+def test_long_rows_match_reference(rng):
+    """Rows longer than one chunk of 64 blocks (the vectorised path works on chunks of
+    blocks): 70 MX blocks and 140 NVFP4 blocks per row, plus a partial block, magnitudes
+    varying per block, an all-zero block and a NaN block in the second chunk."""
+    n = 32 * 70 + 5
+    x = rng.normal(size=(2, n)) * 10.0 ** rng.integers(-8, 8, size=(2, n // 16 + 1)).repeat(16, axis=1)[:, :n]
+    x[0, 32 * 66:32 * 67] = 0
+    x[1, 32 * 68 + 3] = np.nan
+    x = x.astype(np.float32)
+    assert_bits(F.MXFP4().quantize(x), np_mx(x, "e2m1"))
+    assert_bits(F.MXFP8().quantize(x), np_mx(x, "e4m3"))
+    assert_bits(F.NVFP4().quantize(x), np_nvfp4(x))
+
+
 def test_block_format_memory_figures():
     assert F.MXFP4().bits_per_element == 4.25 and F.MXFP8().bits_per_element == 8.25
     assert F.MXFP6().bits_per_element == 6.25 and F.NVFP4().bits_per_element == 4.5

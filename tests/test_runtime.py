@@ -140,7 +140,11 @@ def test_kernels_show_lowbit_loops_and_check_arguments():
     m = lb.Sequential([L.Conv2D(4, 3, input_shape=(2, 6, 6), accum_format=F.Float16()), L.Flatten(), L.Dense(3)])
     t = m.kernels()
     conv = [r for r in t if r["op"] == "conv2d"]
-    assert conv[0]["pass"] == "forward" and conv[0]["impl"] == "lowbit:accumulator_simulation:Float16()"
+    path = lb.kernels.info()["fp16_accum"]
+    assert conv[0]["pass"] == "forward" and conv[0]["impl"] == (
+        "lowbit:accumulator_simulation:Float16()" if path == "simulate" else f"lowbit:fp16_accumulation:{path}")
+    m2 = lb.Sequential([L.Conv2D(4, 3, input_shape=(2, 6, 6), accum_format=F.Int(24)), L.Flatten(), L.Dense(3)])
+    assert m2.kernels()[0]["impl"] == "lowbit:accumulator_simulation:Int(24)"
     assert any(r["op"] == "dense" and r["pass"] == "forward" for r in t)
     with pytest.raises(ValueError, match="batch_size"):
         m.kernels(batch_size=0)

@@ -10,6 +10,7 @@ void register_graph(py::module_& m);
 void register_info(py::module_& m);
 void register_formats(py::module_& m);
 void register_kernels(py::module_& m);
+void register_accum(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lowbit engine: ops, model graph, optimizers and the training loop (C++)";
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
   register_info(m);
   register_formats(m);
   register_kernels(m);
+  register_accum(m);
 }

@@ -39,6 +39,17 @@ One dispatch for every family; ``info()[family]`` says what this CPU runs:
 ``LOWBIT_PORTABLE_KERNELS=1`` makes the oneDNN families fall back to the simulated
 layers (and binary to its portable path). Quantized weights are prepared once per weight
 version (an optimizer step or ``set_weights`` makes a new one), not at every call.
+
+fp16 accumulation: a Conv2D/Dense with ``accum_format`` / ``grad_accum_format``
+``Float16()`` whose operands are binary16 values (fp16 inputs, weights, gradients) runs
+its dot products on a kernel with a binary16 accumulator, one round-to-nearest-even per
+multiply-add in the simulation's order, bit for bit the simulation's result:
+``"avx512_fp16"`` (native fp16 FMA), ``"avx512f"`` (fp32 FMAs rounded up and down give
+round-to-odd, then one conversion to fp16), ``"avx2"`` (fp32 TwoSum gives round-to-odd,
+then F16C's conversion) or ``"portable"`` (standard C++: TwoSum, round-to-odd, fp16
+rounding on the bits); other operands keep the simulation.
+``info()["fp16_accum"]`` names the path; :func:`fp16_accum_path` chooses one
+(``"simulate"`` runs the float64 simulation itself).
 """
 from __future__ import annotations
 
@@ -57,9 +68,12 @@ def info():
     family 'int8' / 'bf16' / 'fp16': ``"onednn:<implementation>"`` or ``"simulated"`` (then
     '<family>_simulated_because' says why); 'portable_forced'; 'engine': whether
     evaluate/predict use the kernels; 'engine_<family>_calls': layer calls run on them so
-    far; 'engine_weight_preparations': weight copies the kernels prepared; and the CPU
-    features the engine sees."""
+    far; 'engine_weight_preparations': weight copies the kernels prepared; 'fp16_accum':
+    the path of Float16 accumulators (with 'fp16_accum_kernel_calls' /
+    'fp16_accum_simulated_calls': dot products run on a kernel / on the simulation so far);
+    and the CPU features the engine sees."""
     d = dict(_core.kernel_info())
+    d.update(_core.fp16_accum_info())
     d["cpu"] = {k: v for k, v in _core.build_info().items() if k.startswith("avx")}
     return d
 
@@ -71,6 +85,21 @@ def use_in_engine(on=None):
     if on is not None:
         _core.set_engine_kernels(bool(on))
     return was
+
+
+FP16_ACCUM_PATHS = ("auto", "simulate", "portable", "avx2", "avx512f", "avx512_fp16")
+
+
+def fp16_accum_path(path=None):
+    """The path of Float16 accumulators in the engine: ``"auto"`` (default: the best this
+    CPU has; ``LOWBIT_PORTABLE_KERNELS=1`` makes it ``"portable"``), ``"simulate"``,
+    ``"portable"``, ``"avx2"``, ``"avx512f"`` or ``"avx512_fp16"``. With ``path`` given, set it
+    (ValueError for an unknown name or one this CPU cannot run). Returns the previous setting."""
+    if path is None:
+        return _core.fp16_accum_info()["fp16_accum_setting"]
+    if not isinstance(path, str) or path not in FP16_ACCUM_PATHS:
+        raise ValueError(f"fp16_accum_path: unknown path {path!r} (expected one of {FP16_ACCUM_PATHS})")
+    return _core.set_fp16_accum_path(path)
 
 
 def popcount_peak(seconds=0.2):

@@ -78,7 +78,9 @@ def _set_formats(layer, weight, input, output, grad, accum, grad_accum):
     wrapping); ``grad_accum_format`` (float or Fixed) does the same for the backward dot
     products - input gradient, weight gradient and bias gradient. Without it the backward
     accumulates in fp32. The order of the terms is fixed (cpp/include/lowbit/accumulate.hpp).
-    A simulation: one rounding per multiply-add, so slow - for studies on small data."""
+    A simulation: one rounding per multiply-add, so slow - for studies on small data; a
+    Float16 accumulator over fp16 operands runs on an fp16 kernel with the same bits
+    (:func:`lowbit.kernels.fp16_accum_path`)."""
     allowed = {"accum": (_formats.MiniFloat, _formats.Fixed, _formats.Int, _formats.Float32),
                "grad_accum": (_formats.MiniFloat, _formats.Fixed, _formats.Float32)}
     for role, f in zip(ROLES, (weight, input, output, grad, accum, grad_accum)):

@@ -14,7 +14,8 @@
 // implementation adds them as zero products, which leaves an on-grid accumulator
 // unchanged: equal up to the sign of a zero result.) One rounding per multiply-add: the
 // chains of many outputs run side by side in vector registers, but each is a sequence of
-// roundings; the native fp16 kernels come with the kernels work.
+// roundings. A Float16 accumulator over binary16 operands runs on the fp16 kernels of
+// accum_fp16.hpp, with the same bits.
 #pragma once
 #include "format.hpp"
 #include "ops.hpp"

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "lowbit/check.hpp"
+#include "lowbit/float_round.hpp"
 #include "lowbit/format.hpp"
 #include "lowbit/rng.hpp"
 #include "lowbit/simd.hpp"
@@ -103,11 +104,6 @@ struct ElemRounder {
     const float r = (a + c) - c;
     return std::copysign(r > maxv ? big : r, v);
   }
-  static float from_bits(uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
   // h: 32 uniform random bits. Rounds away from zero with probability (distance to the
   // grid point below |v|) / spacing: in the normal range `drop` random bits are added
   // below the kept mantissa; below 2^emin f = |v| / spacing goes up from floor(f) when
@@ -150,16 +146,7 @@ LB_CLONES void minifloat_sr(const float* x, float* y, int64_t n, const ElemRound
 }
 
 // ---- block formats (MX, NVFP4) ----
-float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-uint32_t abs_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return u & 0x7FFFFFFFu;  // |v| as an integer: NaN patterns sort above inf
-}
+uint32_t abs_bits(float v) { return bits_of(v) & 0x7FFFFFFFu; }  // |v| as an integer: NaN patterns sort above inf
 // floor(log2 a) of a normal a from its bits; -127 for subnormals and 0 (for the MX scale
 // exactly right: its exponent floor(log2 a) - emax <= -127 clamps to -127 there anyway)
 int floor_log2(uint32_t u) { return int(u >> 23) - 127; }
@@ -180,15 +167,17 @@ struct BlockScales {
     const uint32_t eb = x <= 126 ? uint32_t(127 - x) << 23 : 0x00400000u;
     d = from_bits(bad ? 0x7FC00000u : db), e = from_bits(bad ? 0x7FC00000u : eb);
   }
+  // NVFP4: E4M3 block scale relative to the fp32 tensor scale; branch-free like mx()
+  void nv(uint32_t am, float& d, float& e) const {
+    const float sb = e4m3(from_bits(am) / 6.f * genc);
+    const bool bad = am >= 0x7F800000u;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float dd = (sb > 0 ? sb : genc) / genc;  // 1 for a block of zeros; no division under a select
+    d = bad ? nan : dd, e = bad ? nan : sb > 0 ? 1.f : 0.f;  // y = q(x / d) d e: e = 0 gives +-0
+  }
   void operator()(uint32_t am, float& d, float& e) const {
-    if (am >= 0x7F800000u) {
-      d = e = std::numeric_limits<float>::quiet_NaN();
-    } else if (genc < 0) {
-      mx(am, d, e);
-    } else {  // NVFP4: E4M3 block scale relative to the fp32 tensor scale
-      const float sb = e4m3(from_bits(am) / 6.f * genc);
-      d = sb > 0 ? sb / genc : 1.f, e = sb > 0 ? 1.f : 0.f;  // y = q(x / d) d e: e = 0 gives +-0
-    }
+    if (genc < 0) mx(am, d, e);
+    else nv(am, d, e);
   }
 };
 
@@ -212,33 +201,52 @@ inline void one_block(const float* __restrict x, float* __restrict y, int64_t cn
     for (int64_t i = 0; i < m; ++i) y[i] = q.round_small(x[i] * e) * d;
 }
 
-// MX over full blocks of 32: in chunks of 64 blocks, the maxima and scales, then the
-// elements. Returns how many values it did (a multiple of 2048).
-LB_CLONES int64_t mx_rows32(const float* __restrict x, float* __restrict y, int64_t n, const BlockScales& s,
-                            const ElemRounder& rounder) {
-  const ElemRounder q = rounder;  // a local copy: its fields stay in registers
+// d, e of n blocks from their maxima: one loop per kind, so that each vectorises (NVFP4
+// divides by its scale, MX multiplies).
+inline void scales(const BlockScales& s, bool nv, const uint32_t* am, float* d, float* e, int64_t n) {
+  if (nv)
+    for (int64_t j = 0; j < n; ++j) s.nv(am[j], d[j], e[j]);
+  else
+    for (int64_t j = 0; j < n; ++j) s.mx(am[j], d[j], e[j]);
+}
+
+// Full blocks of B (16 or 32) in chunks of up to 64 blocks: the maxima, then the scales,
+// then the elements, each a loop over the chunk without per-block scalar work (a row of
+// 1024 values is 32 MX blocks, one chunk). Returns how many values it did.
+template <int B, bool kDivide>
+__attribute__((always_inline)) inline int64_t full_blocks(const float* __restrict x, float* __restrict y, int64_t n, const BlockScales& s,
+                           const ElemRounder& q) {
   constexpr int64_t K = 64;
   uint32_t am[K];
   float d[K], e[K];
-  int64_t b0 = 0;
-  for (; b0 + K * 32 <= n; b0 += K * 32) {
-    for (int64_t k = 0; k < K; ++k) {
+  const int64_t blocks = n / B;
+  for (int64_t k0 = 0; k0 < blocks; k0 += K) {
+    const int64_t kn = std::min(K, blocks - k0);
+    const float* xc = x + k0 * B;
+    float* yc = y + k0 * B;
+    for (int64_t k = 0; k < kn; ++k) {
       uint32_t m = 0;
-      for (int64_t i = 0; i < 32; ++i) m = std::max(m, abs_bits(x[b0 + k * 32 + i]));
+      for (int64_t i = 0; i < B; ++i) m = std::max(m, abs_bits(xc[k * B + i]));
       am[k] = m;
     }
-    for (int64_t k = 0; k < K; ++k) s.mx(am[k], d[k], e[k]);
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t i = 0; i < 32; ++i) y[b0 + k * 32 + i] = q.round_small(x[b0 + k * 32 + i] * e[k]) * d[k];
+    scales(s, kDivide, am, d, e, kn);
+    for (int64_t k = 0; k < kn; ++k)
+      for (int64_t i = 0; i < B; ++i) {
+        const float v = xc[k * B + i];
+        yc[k * B + i] = kDivide ? q.round_small(v / d[k]) * d[k] * e[k] : q.round_small(v * e[k]) * d[k];
+      }
   }
-  return b0;
+  return blocks * B;
 }
 
 // A row of `n` contiguous values in blocks of B (the last one partial).
 LB_CLONES void blocks_row(const float* __restrict x, float* __restrict y, int64_t n, int64_t B,
                           const BlockScales& s, bool divide, const ElemRounder& rounder) {
-  const ElemRounder q = rounder;
-  int64_t b0 = B == 32 && !divide ? mx_rows32(x, y, n, s, q) : 0;
+  const ElemRounder q = rounder;  // a local copy: its fields stay in registers
+  int64_t b0 = 0;
+  if (B == 32 && !divide) b0 = full_blocks<32, false>(x, y, n, s, q);
+  else if (B == 16 && divide) b0 = full_blocks<16, true>(x, y, n, s, q);
+  else if (B == 16) b0 = full_blocks<16, false>(x, y, n, s, q);
   for (; b0 < n; b0 += B) {
     const int64_t cnt = std::min(B, n - b0);
     if (cnt == 32) one_block<32>(x + b0, y + b0, cnt, s, divide, q);
@@ -267,7 +275,10 @@ LB_CLONES uint32_t finite_amax_bits(const float* x, int64_t n) {
   uint32_t am = 0;
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t u = abs_bits(x[i]);
-    am = std::max(am, u < 0x7F800000u ? u : 0u);
+    // inf and NaN (u >= 0x7F800000) carry into the sign bit: an all-ones mask drops them
+    // (shifts and ands only, so the reduction vectorises)
+    const uint32_t non_finite = uint32_t(int32_t(u + 0x00800000u) >> 31);
+    am = std::max(am, u & ~non_finite);
   }
   return am;
 }
@@ -281,7 +292,7 @@ LB_CLONES void blocks_tile(const float* __restrict x, float* __restrict y, int64
   for (int64_t j = 0; j < cols; ++j) am[j] = 0;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
-  for (int64_t j = 0; j < cols; ++j) s(am[j], d[j], e[j]);
+  scales(s, divide, am, d, e, cols);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * stride;
     float* yr = y + r * stride;
@@ -301,7 +312,7 @@ LB_CLONES void blocks_tile_sr(const float* __restrict x, float* __restrict y, in
   for (int64_t j = 0; j < cols; ++j) am[j] = 0;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
-  for (int64_t j = 0; j < cols; ++j) s(am[j], d[j], e[j]);
+  scales(s, divide, am, d, e, cols);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * stride;
     float* yr = y + r * stride;

@@ -8,11 +8,17 @@
 // already on its grid unchanged, so the result equals the one-chain-at-a-time definition.
 #include "lowbit/accumulate.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
+#include "lowbit/accum_fp16.hpp"
 #include "lowbit/check.hpp"
+#include "lowbit/float_round.hpp"
 #include "lowbit/simd.hpp"
 
 namespace lowbit {
@@ -21,41 +27,7 @@ namespace {
 // Rounders of an exact double onto an accumulator grid, written without branches so
 // that a loop of them vectorises. Exactness: a*b of two floats is exact in double and
 // so is acc + a*b for any realistic exponent gap; the only rounding is the accumulator's.
-
-// MiniFloat / Float16 / BFloat16: round half to even on the double's bit pattern (a
-// carry moves into the exponent as it should); below 2^emin, on the subnormal spacing
-// s by the add-and-subtract of 2^52 s. Overflow gives inf, or the largest finite value
-// for a saturating format; NaN stays NaN.
-struct FloatRound {
-  uint64_t drop, half, mask;
-  double min_normal, magic, maxv, ovf;
-  explicit FloatRound(const Format& f) {
-    const int emin = 2 - (1 << (f.exp_bits - 1));
-    drop = uint64_t(52 - f.man_bits);
-    half = (uint64_t(1) << (drop - 1)) - 1, mask = ~((uint64_t(1) << drop) - 1);
-    min_normal = std::ldexp(1.0, emin);
-    magic = std::ldexp(1.0, emin - f.man_bits + 52);
-    maxv = double(f.clip_value());  // the largest finite value, exact in float
-    // overflow (format.hpp): saturate, or NaN for OCP "fn" (E4M3FN), inf for IEEE-like;
-    // fn formats without a NaN code (FP6/FP4) always saturate
-    ovf = f.saturate || (f.fn && !f.fn_nan) ? maxv
-          : f.fn                            ? std::numeric_limits<double>::quiet_NaN()
-                                            : std::numeric_limits<double>::infinity();
-  }
-  double operator()(double v) const {
-    const double a = std::fabs(v);
-    uint64_t u;
-    std::memcpy(&u, &a, 8);
-    u = (u + half + ((u >> drop) & 1u)) & mask;
-    double normal;
-    std::memcpy(&normal, &u, 8);
-    const double sub = (a + magic) - magic;
-    double r = a < min_normal ? sub : normal;
-    r = r > maxv ? ovf : r;
-    r = a != a ? a : r;
-    return std::copysign(r, v);
-  }
-};
+// MiniFloat / Float16 / BFloat16: FloatRound<double> (float_round.hpp).
 
 // Fixed(bits, msb): k = round(v / q) (nearest even or floor), saturated or wrapped into
 // the bits-bit register; NaN stays NaN.
@@ -94,7 +66,7 @@ struct IntRegister {
 };
 
 // One multiply-add step of n independent chains: acc[l] = R(acc[l] + a[l] * b).
-LB_CLONES void mac_lanes(const FloatRound& r, double* acc, const float* a, double b, int64_t n) {
+LB_CLONES void mac_lanes(const FloatRound<double>& r, double* acc, const float* a, double b, int64_t n) {
   for (int64_t l = 0; l < n; ++l) acc[l] = r(acc[l] + double(a[l]) * b);
 }
 LB_CLONES void mac_lanes(const FixedRound& r, double* acc, const float* a, double b, int64_t n) {
@@ -104,18 +76,57 @@ LB_CLONES void mac_lanes(const IntRegister& r, int64_t* acc, const int64_t* a, i
   for (int64_t l = 0; l < n; ++l) acc[l] = r(acc[l] + a[l] * b);
 }
 
+// binary16 chains on an fp16 kernel (accum_fp16.hpp): float registers and operands.
+struct HalfChains {
+  fp16acc::Path path;
+};
+
+// The value types of a rounder's register and of its operands.
+template <class R> struct Lanes { using acc = double; using operand = float; };
+template <> struct Lanes<IntRegister> { using acc = int64_t; using operand = int64_t; };
+template <> struct Lanes<HalfChains> { using acc = float; using operand = float; };
+
+// K multiply-add steps of n chains for each of `outs` outputs o, k ascending:
+//   acc[o ldc + l] = R(acc[o ldc + l] + a[k lda + l] * b[o ldbo + k ldb])
+// (the outputs share the rows of a; a kernel loads them once for several outputs).
+template <class R, class A, class T>
+void dot_rows(const R& r, A* acc, int64_t ldc, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t ldbo,
+              int64_t K, int64_t n, int64_t outs = 1) {
+  for (int64_t o = 0; o < outs; ++o)
+    for (int64_t k = 0; k < K; ++k) mac_lanes(r, acc + o * ldc, a + k * lda, A(b[o * ldbo + k * ldb]), n);
+}
+void dot_rows(const HalfChains& r, float* acc, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb,
+              int64_t ldbo, int64_t K, int64_t n, int64_t outs = 1) {
+  fp16acc::chains(r.path, acc, ldc, a, lda, b, ldb, ldbo, K, n, outs);
+}
+constexpr int64_t kOuts = 4;  // outputs per dot_rows call where they share rows
+
 // Calls fn(rounder) with the rounder of a float or fixed-point accumulator format.
 template <class Fn>
 void with_float_rounder(const Format& f, Fn&& fn) {
   LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto),
            "accumulator: expected a MiniFloat or a Fixed format with a given msb, got ", f.repr());
   if (f.kind == FormatKind::fixed) fn(FixedRound(f));
-  else fn(FloatRound(f));
+  else fn(FloatRound<double>(f));
 }
 
-// The value types of a rounder's register and of its operands.
-template <class R> struct Lanes { using acc = double; using operand = float; };
-template <> struct Lanes<IntRegister> { using acc = int64_t; using operand = int64_t; };
+// The same, on an fp16 kernel when f is Float16 and every operand tensor holds binary16
+// values only (then the kernel's chains equal the simulation's bit for bit).
+struct Operand {
+  const float* data;
+  int64_t n;
+};
+template <class Fn>
+void with_rounder(const Format& f, std::initializer_list<Operand> operands, Fn&& fn) {
+  if (fp16acc::applies(f)) {
+    const fp16acc::Path p = fp16acc::current();
+    bool kernel = p != fp16acc::Path::simulate;
+    for (const Operand& o : operands) kernel = kernel && fp16acc::all_half(o.data, o.n);
+    fp16acc::count_call(kernel);
+    if (kernel) return fn(HalfChains{p});
+  }
+  with_float_rounder(f, fn);
+}
 
 // cols[(c, i, j), p] = x[c, p's tap (i, j)] of one image (C, H, W), 0 outside the image;
 // p = (oh, ow) row-major. The rows are the forward sum's order.
@@ -145,16 +156,17 @@ void conv_forward(const R& r, const ConvGeometry& g, int64_t N, const T* x, cons
 #pragma omp parallel
   {
     std::vector<T> cols(static_cast<size_t>(g.C * g.kh * g.kw * P));
-    std::vector<A> acc(static_cast<size_t>(P));
+    std::vector<A> acc(static_cast<size_t>(kOuts * P));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       im2col(g, x + n * g.C * g.H * g.W, cols.data());
-      for (int64_t o = 0; o < g.O; ++o) {
-        const T* rows = cols.data() + (o / Og) * K * P;
-        std::fill(acc.begin(), acc.end(), A(0));
-        for (int64_t k = 0; k < K; ++k) mac_lanes(r, acc.data(), rows + k * P, A(w[o * K + k]), P);
-        out(n, o, acc.data(), P);
-      }
+      for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t o = grp * Og; o < (grp + 1) * Og; o += kOuts) {
+          const int64_t outs = std::min(kOuts, (grp + 1) * Og - o);
+          std::fill(acc.begin(), acc.end(), A(0));
+          dot_rows(r, acc.data(), P, cols.data() + grp * K * P, P, w + o * K, 1, K, K, P, outs);
+          for (int64_t j = 0; j < outs; ++j) out(n, o + j, acc.data() + j * P, P);
+        }
     }
   }
 }
@@ -163,21 +175,23 @@ void conv_forward(const R& r, const ConvGeometry& g, int64_t N, const T* x, cons
 template <class R, class T, class Out>
 void dense_forward(const R& r, int64_t N, int64_t K, int64_t M, const T* x, const T* w, Out out) {
   using A = typename Lanes<R>::acc;
+  const int64_t blocks = (N + kOuts - 1) / kOuts;
 #pragma omp parallel
   {
-    std::vector<A> acc(static_cast<size_t>(M));
+    std::vector<A> acc(static_cast<size_t>(kOuts * M));
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t nb = 0; nb < blocks; ++nb) {
+      const int64_t n = nb * kOuts, outs = std::min(kOuts, N - n);
       std::fill(acc.begin(), acc.end(), A(0));
-      for (int64_t k = 0; k < K; ++k) mac_lanes(r, acc.data(), w + k * M, A(x[n * K + k]), M);
-      out(n, 0, acc.data(), M);
+      dot_rows(r, acc.data(), M, w, M, x + n * K, 1, K, K, M, outs);
+      for (int64_t j = 0; j < outs; ++j) out(n + j, 0, acc.data() + j * M, M);
     }
   }
 }
 
-// Writes a double accumulator row to float outputs at base + index.
+// Writes a float or double accumulator row to float outputs at base + index.
 auto float_rows(float* z, int64_t per_n, int64_t per_o) {
-  return [=](int64_t n, int64_t o, const double* acc, int64_t len) {
+  return [=](int64_t n, int64_t o, const auto* acc, int64_t len) {
     float* dst = z + n * per_n + o * per_o;
     for (int64_t l = 0; l < len; ++l) dst[l] = float(acc[l]);
   };
@@ -223,7 +237,7 @@ void accum_conv_forward(const Format& f, const ConvGeometry& g, const Tensor& x,
                         const IntOperands& ints) {
   const int64_t N = x.dim(0), P = g.ph.out * g.pw.out;
   if (f.kind != FormatKind::integer)
-    return with_float_rounder(f, [&](const auto& r) {
+    return with_rounder(f, {{x.data(), x.size()}, {w.data(), w.size()}}, [&](const auto& r) {
       conv_forward(r, g, N, x.data(), w.data(), float_rows(z.data(), g.O * P, P));
     });
   check_ints(ints, "Conv2D");
@@ -235,7 +249,9 @@ void accum_conv_forward(const Format& f, const ConvGeometry& g, const Tensor& x,
 void accum_dense_forward(const Format& f, const Tensor& x, const Tensor& w, Tensor& z, const IntOperands& ints) {
   const int64_t N = x.dim(0), K = w.dim(0), M = w.dim(1);
   if (f.kind != FormatKind::integer)
-    return with_float_rounder(f, [&](const auto& r) { dense_forward(r, N, K, M, x.data(), w.data(), float_rows(z.data(), M, 0)); });
+    return with_rounder(f, {{x.data(), x.size()}, {w.data(), w.size()}}, [&](const auto& r) {
+      dense_forward(r, N, K, M, x.data(), w.data(), float_rows(z.data(), M, 0));
+    });
   check_ints(ints, "Dense");
   const auto ka = to_integers(x, *ints.step_a), kb = to_integers(w, *ints.step_b);
   // a dense kernel (K, M) has no per-output-row storage: one weight step
@@ -249,37 +265,43 @@ void accum_dense_forward(const Format& f, const Tensor& x, const Tensor& w, Tens
 void accum_conv_backward_data(const Format& f, const ConvGeometry& g, const Tensor& dz, const Tensor& w, Tensor& dx) {
   const int64_t N = dz.dim(0), Cg = g.C / g.groups, Og = g.O / g.groups, OH = g.ph.out, OW = g.pw.out;
   const int64_t HW = g.H * g.W, KK = g.kh * g.kw;
-  with_float_rounder(f, [&](const auto& r) {
+  with_rounder(f, {{dz.data(), dz.size()}, {w.data(), w.size()}}, [&](const auto& r) {
+    using A = typename Lanes<std::decay_t<decltype(r)>>::acc;
 #pragma omp parallel
     {
-      std::vector<float> taps(static_cast<size_t>(g.O * KK * HW));
-      std::vector<double> acc(static_cast<size_t>(HW));
+      std::vector<float> taps(static_cast<size_t>(g.O * KK * HW)), wc(static_cast<size_t>(kOuts * Og * KK));
+      std::vector<A> acc(static_cast<size_t>(kOuts * HW));
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < N; ++n) {
         const float* dzn = dz.data() + n * g.O * OH * OW;
         for (int64_t o = 0; o < g.O; ++o)
           for (int64_t i = 0; i < g.kh; ++i)
             for (int64_t j = 0; j < g.kw; ++j) {
+              // output (oh, ow) reaches input (oh sh - pad + i dh, ow sw - pad + j dw)
               float* row = taps.data() + ((o * g.kh + i) * g.kw + j) * HW;
-              for (int64_t ih = 0; ih < g.H; ++ih) {
-                const int64_t th = ih + g.ph.lo - i * g.dh;  // = oh * sh
-                const bool hv = th >= 0 && th % g.sh == 0 && th / g.sh < OH;
-                for (int64_t iw = 0; iw < g.W; ++iw) {
-                  const int64_t tw = iw + g.pw.lo - j * g.dw;
-                  const bool ok = hv && tw >= 0 && tw % g.sw == 0 && tw / g.sw < OW;
-                  row[ih * g.W + iw] = ok ? dzn[(o * OH + th / g.sh) * OW + tw / g.sw] : 0.f;
+              std::fill(row, row + HW, 0.f);
+              for (int64_t oh = 0; oh < OH; ++oh) {
+                const int64_t ih = oh * g.sh - g.ph.lo + i * g.dh;
+                if (ih < 0 || ih >= g.H) continue;
+                for (int64_t ow = 0; ow < OW; ++ow) {
+                  const int64_t iw = ow * g.sw - g.pw.lo + j * g.dw;
+                  if (iw >= 0 && iw < g.W) row[ih * g.W + iw] = dzn[(o * OH + oh) * OW + ow];
                 }
               }
             }
-        for (int64_t cc = 0; cc < g.C; ++cc) {
-          const int64_t grp = cc / Cg, c = cc % Cg;
-          std::fill(acc.begin(), acc.end(), 0.0);
-          for (int64_t o = grp * Og; o < (grp + 1) * Og; ++o)
-            for (int64_t ij = 0; ij < KK; ++ij)
-              mac_lanes(r, acc.data(), taps.data() + (o * KK + ij) * HW, double(w.data()[(o * Cg + c) * KK + ij]), HW);
-          float* dst = dx.data() + (n * g.C + cc) * HW;
-          for (int64_t l = 0; l < HW; ++l) dst[l] = float(acc[size_t(l)]);
-        }
+        for (int64_t grp = 0; grp < g.groups; ++grp)
+          for (int64_t c0 = 0; c0 < Cg; c0 += kOuts) {
+            const int64_t outs = std::min(kOuts, Cg - c0);
+            // the (o, i, j) weights of input channel c in a row: one chain of Og KK steps
+            for (int64_t j = 0; j < outs; ++j)
+              for (int64_t o = 0; o < Og; ++o)
+                std::copy_n(w.data() + ((grp * Og + o) * Cg + c0 + j) * KK, KK, wc.begin() + (j * Og + o) * KK);
+            std::fill(acc.begin(), acc.end(), A(0));
+            dot_rows(r, acc.data(), HW, taps.data() + grp * Og * KK * HW, HW, wc.data(), 1, Og * KK, Og * KK, HW,
+                     outs);
+            for (int64_t j = 0; j < outs; ++j)
+              float_rows(dx.data(), 0, HW)(0, n * g.C + grp * Cg + c0 + j, acc.data() + j * HW, HW);
+          }
       }
     }
   });
@@ -302,20 +324,23 @@ void accum_conv_backward_weights(const Format& f, const ConvGeometry& g, const T
       std::copy(t.begin(), t.end(), colsT.begin() + n * P * KC);
     }
   }
-  with_float_rounder(f, [&](const auto& r) {
+  with_rounder(f, {{x.data(), x.size()}, {dz.data(), dz.size()}}, [&](const auto& r) {
+    using A = typename Lanes<std::decay_t<decltype(r)>>::acc;
+    // images outermost: the transposed columns of image n (P KC values) serve every
+    // output channel while in cache; the chains' state for all (o, k) stays in acc
+    std::vector<A> acc(static_cast<size_t>(g.O * K), A(0));
+    const int64_t per_group = (Og + kOuts - 1) / kOuts;
 #pragma omp parallel
-    {
-      std::vector<double> acc(static_cast<size_t>(K));
+    for (int64_t n = 0; n < N; ++n) {
 #pragma omp for schedule(static)
-      for (int64_t o = 0; o < g.O; ++o) {
-        const int64_t k0 = (o / Og) * K;
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t p = 0; p < P; ++p)
-            mac_lanes(r, acc.data(), colsT.data() + (n * P + p) * KC + k0, double(dz.data()[(n * g.O + o) * P + p]), K);
-        for (int64_t k = 0; k < K; ++k) dw.data()[o * K + k] = float(acc[size_t(k)]);
+      for (int64_t t = 0; t < g.groups * per_group; ++t) {
+        const int64_t grp = t / per_group, o = grp * Og + (t % per_group) * kOuts;
+        const int64_t outs = std::min(kOuts, (grp + 1) * Og - o);
+        dot_rows(r, acc.data() + o * K, K, colsT.data() + n * P * KC + grp * K, KC, dz.data() + (n * g.O + o) * P, 1,
+                 P, P, K, outs);
       }
     }
+    float_rows(dw.data(), 0, 0)(0, 0, acc.data(), g.O * K);
   });
 }
 
@@ -323,25 +348,31 @@ void accum_conv_backward_weights(const Format& f, const ConvGeometry& g, const T
 void accum_dense_backward_data(const Format& f, const Tensor& dz, const Tensor& w, Tensor& dx) {
   const int64_t N = dz.dim(0), K = w.dim(0), M = w.dim(1);
   const auto wT = transposed(w.data(), K, M);
-  with_float_rounder(f, [&](const auto& r) { dense_forward(r, N, M, K, dz.data(), wT.data(), float_rows(dx.data(), K, 0)); });
+  with_rounder(f, {{dz.data(), dz.size()}, {wT.data(), int64_t(wT.size())}},
+               [&](const auto& r) { dense_forward(r, N, M, K, dz.data(), wT.data(), float_rows(dx.data(), K, 0)); });
 }
 
 // dw[k, m] = sum over n of x[n, k] dz[n, m]: for each k, the chains of all m side by side.
 void accum_dense_backward_weights(const Format& f, const Tensor& x, const Tensor& dz, Tensor& dw) {
   const int64_t N = x.dim(0), K = x.inner(), M = dz.inner();
   const auto xT = transposed(x.data(), N, K);  // (k, n)
-  with_float_rounder(f, [&](const auto& r) { dense_forward(r, K, N, M, xT.data(), dz.data(), float_rows(dw.data(), M, 0)); });
+  with_rounder(f, {{xT.data(), int64_t(xT.size())}, {dz.data(), dz.size()}},
+               [&](const auto& r) { dense_forward(r, K, N, M, xT.data(), dz.data(), float_rows(dw.data(), M, 0)); });
 }
 
-// db[c] = sum over n, then s, of dy[n, c, s]: one chain per channel.
+// db[c] = sum over n, then s, of dy[n, c, s] (times 1, exact): one chain per channel, the
+// chains of all channels side by side on dy transposed to ((n, s), c).
 void accum_bias_backward(const Format& f, const float* dy, int64_t N, int64_t C, int64_t S, float* db) {
-  with_float_rounder(f, [&](const auto& r) {
-    for (int64_t c = 0; c < C; ++c) {
-      double v = 0;
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t s = 0; s < S; ++s) v = r(v + double(dy[(n * C + c) * S + s]));
-      db[c] = float(v);
-    }
+  std::vector<float> dyT(static_cast<size_t>(N * S * C));
+  for (int64_t n = 0; n < N; ++n) {
+    const auto t = transposed(dy + n * C * S, C, S);
+    std::copy(t.begin(), t.end(), dyT.begin() + n * S * C);
+  }
+  const float one = 1.f;
+  with_rounder(f, {{dyT.data(), int64_t(dyT.size())}}, [&](const auto& r) {
+    std::vector<typename Lanes<std::decay_t<decltype(r)>>::acc> acc(static_cast<size_t>(C));
+    dot_rows(r, acc.data(), C, dyT.data(), C, &one, 0, 0, N * S, C);
+    float_rows(db, 0, 0)(0, 0, acc.data(), C);
   });
 }
 

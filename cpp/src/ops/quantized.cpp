@@ -12,6 +12,7 @@
 // weights (what the optimizer updates) never change format.
 #include <optional>
 
+#include "lowbit/accum_fp16.hpp"
 #include "lowbit/accumulate.hpp"
 #include "lowbit/kernels.hpp"
 #include "lowbit/ops.hpp"
@@ -116,7 +117,11 @@ struct Quantized : Op {
     std::vector<Kernel> ks;
     for (const char* pass : {"forward", "backward_data", "backward_weights"}) {
       const auto& acc = pass[0] == 'f' ? accum_ : grad_accum_;
-      if (acc) ks.push_back({pass, "lowbit:accumulator_simulation:" + acc->repr()});
+      // Float16 accumulators run on the fp16 accumulation kernel when the operands are binary16
+      if (acc && fp16acc::applies(*acc) && fp16acc::current() != fp16acc::Path::simulate)
+        ks.push_back({pass, std::string("lowbit:fp16_accumulation:") + fp16acc::path_name(fp16acc::current())});
+      else if (acc)
+        ks.push_back({pass, "lowbit:accumulator_simulation:" + acc->repr()});
       for (auto& k : ran)
         if (!acc && k.pass == pass) ks.push_back(k);
     }
