@@ -362,10 +362,10 @@ def test_damaged_files_never_change_the_model(tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("f")
     m = lb.Sequential([L.Conv2D(2, 3, input_shape=(1, 5, 5), name="c"), L.Flatten(name="f"),
                        L.Dense(3, activation="softmax", name="d")], name="damaged", seed=1)
-    m.compile("adam", precision=data.draw(st.sampled_from([None, "fixed8", "fp16"])))
+    m.compile("adam", precision=data.draw(st.sampled_from([None, "fixed8", "fp16", "int8"])))
     x = np.random.default_rng(0).uniform(size=(4, 1, 5, 5)).astype(np.float32)
     m.fit(x, [0, 1, 2, 0], verbose=0)
-    kind = data.draw(st.sampled_from(["save", "save_weights"]))
+    kind = data.draw(st.sampled_from(["save", "save_weights", "export_packed"]))
     getattr(m, kind)(folder / "f.lowbit")
     raw = bytearray((folder / "f.lowbit").read_bytes())
     how = data.draw(st.integers(0, 5))
@@ -402,6 +402,11 @@ def test_damaged_files_never_change_the_model(tmp_path_factory, data):
     loaded = call("load_model", lb.load_model, folder / "bad.lowbit")
     if not ok(loaded):
         assert isinstance(loaded, ValueError), loaded
+    packed = call("load_packed", lb.load_packed, folder / "bad.lowbit")
+    if not ok(packed):
+        assert isinstance(packed, ValueError) and str(folder / "bad.lowbit") in str(packed), packed
+    else:
+        call("predict", packed.predict, x)
     call("predict", m.predict, x)
 
 

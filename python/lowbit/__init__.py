@@ -21,6 +21,7 @@ from . import (  # one submodule per line
     models,
     netadapt,
     optimizers,
+    packed,
     plots,
     precision,
     quantize,
@@ -30,10 +31,11 @@ from . import (  # one submodule per line
 )
 from .layers import Input
 from .model import Model, Sequential, load_model
+from .packed import load_packed
 from .precision import Precision
 
 __version__ = "0.1.0"
-__all__ = ["Diverged", "Input", "Model", "Sequential", "load_model", "Precision", "build_info", "set_num_threads",
+__all__ = ["Diverged", "Input", "Model", "Sequential", "load_model", "load_packed", "Precision", "build_info", "set_num_threads",
            "callbacks",
            "constraints",
            "datasets",
@@ -45,6 +47,7 @@ __all__ = ["Diverged", "Input", "Model", "Sequential", "load_model", "Precision"
            "models",
            "netadapt",
            "optimizers",
+           "packed",
            "plots",
            "precision",
            "quantize",

@@ -6,6 +6,7 @@
     lowbit output-extraction -m M   kernels and convolution outputs: percentile limits, MSBs
     lowbit summary [-m M]           the layer table and the formats set on layers
     lowbit export -m M              float and integer (quantized) weights per layer, .npz
+                     [--packed]     and the deployable inference file (model.export_packed)
     lowbit compare                  models at several precisions (lb.experiments.run): table, plots
     lowbit info                     engine build and CPU features
 
@@ -26,6 +27,7 @@ from .datasets import NAMES as dataset_names
 from .models import __all__ as model_names
 
 MODEL_FILE, ARCH_FILE, RESULTS_FILE = "model.npz", "model.json", "results.json"
+PACKED_FILE = "model.packed.lowbit"
 STRATEGY_ALIASES = {"qal": "quantize_and_lock", "qwt": "quantize_while_train", "grl": "gradual_resolution_loss"}
 
 
@@ -335,7 +337,14 @@ def cmd_export(a):
     np.savez(path, **arrays)
     print(f"exported {len(layers)} layers ({sum('format' in e for e in layers.values())} with integer kernels) "
           f"to {path}")
-    return _finish(a, t0, {"export": "export.npz", "layers": layers}, model)
+    results = {"export": "export.npz", "layers": layers}
+    if a.packed:  # the deployable inference file (lb.load_packed), weights in their formats
+        stored = sum(model.export_packed(_out(a, PACKED_FILE)).values())
+        fp32 = 4 * model.count_params()
+        print(f"packed inference model: {_out(a, PACKED_FILE)}, weights {stored:,} bytes "
+              f"(fp32 {fp32:,}, {fp32 / stored:.2f}x smaller)")
+        results.update(packed=PACKED_FILE, packed_weight_bytes=stored, float32_bytes=fp32)
+    return _finish(a, t0, results, model)
 
 
 def _names(csv):
@@ -447,6 +456,9 @@ def parser():
     s = sub.add_parser("summary", parents=[common], help="layer table and the number formats set on layers")
     s.set_defaults(func=cmd_summary)
     x = sub.add_parser("export", parents=[common], help="per-layer float and integer (quantized) weights, .npz")
+    x.add_argument("--packed", action="store_true",
+                   help=f"also write {PACKED_FILE}: the model for inference with weights in their formats "
+                        "(lb.load_packed)")
     x.set_defaults(func=cmd_export)
     c = sub.add_parser("compare", help="train models at several precisions (same seed and data): results table "
                                        "(accuracy, time, size, energy estimate) and plots")

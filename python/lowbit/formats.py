@@ -150,7 +150,8 @@ class Format(Recorded):
     def storage_bits(self, n, rows=1):
         """Bits to store ``n`` values held as ``rows`` rows along the block axis (a partial
         last block per row): elements plus the scales of block formats (per-tensor and
-        per-channel scales of Int/Binary are not counted, as in ``summary()``)."""
+        per-channel scales of Int/Binary are not counted; ``summary()`` counts the bytes of
+        ``model.export_packed``'s file, see ``lowbit.packed``)."""
         n, rows = int(n), int(rows)
         if n < 0 or rows < 1 or n % rows:
             raise ValueError(f"storage_bits: expected n >= 0 split into rows >= 1 equal rows, got n={n}, rows={rows}")

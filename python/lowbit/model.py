@@ -37,7 +37,7 @@ from . import optimizers as _optimizers
 from . import precision as _precision
 from . import serial as _serial
 from .callbacks import Callback, History
-from .layers import Layer, SymbolicTensor, _InputLayer
+from .layers import ROLES, Layer, SymbolicTensor, _InputLayer
 
 __all__ = ["Model", "Sequential", "load_model"]
 
@@ -130,6 +130,7 @@ class Model:
         self._metrics = None
         self._lock = threading.RLock()  # Python-side state; the engine serialises its own calls
         self._fit_thread = None  # ident of the thread inside fit()
+        self._packed_from = None  # the file of lb.load_packed: an inference model
         if inputs is not None:
             self._build_from(inputs, outputs)
 
@@ -209,6 +210,12 @@ class Model:
         if t is not None and t != threading.get_ident():
             raise RuntimeError(f"{what}: fit() is running on model {self.name} in another thread; wait for it to "
                                "return (predict, evaluate, get_weights and summary may be called meanwhile)")
+
+    def _not_packed(self, what):
+        if self._packed_from is not None:
+            raise ValueError(f"{what}: model {self.name} was loaded from the packed inference file "
+                             f"{self._packed_from}, whose weights are the quantized ones (the latent fp32 weights "
+                             "that training updates are not in it); train the model saved with model.save instead")
 
     def _require_built(self):
         if self._graph is None:
@@ -413,6 +420,15 @@ class Model:
             _serial.write(path, "lowbit-model", header, self._state_arrays(optimizer=self._compiled is not None),
                           "save")
 
+    def export_packed(self, path):
+        """Write a deployable inference file: the architecture and precision, and each
+        weight in its number format (1-bit packed Binary, Int/Fixed codes, fp16/bf16 bit
+        patterns; see ``lowbit.packed``). ``summary()``'s memory figure is the bytes of
+        its weight arrays; ``lb.load_packed(path)`` predicts exactly what this model
+        predicts. Returns {array name: bytes} of the weight arrays."""
+        from .packed import export_packed
+        return export_packed(self, path)
+
     def _architecture(self):
         def layer_config(layer):
             cfg = _serial.encode(layer, f"save: layer {layer.name}")
@@ -420,7 +436,10 @@ class Model:
             return cfg
 
         arch = {"class": type(self).__name__, "name": self.name, "seed": self.seed,
-                "input_shape": list(self.input_shape)}
+                "input_shape": list(self.input_shape),
+                # the formats the layers have now: lb.quantize sets them after construction
+                "layer_formats": {layer.name: {r: _serial.encode(getattr(layer, f"{r}_format"), f"save: {layer.name}")
+                                               for r in ROLES} for layer in self._kernel_layers()}}
         if isinstance(self, Sequential):
             arch["sequential"] = [layer_config(layer) for layer in self._stack]
             return arch
@@ -570,6 +589,7 @@ class Model:
         (``epochs`` is then the index to stop at). Callbacks receive that epoch index."""
         with self._lock:
             self._not_during_fit("fit")
+            self._not_packed("fit")
             if self._compiled is None:
                 raise ValueError("fit: call compile() first")
             batch_size = _batch_size(batch_size, "fit")
@@ -675,6 +695,7 @@ class Model:
         (dropout active with the current step's mask), running statistics untouched."""
         with self._lock:
             self._not_during_fit("compute_gradients")
+            self._not_packed("compute_gradients")
             if self._compiled is None:
                 raise ValueError("compute_gradients: call compile() first")
             x, y = self._prepare(x, y, "compute_gradients")
@@ -807,10 +828,23 @@ def _model_from_architecture(arch):
         raise ValueError("no model description")
     name, seed = arch["name"], arch["seed"]
 
+    formats = arch.get("layer_formats", {})
+    if not isinstance(formats, dict):
+        raise ValueError("bad layer formats")
+
     def layer(cfg):
         obj = _serial.decode(cfg, classes)
         if not isinstance(obj, Layer) or isinstance(obj, _InputLayer):
             raise ValueError(f"expected a layer, got {type(obj).__name__}")
+        fm = formats.get(obj.name)
+        if fm is not None:
+            if not hasattr(obj, "weight_format") or not isinstance(fm, dict) or set(fm) != set(ROLES):
+                raise ValueError(f"bad formats for layer {obj.name}")
+            for r, v in fm.items():
+                f = _serial.decode(v, classes)
+                if f is not None and not isinstance(f, _formats.Format):
+                    raise ValueError(f"layer {obj.name}: {r} format is a {type(f).__name__}")
+                setattr(obj, f"{r}_format", f)
         return obj
 
     if "sequential" in arch:

@@ -6,12 +6,15 @@ A ZIP archive (members stored, not compressed) holding
 
 * ``lowbit.json`` - a UTF-8 JSON header::
 
-      {"format": "lowbit-model" or "lowbit-weights", "version": 1,
+      {"format": "lowbit-model", "lowbit-weights" or "lowbit-packed", "version": 1,
        "lowbit_version": "0.1.0",
        "arrays": {"w0000": [[32, 1, 5, 5], "<f4"], ...},   # every array member
        ...}                                                 # model files: see below
 
 * one ``<name>.npy`` member per array, in NumPy's ``.npy`` format (numeric dtypes only).
+
+Packed inference files (``"lowbit-packed"``, ``model.export_packed``) store weights as
+codes of their number format: ``lowbit.packed`` describes their arrays and header.
 
 Array names: ``w0000``... the weights in ``get_weights()`` order (float32); ``step``
 the training step (uint64); quantizer state ``qmsb_<layer>_<role>`` (calibrated MSB of a
@@ -59,7 +62,8 @@ __all__ = ["VERSION", "Recorded", "Reader", "write", "encode", "decode", "kwargs
 
 VERSION = 1
 HEADER = "lowbit.json"
-FORMATS = ("lowbit-model", "lowbit-weights")
+FORMATS = ("lowbit-model", "lowbit-weights")  # what load_weights reads
+KNOWN = FORMATS + ("lowbit-packed",)  # lowbit-packed: model.export_packed (lowbit.packed)
 _MAX_HEADER = 64 << 20
 _LEGACY = re.compile(r"(w\d{4}|step|qmsb_\d+_[a-z_]+|q[shr]_\d+_\d+)\.npy")
 
@@ -202,8 +206,8 @@ class Reader:
         if HEADER in self.members:
             self.header = self._json()
             fmt, version = self.header.get("format"), self.header.get("version")
-            if fmt not in FORMATS:
-                self.fail(f"not a lowbit file: header format {fmt!r:.60} (expected one of {', '.join(FORMATS)})")
+            if fmt not in KNOWN:
+                self.fail(f"not a lowbit file: header format {fmt!r:.60} (expected one of {', '.join(KNOWN)})")
             if isinstance(version, bool) or not isinstance(version, int) or version < 1:
                 self.fail(f"corrupted header: format version {version!r:.40}")
             if version > VERSION:
@@ -220,7 +224,9 @@ class Reader:
         if self.header["format"] not in expect:
             self.fail(f"this is a {self.header['format']} file; {what} reads {' or '.join(expect)} files"
                       + (" (written by model.save_weights; use model.load_weights)" if
-                         self.header["format"] == "lowbit-weights" else ""))
+                         self.header["format"] == "lowbit-weights" else
+                         " (an inference file written by model.export_packed; use lb.load_packed)" if
+                         self.header["format"] == "lowbit-packed" else ""))
 
     def fail(self, msg):
         raise ValueError(f"{self.what}: {self.path}: {msg}")

@@ -9,10 +9,15 @@ Conventions (those of Larq's summary):
 - bits per parameter: a Conv2D/Dense kernel has the bits of its weight format in the
   precision the model is compiled with (fp32 32, Float16/BFloat16 16, MiniFloat(e, m)
   1 + e + m, Fixed/Int(bits) bits, Ternary 2, Binary 1); biases, batch-norm parameters
-  and moving statistics stay float32. Memory is bits / 8 bytes per parameter (packed
-  storage of the deployed model; training keeps fp32 master weights); block formats
-  (MX, NVFP4) add their scales (``Format.storage_bits``: MXFP4 4.25 bits per weight, one
-  block row per conv filter or dense unit).
+  and moving statistics stay float32.
+- Memory: the bytes of the layer's weight arrays in ``model.export_packed``'s file
+  (``lowbit.packed``; training keeps fp32 master weights): a quantized kernel is its
+  codes, ``bits`` per weight with each row along the reduction axis (a conv filter, a
+  dense unit) padded to whole bytes, plus its fp32 scales (Binary: one per conv filter
+  with ``channel_mean_abs``, one per tensor with ``mean_abs``; Int: max|w| per filter or
+  per tensor; Ternary: one); everything else 4 bytes per parameter, including the kernels
+  of formats that file keeps in fp32 (MX, NVFP4, stochastic rounding, asymmetric or
+  non-minmax Int: ``Format.storage_bits`` gives their packed size).
 - MACs: multiply-adds of the conv and dense layers per sample, bias excluded:
   :math:`O\\,H_o W_o\\,(C/g)\\,k_h k_w` for a convolution, :math:`K M` for a dense layer.
 - MAC precision: the bits of the multiply, max(weight bits, input bits). The input bits
@@ -24,6 +29,7 @@ from __future__ import annotations
 import html
 
 from . import layers as _layers
+from . import packed as _packed
 from . import precision as _precision
 
 __all__ = ["Summary"]
@@ -106,8 +112,8 @@ class Summary:
                     bits = wbits if pname == "kernel" else 32
                     n_params += size
                     n_train += size if is_trainable else 0
-                    if pname == "kernel" and wf is not None:  # block rows: per filter (O, ...) or unit (K, M)
-                        mem_bits += wf.storage_bits(size, rows=int(shape[0] if len(shape) != 2 else shape[1]))
+                    if pname == "kernel" and g.node_kind(n) in _KERNEL_OPS:  # as model.export_packed stores it
+                        mem_bits += 8 * _packed.kernel_bytes(wf, shape, g.node_kind(n))
                     else:
                         mem_bits += size * bits
                     params_by_bits[bits] = params_by_bits.get(bits, 0) + size
