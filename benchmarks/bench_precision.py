@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Training step time of the S0 LeNet (batch 128, Fashion-MNIST, Adam 1e-3) per precision:
-lowbit at fp32, fixed8 and binary (ratio to lowbit fp32; target <= 1.3x), against the same
+lowbit at fp32, fixed8, int8 and binary (ratio to lowbit fp32; target <= 1.2x, issue 11), against the same
 network quantized with Brevitas (8-bit: Int8 fixed-point weights and ReLU activations;
 binary: SignedBinary weights and activations, first input and last layer full precision)
 measured in the same run (target: lowbit faster).
@@ -94,7 +94,7 @@ def main():
     a = ap.parse_args()
     lb.set_num_threads(a.threads)
     (x, y), _ = lb.datasets.fashion_mnist()
-    lowbit = {p: time_lowbit(p, x, y, a.batches, a.warmup) for p in ("fp32", "fixed8", "binary")}
+    lowbit = {p: time_lowbit(p, x, y, a.batches, a.warmup) for p in ("fp32", "fixed8", "int8", "binary")}
     brev = {}
     try:
         import torch
@@ -107,9 +107,9 @@ def main():
     print(f"lowbit {lb.__version__}, {lb.build_info()}")
     print(f"{'precision':<10}{'lowbit ms/step':>16}{'vs lowbit fp32':>16}{'target':>10}"
           f"{'brevitas ms/step':>18}{'lowbit speedup':>16}")
-    for p in ("fp32", "fixed8", "binary"):
+    for p in ("fp32", "fixed8", "int8", "binary"):
         r = lowbit[p] / lowbit["fp32"]
-        target = "" if p == "fp32" else ("<= 1.3 " + ("PASS" if r <= 1.3 else "BELOW"))
+        target = "" if p == "fp32" else ("<= 1.2 " + ("PASS" if r <= 1.2 else "BELOW"))
         b = brev.get(p)
         bs = f"{b * 1e3:18.1f}{b / lowbit[p]:15.2f}x" if b else ""
         print(f"{p:<10}{lowbit[p] * 1e3:16.1f}{r:15.2f}x{target:>10}{bs}")
