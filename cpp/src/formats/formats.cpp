@@ -283,16 +283,22 @@ LB_CLONES uint32_t finite_amax_bits(const float* x, int64_t n) {
   return am;
 }
 
+// The per-column block maxima of a tile, then each column's scales d, e (see scales()).
+LB_CLONES void tile_scales(const float* __restrict x, int64_t rows, int64_t cols, int64_t stride, const BlockScales& s,
+                           bool divide, uint32_t* __restrict am, float* __restrict d, float* __restrict e) {
+  for (int64_t j = 0; j < cols; ++j) am[j] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
+  scales(s, divide, am, d, e, cols);
+}
+
 // One block row of a strided axis: `rows` values along the axis (row stride `stride`) for
 // each of `cols` contiguous columns, each column its own block.
 LB_CLONES void blocks_tile(const float* __restrict x, float* __restrict y, int64_t rows, int64_t cols, int64_t stride,
                            const BlockScales& s, bool divide, const ElemRounder& rounder, uint32_t* __restrict am,
                            float* __restrict d, float* __restrict e) {
   const ElemRounder q = rounder;
-  for (int64_t j = 0; j < cols; ++j) am[j] = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
-  scales(s, divide, am, d, e, cols);
+  tile_scales(x, rows, cols, stride, s, divide, am, d, e);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * stride;
     float* yr = y + r * stride;
@@ -309,10 +315,7 @@ LB_CLONES void blocks_tile_sr(const float* __restrict x, float* __restrict y, in
                               uint32_t* __restrict am, float* __restrict d, float* __restrict e, uint32_t key,
                               int64_t i0) {
   const ElemRounder q = rounder;
-  for (int64_t j = 0; j < cols; ++j) am[j] = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) am[j] = std::max(am[j], abs_bits(x[r * stride + j]));
-  scales(s, divide, am, d, e, cols);
+  tile_scales(x, rows, cols, stride, s, divide, am, d, e);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * stride;
     float* yr = y + r * stride;
