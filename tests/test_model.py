@@ -86,6 +86,38 @@ def test_schedules(sched, expect, rng):
     np.testing.assert_allclose([sched(e) for e in range(5)], expect, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("sched", [
+    lb.optimizers.CosineDecay(0.1, t_max=2, min_lr=0.01, per_step=True),
+    lb.optimizers.ExponentialDecay(0.1, gamma=0.25, per_step=True),
+])
+def test_per_step_schedule_sets_the_rate_before_every_step(sched, rng):
+    """4 steps per epoch, 2 epochs: step k of epoch e runs at sched(e + k/4). Reference:
+    one batch per fit call at that constant rate (plain SGD keeps no state)."""
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    y = rng.normal(size=(16, 3)).astype(np.float32)
+    m = dense_model()
+    m.compile(lb.optimizers.SGD(sched), "mse")
+    w0 = m.get_weights()
+    h = m.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    ref = dense_model()
+    ref.set_weights(w0)
+    rates = [sched(e + k / 4) for e in range(2) for k in range(4)]
+    for i, lr in enumerate(rates):
+        ref.compile(lb.optimizers.SGD(lr), "mse")
+        ref.fit(x[4 * (i % 4):4 * (i % 4 + 1)], y[4 * (i % 4):4 * (i % 4 + 1)], batch_size=4, epochs=1,
+                shuffle=False, verbose=0)
+    for a, b in zip(m.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert len(set(rates)) > 2 and rates[1] != sched(0)  # the rate really moves within an epoch
+    np.testing.assert_allclose(h.history["learning_rate"], [rates[3], rates[7]], rtol=1e-6)
+
+
+def test_schedule_per_step_flag_is_checked():
+    with pytest.raises(TypeError, match="per_step"):
+        lb.optimizers.CosineDecay(0.1, t_max=2, per_step="yes")
+    assert lb.optimizers.CosineDecay(0.1, t_max=4)(1.9) == lb.optimizers.CosineDecay(0.1, t_max=4)(1)
+
+
 def _small_cnn(seed):
     return lb.Sequential([
         L.Conv2D(4, 3, activation="relu", input_shape=(1, 8, 8)), L.BatchNormalization(), L.MaxPooling2D(2),

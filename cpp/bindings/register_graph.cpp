@@ -98,6 +98,7 @@ ScheduleConfig to_schedule(const py::dict& d) {
   if (sc.ints.count("milestones")) s.milestones = sc.ints["milestones"];
   s.t_max = sc.i("t_max", 1);
   s.min_lr = sc.f("min_lr", 0.0);
+  s.per_step = sc.i("per_step", 0) != 0;
   return s;
 }
 
@@ -164,9 +165,10 @@ py::dict metrics(const Metrics& m) {
 
 void register_graph(py::module_& m) {
   py::register_exception<Diverged>(m, "Diverged", PyExc_FloatingPointError);
-  m.def("scheduled_lr", [](const py::dict& sched, double lr, int64_t epoch) {
+  m.def("scheduled_lr", [](const py::dict& sched, double lr, double epoch) {
     return scheduled_lr(to_schedule(sched), lr, epoch);
-  }, py::arg("schedule"), py::arg("learning_rate"), py::arg("epoch"), "The engine's learning rate of an epoch.");
+  }, py::arg("schedule"), py::arg("learning_rate"), py::arg("epoch"),
+        "The engine's learning rate at a (fractional) epoch.");
   py::class_<Graph, std::unique_ptr<Graph, DeleteOnEngine>>(m, "Graph",
                                                             "A model graph: Input, then ops in topological order.")
       .def(py::init<>())

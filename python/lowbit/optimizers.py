@@ -1,81 +1,98 @@
 """Optimizers (fp32 master weights, updates in C++) and learning-rate schedules.
 
 Defaults follow Keras. ``weight_decay`` is the coupled L2 term of PyTorch's SGD/Adam
-(``g += weight_decay * w``). A schedule passed as ``learning_rate`` is applied per epoch.
+(``g += weight_decay * w``). A schedule passed as ``learning_rate`` is applied per epoch, or
+before every step with ``per_step=True``.
 """
 from __future__ import annotations
 
 __all__ = ["Optimizer", "SGD", "Adam", "Adadelta", "RMSprop", "Bop", "get",
            "Schedule", "StepDecay", "MultiStepDecay", "ExponentialDecay", "CosineDecay"]
 
+import numpy as np
+
 from .serial import Recorded
 
 
 class Schedule(Recorded):
+    """A learning rate as a function of the epoch. ``per_step=False`` (default) changes the
+    rate between epochs, as PyTorch's per-epoch ``scheduler.step()``; ``per_step=True``
+    evaluates it before every optimizer step at the fractional epoch
+    ``epoch + images done / images per epoch``, as Keras' schedules that count steps: a
+    ``CosineDecay(lr, t_max=2, per_step=True)`` of a two-epoch run decays smoothly to
+    ``min_lr`` within the run, which settles short runs' final accuracy."""
     name = "constant"
 
-    def __init__(self, initial_learning_rate):
+    def __init__(self, initial_learning_rate, per_step=False):
         self.initial_learning_rate = float(initial_learning_rate)
+        if not isinstance(per_step, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}: per_step must be True or False, got {per_step!r}")
+        self.per_step = bool(per_step)
 
     def config(self):
-        return {"name": self.name}
+        return {"name": self.name, **self._config(), "per_step": self.per_step}
+
+    def _config(self):
+        return {}
 
     def __call__(self, epoch):
-        """The learning rate of a 0-based ``epoch``, as the engine computes it."""
+        """The learning rate at a 0-based ``epoch`` (fractional for ``per_step``
+        schedules), as the engine computes it."""
         from . import _core
-        return _core.scheduled_lr(self.config(), self.initial_learning_rate, int(epoch))
+        return _core.scheduled_lr(self.config(), self.initial_learning_rate,
+                                  float(epoch) if self.per_step else float(int(epoch)))
 
 
 class StepDecay(Schedule):
     """lr * gamma ** (epoch // step_size)."""
     name = "step"
 
-    def __init__(self, initial_learning_rate, step_size, gamma=0.1):
-        super().__init__(initial_learning_rate)
+    def __init__(self, initial_learning_rate, step_size, gamma=0.1, per_step=False):
+        super().__init__(initial_learning_rate, per_step)
         if int(step_size) < 1:
             raise ValueError(f"StepDecay: expected step_size >= 1, got {step_size}")
         self.step_size, self.gamma = int(step_size), float(gamma)
 
-    def config(self):
-        return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
+    def _config(self):
+        return {"step_size": self.step_size, "gamma": self.gamma}
 
 
 class MultiStepDecay(Schedule):
     """lr * gamma ** (number of milestones <= epoch)."""
     name = "multistep"
 
-    def __init__(self, initial_learning_rate, milestones, gamma=0.1):
-        super().__init__(initial_learning_rate)
+    def __init__(self, initial_learning_rate, milestones, gamma=0.1, per_step=False):
+        super().__init__(initial_learning_rate, per_step)
         self.milestones, self.gamma = [int(m) for m in milestones], float(gamma)
 
-    def config(self):
-        return {"name": self.name, "milestones": self.milestones, "gamma": self.gamma}
+    def _config(self):
+        return {"milestones": self.milestones, "gamma": self.gamma}
 
 
 class ExponentialDecay(Schedule):
     """lr * gamma ** epoch."""
     name = "exponential"
 
-    def __init__(self, initial_learning_rate, gamma):
-        super().__init__(initial_learning_rate)
+    def __init__(self, initial_learning_rate, gamma, per_step=False):
+        super().__init__(initial_learning_rate, per_step)
         self.gamma = float(gamma)
 
-    def config(self):
-        return {"name": self.name, "gamma": self.gamma}
+    def _config(self):
+        return {"gamma": self.gamma}
 
 
 class CosineDecay(Schedule):
     """min_lr + (lr - min_lr) * (1 + cos(pi * min(epoch, t_max) / t_max)) / 2."""
     name = "cosine"
 
-    def __init__(self, initial_learning_rate, t_max, min_lr=0.0):
-        super().__init__(initial_learning_rate)
+    def __init__(self, initial_learning_rate, t_max, min_lr=0.0, per_step=False):
+        super().__init__(initial_learning_rate, per_step)
         if int(t_max) < 1:
             raise ValueError(f"CosineDecay: expected t_max >= 1, got {t_max}")
         self.t_max, self.min_lr = int(t_max), float(min_lr)
 
-    def config(self):
-        return {"name": self.name, "t_max": self.t_max, "min_lr": self.min_lr}
+    def _config(self):
+        return {"t_max": self.t_max, "min_lr": self.min_lr}
 
 
 class Optimizer(Recorded):

@@ -25,9 +25,14 @@ struct ScheduleConfig {
   std::vector<int64_t> milestones;
   int64_t t_max = 1;  // cosine: epochs to reach min_lr
   double min_lr = 0.0;
+  // false: the rate changes between epochs (PyTorch's scheduler.step() per epoch);
+  // true: before every optimizer step, at the fractional epoch epoch + done/n (Keras'
+  // schedules count steps), so that a cosine of a two-epoch run decays smoothly to min_lr
+  bool per_step = false;
 };
 
-double scheduled_lr(const ScheduleConfig& s, double base_lr, int64_t epoch);
+// The learning rate at a (fractional, 0-based) epoch.
+double scheduled_lr(const ScheduleConfig& s, double base_lr, double epoch);
 
 struct Optimizer {
   OptimConfig cfg;

@@ -307,7 +307,7 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
     Rng rng(seed * 0x9E3779B97F4A7C15ull + uint64_t(epoch));
     for (int64_t i = n - 1; i > 0; --i) std::swap(order[size_t(i)], order[rng.below(uint64_t(i + 1))]);
   }
-  lr_ = scheduled_lr(sched_, base_lr_, epoch);
+  lr_ = scheduled_lr(sched_, base_lr_, double(epoch));
   auto ps = params(true);
   std::vector<int64_t> lab;
   std::vector<float> tgt;
@@ -353,6 +353,7 @@ Metrics Graph::fit_epoch(const float* x, int64_t n, const int64_t* labels, const
       throw diverged(loss_scale_ == 1.0 ? std::string("the gradients became NaN or infinite")
                                         : str("the gradients overflowed with a static loss scale of ", loss_scale_));
     if (unscale_and_check(ps, finite)) {
+      if (sched_.per_step) lr_ = scheduled_lr(sched_, base_lr_, double(epoch) + double(b0) / double(n));
       save_undo(ps);
       opt_->step(ps, lr_);
       if (!all_finite(ps, false)) {

@@ -13,17 +13,19 @@
 
 namespace lowbit {
 
-double scheduled_lr(const ScheduleConfig& s, double lr, int64_t epoch) {
+double scheduled_lr(const ScheduleConfig& s, double lr, double epoch) {
+  LB_CHECK(std::isfinite(epoch) && epoch >= 0, "learning-rate schedule: expected an epoch >= 0, got ", epoch);
   if (s.name == "constant") return lr;
-  if (s.name == "step") return lr * std::pow(s.gamma, double(epoch / std::max<int64_t>(s.step_size, 1)));
+  if (s.name == "step")
+    return lr * std::pow(s.gamma, std::floor(epoch / double(std::max<int64_t>(s.step_size, 1))));
   if (s.name == "multistep") {
     int64_t k = 0;
-    for (auto m : s.milestones) k += epoch >= m;
+    for (auto m : s.milestones) k += epoch >= double(m);
     return lr * std::pow(s.gamma, double(k));
   }
-  if (s.name == "exponential") return lr * std::pow(s.gamma, double(epoch));
+  if (s.name == "exponential") return lr * std::pow(s.gamma, epoch);
   if (s.name == "cosine") {
-    double e = double(std::min(epoch, s.t_max)) / double(std::max<int64_t>(s.t_max, 1));
+    const double t = double(std::max<int64_t>(s.t_max, 1)), e = std::min(epoch, t) / t;
     return s.min_lr + (lr - s.min_lr) * 0.5 * (1.0 + std::cos(M_PI * e));
   }
   LB_CHECK(false, "unknown learning-rate schedule '", s.name,
