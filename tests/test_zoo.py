@@ -252,6 +252,24 @@ def test_googlenet_width_scales_channels():
     assert m._graph.node_shape(m._layers[-2][1][-1]) == [256]  # 1024 * 0.25 into the classifier
 
 
+def test_batch_norm_option_adds_one_bn_per_conv_block_and_hidden_dense():
+    """alexnet_cifar / googlenet(batch_norm=True): the Larq layout for binary versions, a
+    BatchNormalization after every conv block and hidden dense layer, nothing else changed."""
+    a0, a1 = M.alexnet_cifar((3, 32, 32), 2, seed=0), M.alexnet_cifar((3, 32, 32), 2, seed=0, batch_norm=True)
+    assert a1.count_params() - a0.count_params() == bn(64 + 192 + 384 + 256 + 256 + 4096 + 4096)
+    kinds = [type(layer).__name__ for layer in a1.layers]
+    assert kinds.count("BatchNormalization") == 7
+    assert kinds[kinds.index("Flatten") - 1] == "BatchNormalization"  # after the last pool
+    g0 = M.googlenet((3, 32, 32), 2, seed=0, width=0.25)
+    g1 = M.googlenet((3, 32, 32), 2, seed=0, width=0.25, batch_norm=True)
+    convs = [w.shape[0] for w in g0.get_weights() if w.ndim == 4]
+    assert g1.count_params() - g0.count_params() == bn(sum(convs))
+    x = np.random.default_rng(0).uniform(size=(2, 3, 32, 32)).astype(np.float32)
+    for m in (a1, g1):
+        p = m.predict(x)
+        assert p.shape == (2, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
+
+
 # ------------------------------------------------------------------ default precision
 def test_precision_argument_is_compile_default():
     m = M.lenet(seed=0, precision="fp16")
