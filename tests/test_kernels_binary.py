@@ -218,12 +218,41 @@ def test_engine_predict_and_evaluate_equal_the_simulated_model_exactly(rng):
     assert not np.array_equal(fast2, fast)
 
 
-def test_engine_keeps_scaled_binary_formats_simulated(rng):
-    """The 'binary' preset scales weights per channel (mean |w|): the simulation's rounded
-    partial sums are not reproducible, so these layers stay on the simulated path."""
-    m = lb.models.lenet(seed=0)
-    m.compile(lb.optimizers.Adam(1e-3), precision="binary")
-    x = rng.normal(size=(14, 1, 28, 28)).astype(np.float32)
+@pytest.mark.parametrize("model,per_batch", [
+    (lambda: lb.models.lenet(seed=0), 3),  # conv2, dense256, dense84 binary x binary
+    (lambda: lb.models.alexnet_cifar((3, 16, 16), 10, seed=0, batch_norm=True), 6),
+])
+def test_engine_runs_the_binary_preset_on_xnor_kernels_exactly(model, per_batch, rng):
+    """The 'binary' preset scales weights by mean |w| per channel (XNOR-Net). The simulated
+    layer factors the scale out (alpha * (x . sign w), an exact integer sum then one
+    rounding), the kernel puts it in the epilogue: the trained model's predictions are
+    bit for bit the same, padding, batch norm and dropout included."""
+    m = model()
+    m.compile(lb.optimizers.Adam(1e-3), "categorical_crossentropy", precision="binary")
+    shape = m.input_shape
+    x = rng.normal(size=(16, *shape)).astype(np.float32)
+    y = np.eye(m.output_shape[-1], dtype=np.float32)[rng.integers(0, m.output_shape[-1], 16)]
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0)  # latent weights with distinct channel scales
     fast, sim, used = predict_both_ways(m, x)
-    assert used == 0
+    assert used == per_batch * 3  # batches of 7, 7, 2
     np.testing.assert_array_equal(fast, sim)
+    # the scale really differs per channel, and it reaches the kernel's epilogue
+    w = [a for a in m.get_weights() if a.ndim == 4][1]
+    alpha = np.abs(w).reshape(len(w), -1).mean(1)
+    assert alpha.std() > 1e-3 * alpha.mean()
+    m.set_weights([a * 3 if a.ndim == 4 else a for a in m.get_weights()])
+    fast3, sim3, _ = predict_both_ways(m, x)
+    np.testing.assert_array_equal(fast3, sim3)
+    assert not np.array_equal(fast3, fast)
+
+
+def test_factored_binary_scale_is_the_scaled_product(rng):
+    """alpha * (x . sign w) against numpy's sum of x * (alpha sign w) in float64: the
+    simulated scaled-binary Dense is the XNOR-Net product up to one fp32 rounding."""
+    fmt = lb.formats.Binary(scale="mean_abs")
+    layer = L.Dense(5, use_bias=False, weight_format=fmt, input_format=lb.formats.Binary())
+    x = rng.normal(size=(6, 40)).astype(np.float32)
+    z = layer(x)
+    w = layer.get_weights()[0].astype(np.float64)
+    ref = np.where(x < 0, -1.0, 1.0) @ (np.abs(w).mean() * np.where(w < 0, -1.0, 1.0))
+    np.testing.assert_allclose(z, ref, rtol=2 ** -23, atol=0)

@@ -18,11 +18,12 @@ The engine runs quantized Conv2D/Dense layers on a kernel of the format itself i
 quantized fp32 copies); ``use_in_engine(False)`` switches back to the simulated layers.
 One dispatch for every family; ``info()[family]`` says what this CPU runs:
 
-- ``binary``: input and weight formats both ``Binary()`` (no scale): the xnor-popcount
-  kernels above, the same numbers exactly. Scaled Binary formats stay simulated: there
-  the fp32 partial sums of +-alpha terms round (a zero dot comes out as +-1 ulp, whose
-  sign the next binary layer sees), which no kernel reproduces; pass the scales to
-  ``binary_conv2d``/``binary_dense`` as ``scale`` to apply them once to the exact dot.
+- ``binary``: input format ``Binary()`` (no scale) and weight format ``Binary`` with or
+  without scale: the xnor-popcount kernels above, the same numbers exactly. A weight
+  scale (XNOR-Net's mean |w|, per tensor or per output channel, as the ``binary`` preset)
+  multiplies the exact popcount dot in the epilogue, and the simulated layer computes
+  ``alpha * (x . sign w)`` the same way (before, its fp32 partial sums of +-alpha terms
+  rounded: a zero dot came out as +-1 ulp, whose sign the next binary layer saw).
 - ``int8``: ``Int(b <= 8)`` weights (symmetric; per tensor, or per output channel of a
   Conv2D) and inputs (symmetric: s8; asymmetric: u8 with the grid's zero point): oneDNN
   u8/s8 x s8 -> s32 convolution / matmul on VNNI, dequantised in its output scales,

@@ -70,10 +70,10 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
 // LayerKernel when one exists for its input and weight formats (make_layer_kernel), with
 // the simulated layer's numbers; otherwise the simulated layer (oneDNN fp32 on the
 // formats' grids). One dispatch for every format family:
-//   binary  Binary() x Binary() without scale: z = dot(sign x, sign wq) by xnor-popcount,
-//           the simulated fp32 sum of +-1 products exactly. (Scaled Binary formats stay
-//           simulated: there the fp32 partial sums of +-alpha terms round, e.g. a zero dot
-//           comes out as +-1 ulp, whose sign the next binary layer sees.)
+//   binary  Binary() inputs x Binary weights: z = alpha * dot(sign x, sign w) by
+//           xnor-popcount, alpha (the weights' mean |w| scale, 1 without) in the epilogue;
+//           the simulated layer factors alpha out the same way (quantized.cpp), so both
+//           are the exact integer dot rounded once at the scale.
 //   int8    Int(b <= 8) weights (symmetric, per tensor or per output channel) and inputs
 //           (symmetric: s8; asymmetric: u8 with a zero point): oneDNN u8/s8 x s8 -> s32
 //           with the dequantisation z = float(acc) * (s_x s_w[o]) fused as output scales.

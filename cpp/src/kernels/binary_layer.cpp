@@ -17,15 +17,21 @@ class BinaryLayer : public LayerKernel {
   std::string impl() const override { return std::string("lowbit:xnor_popcount:") + path_name(binary_path()); }
   // signs only: the quantizer pass over the input is not needed (hysteresis aside)
   bool needs_quantized_input() const override { return false; }
-  void set_weights(const Tensor& wq, const std::vector<float>&) override {
+  // wq = alpha * sign(w): the signs are packed, alpha (the quantizer's per-channel or
+  // per-tensor scale, 1 unscaled) multiplies the popcount sum in the epilogue
+  void set_weights(const Tensor& wq, const std::vector<float>& alpha) override {
     w_ = conv_ ? pack_conv_weights(wq.data(), O_, s_.C, kh_, kw_) : pack_dense_weights(wq.data(), fan_in_, O_);
+    LB_CHECK(int64_t(alpha.size()) == O_ || alpha.size() == 1, "binary layer: ", alpha.size(), " weight scales for ",
+             O_, " output channels");
+    scale_.assign(size_t(O_), alpha.size() == 1 ? alpha[0] : 1.f);
+    if (int64_t(alpha.size()) == O_) scale_ = alpha;
   }
 
   void forward(const Tensor& xt, QuantState&, const float* bias, Tensor& z) override {
     const float* x = xt.data();
     const int64_t N = xt.dim(0);
     z.blocked = false;
-    if (!conv_) return binary_dense(x, N, w_, nullptr, bias, z.data(), binary_path());
+    if (!conv_) return binary_dense(x, N, w_, scale_.data(), bias, z.data(), binary_path());
     if (xt.blocked) {  // nChw16c -> NCHW (C % 16 == 0 for a blocked tensor)
       const int64_t C = s_.C, S = s_.H * s_.W, CB = C / 16;
       LB_CHECK(C % 16 == 0, "binary conv2d: blocked input with ", C, " channels");
@@ -38,14 +44,14 @@ class BinaryLayer : public LayerKernel {
     }
     ConvShape s = s_;
     s.N = N;
-    binary_conv2d(x, s, w_, nullptr, bias, z.data(), binary_path());
+    binary_conv2d(x, s, w_, scale_.data(), bias, z.data(), binary_path());
   }
 
  private:
   bool conv_;
   ConvShape s_;
   int64_t O_, kh_, kw_, fan_in_;
-  std::vector<float> plain_;
+  std::vector<float> plain_, scale_;
   BinaryWeights w_;
 };
 

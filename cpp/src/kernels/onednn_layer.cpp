@@ -34,7 +34,7 @@ bool is_minifloat(const Format& f, int e, int m) {
 bool family_of(const Format& in, const Format& w, Family* out) {
   if (in.kind == FormatKind::binary && w.kind == FormatKind::binary) {
     *out = Family::binary;
-    return in.scale == ScaleMode::none && w.scale == ScaleMode::none;
+    return in.scale == ScaleMode::none;  // weight scales go into the epilogue
   }
   if (in.kind == FormatKind::integer && w.kind == FormatKind::integer) {
     *out = Family::int8;

@@ -43,7 +43,7 @@ struct Quantized : Op {
   bool use_bias;
   std::string binit;
   int64_t channels, w_rows, fan_in, fan_out;
-  Tensor wq_, xq_, z_, dz_, dxq_;
+  Tensor wq_, xq_, z_, dz_, dxq_, wsign_;
   std::optional<Format> accum_, grad_accum_;
   ConvGeometry geo_{};
   // evaluate/predict on a low-precision kernel (binary, int8, bf16, fp16), when one exists
@@ -140,6 +140,19 @@ struct Quantized : Op {
     if (use_bias) init_tensor(params[1].value, binit, fan_in, fan_out, seed + 1);
   }
 
+  // z (N, channels, ...) plain, times alpha per output channel (one alpha: per tensor)
+  void scale_channels(Tensor& z, const std::vector<float>& alpha) const {
+    const int64_t N = z.dim(0), S = numel(out_shape) / channels;
+    const bool per_channel = int64_t(alpha.size()) == channels;
+    LB_CHECK(per_channel || alpha.size() == 1, "binary weight scales: ", alpha.size(), " for ", channels, " channels");
+    float* d = z.data();
+#pragma omp parallel for schedule(static) if (N * channels * S > 65536)
+    for (int64_t nc = 0; nc < N * channels; ++nc) {
+      const float a = alpha[per_channel ? size_t(nc % channels) : 0];
+      for (int64_t i = 0; i < S; ++i) d[nc * S + i] *= a;
+    }
+  }
+
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     in_.st.track = w_.st.track = out_.st.track = ctx.training;
     ran_forward_ = true;
@@ -170,7 +183,18 @@ struct Quantized : Op {
       quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, &w_.st);
       if (!ctx.training) wq_version_ = version;
     }
-    if (w_) inner->params[0].value = wq_;
+    // Scaled binary weights (XNOR-Net alpha * sign(w)): the product is computed as
+    // alpha * (x . sign(w)), the scale factored out. The sum of +-x is exact for binary and
+    // fixed-point inputs (integers on one grid, below 2^24), so the simulated layer rounds
+    // once, at the scale, exactly as the xnor-popcount kernel's epilogue float(d) * alpha.
+    const bool factor = w_ && !accum_ && !kernel && w_.f->kind == FormatKind::binary && w_.f->scale != ScaleMode::none;
+    if (factor) {
+      wsign_.resize(wq_.shape);
+      const float* q = wq_.data();
+      float* sg = wsign_.data();
+      for (int64_t i = 0, n = wq_.size(); i < n; ++i) sg[i] = q[i] > 0.f ? 1.f : q[i] < 0.f ? -1.f : 0.f;
+    }
+    if (w_) inner->params[0].value = factor ? wsign_ : wq_;
     if (kernel && kernel_->weights_version != version) {
       kernel_->set_weights(wq_, w_.st.step);
       kernels::count_weight_preparation();
@@ -178,7 +202,7 @@ struct Quantized : Op {
     }
     Tensor& zt = out_ ? z_ : dst;
     if (out_) z_.resize(dst.shape);
-    zt.blocked = may_block && !accum_;
+    zt.blocked = may_block && !accum_ && !factor;
     if (accum_) {
       const IntOperands ints{&in_.st.step, &w_.st.step};
       if (kind == "conv2d") accum_conv_forward(*accum_, geo_, *x, inner->params[0].value, zt, ints);
@@ -188,6 +212,7 @@ struct Quantized : Op {
       kernel_->forward(*x, in_.st, bias_in_kernel_ ? params[1].value.data() : nullptr, zt);
     } else {
       inner->forward({x}, zt, ctx);
+      if (factor) scale_channels(zt, w_.st.step);
     }
     if (out_) {
       quantize(*out_.f, z_.data(), dst.data(), dst.size(), 1, &out_.st);
