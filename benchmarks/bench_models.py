@@ -378,12 +378,16 @@ def larq_note():
 
 
 def measure(rows, x, repeat, progress):
-    """Round-robin: every row once per round; median wall and CPU seconds per row."""
+    """Round-robin: every row once per round; median wall and CPU seconds per row. Each
+    timed call follows an untimed one of the same row: the previous row's idle workers
+    (OpenMP, ONNX Runtime's pool) spin a while before they sleep, and would take the
+    cores of a timed call that came right after them."""
     for r in rows:
         r.run(x)  # warm-up: graph build, weight preparation, first-touch allocations
     wall, cpu = collections.defaultdict(list), collections.defaultdict(list)
     for _ in tqdm(range(repeat), desc=progress, leave=False, file=sys.stderr):
         for r in rows:
+            r.run(x)
             w, c = timed(lambda: r.run(x))
             wall[r.name].append(w)
             cpu[r.name].append(c)
