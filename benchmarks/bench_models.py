@@ -343,7 +343,7 @@ def peer_rows(a, ref, x_eval, calib, folder, notes):
     if "onnxruntime" in a.peers:
         try:
             import onnx  # noqa: F401
-            import onnxruntime
+            import onnxruntime  # noqa: F401
         except ImportError as e:
             notes.append(f"onnxruntime rows skipped: {e}; pip install onnxruntime onnx")
             return rows
@@ -357,7 +357,6 @@ def peer_rows(a, ref, x_eval, calib, folder, notes):
             rows.append(("onnxruntime/int8", "ort-qdq-u8s8", lambda threads: ort_session(int8, threads)))
         else:
             notes.append(f"onnxruntime/int8 skipped: {int8}")
-        notes.append(f"onnxruntime {onnxruntime.__version__}, CPU execution provider")
     return rows
 
 
@@ -470,6 +469,14 @@ def header(a):
             print(f"torch {torch.__version__}, quantized engines {torch.backends.quantized.supported_engines}")
         except ImportError:
             pass
+    if "onnxruntime" in a.peers:
+        try:
+            import onnxruntime
+            print(f"onnxruntime {onnxruntime.__version__}, CPU execution provider")
+        except ImportError:
+            pass
+    if "larq" in a.peers:
+        print(larq_note())
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1) * 0.5:
         print(f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs: the machine is shared; "
@@ -503,8 +510,6 @@ def main(argv=None):
         notes, scores = [], None
         with tempfile.TemporaryDirectory() as folder:
             peers = peer_rows(a, models["fp32"], x_eval, calib, folder, notes)
-            if "larq" in a.peers:
-                notes.append(larq_note())
             for threads in a.threads:
                 set_threads(threads)
                 rows = [Row(f"lowbit/{p}", "", lambda x, m=m: m.predict(x, batch_size=len(x)), m)
