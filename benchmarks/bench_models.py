@@ -20,8 +20,9 @@ lose accuracy). Without the data set the inputs are random normal and the weight
 The torch twin is built layer by layer from the lowbit model (its weights copied, TF 'same'
 padding reproduced) and must agree with lowbit fp32 predict within 1e-4; ONNX models are
 exported from it. All rows run the same batch with the same thread count; calls are
-interleaved round-robin and each figure is the median of --repeat calls, by wall clock and
-by the process's CPU time (which includes OpenMP / thread-pool spin-waits). 'x fp32' is
+interleaved round-robin (each timed call after an untimed one of the same row) and each
+figure is the median of --repeat calls, by wall clock and by the process's CPU time (which
+includes OpenMP / thread-pool spin-waits). 'x fp32' is
 lowbit fp32's time over the row's (above 1: faster). 'agree' is the fraction of
 --agree-samples inputs whose argmax matches lowbit fp32's, 'acc' the accuracy on the
 Fashion-MNIST test labels.
