@@ -46,6 +46,9 @@ fi
 # build 2.13.0 installs from the machine's local wheel store. Optional: tests skip without it.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q torch==2.13.0 \
   || echo "(torch not installed: torch comparisons will be skipped)"
+# ONNX Runtime (with onnx for export and quantize_static): a peer in benchmarks/bench_models.py.
+.venv/bin/python -c "import onnxruntime, onnx" 2>/dev/null || .venv/bin/python -m pip install -q onnxruntime onnx \
+  || echo "(onnxruntime not installed: its benchmark rows will be skipped)"
 
 case "$job" in
   main) exec .venv/bin/lowbit compare --models lenet,pure_cnn --precisions fp32,fp16,fixed8 \
