@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Whole-model inference per precision against lowbit fp32, peers in the same table: LeNet,
 ResNet-20 and AlexNet (CIFAR) from lb.models, batch 64, lowbit predict at fp32, bf16, int8,
-binary (the preset: per-channel scaled weights, simulated) and binary-xnor (the preset
-without weight scales, which runs on the xnor-popcount kernels), next to PyTorch fp32 and
+binary (the preset: XNOR-Net's per-channel scaled weights, on the xnor-popcount kernels
+with the scale in their epilogue), next to PyTorch fp32 and
 int8 (FX static post-training quantization, x86/fbgemm) and ONNX Runtime fp32 and int8
 (quantize_static, QDQ, u8 activations / s8 per-channel weights) of the same network with
 the same weights (issue 11).
 
     python benchmarks/bench_models.py [--models lenet,resnet20,alexnet_cifar] [--threads 2] [--batch 64]
-        [--repeat 15] [--precisions fp32,bf16,int8,binary,binary-xnor] [--peers torch,onnxruntime,larq]
+        [--repeat 15] [--precisions fp32,bf16,int8,binary] [--peers torch,onnxruntime,larq]
         [--fit-batches 40] [--agree-samples 1024] [--kernels] [--quick]
 
 Each model is first trained by lowbit at fp32 for --fit-batches batches of 128 on
@@ -57,15 +57,7 @@ FIT_BATCH = 128
 TWIN_TOL = 1e-4  # max |p_torch - p_lowbit| of the fp32 twin's probabilities
 
 
-def binary_xnor():
-    """The binary preset without weight scales: Binary() x Binary() layers, which the engine
-    runs on the xnor-popcount kernels (scaled Binary layers stay simulated, see lb.kernels)."""
-    F = lb.formats
-    return lb.Precision(F.Binary(), F.Binary(), exempt_first=True, exempt_last=True, activation="linear",
-                        name="binary-xnor")
-
-
-PRECISIONS = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "binary": "binary", "binary-xnor": binary_xnor}
+PRECISIONS = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "binary": "binary"}
 
 
 # ----------------------------------------------------------------------------- data

@@ -53,8 +53,7 @@ def test_lowbit_rows(capsys):
     for p in ("int8", "bf16"):
         assert rows[f"lowbit/{p}"][2] == (f"{p}:5" if info[p] != "simulated" else "sim:5")
     assert rows["lowbit/fp32"][2] == "fp32:5"
-    assert rows["lowbit/binary"][2] == "sim:4+fp32:1"  # scaled Binary weights stay simulated
-    assert rows["lowbit/binary-xnor"][2] == "sim:1+xnor:3+fp32:1"
+    assert rows["lowbit/binary"][2] == "sim:1+xnor:3+fp32:1"  # scaled weights on xnor, first input fp32
     assert "CPU:" in out and "binary kernel path" in out
 
 
