@@ -221,6 +221,7 @@ def test_engine_predict_and_evaluate_equal_the_simulated_model_exactly(rng):
 @pytest.mark.parametrize("model,per_batch", [
     (lambda: lb.models.lenet(seed=0), 3),  # conv2, dense256, dense84 binary x binary
     (lambda: lb.models.alexnet_cifar((3, 16, 16), 10, seed=0, batch_norm=True), 6),
+    (lambda: lb.models.resnet20((3, 8, 8), 10, seed=0), 20),  # all but the first conv and the classifier
 ])
 def test_engine_runs_the_binary_preset_on_xnor_kernels_exactly(model, per_batch, rng):
     """The 'binary' preset scales weights by mean |w| per channel (XNOR-Net). The simulated
