@@ -477,7 +477,22 @@ def header(a):
 
 
 def main(argv=None):
-    """Runs the benchmark and prints its tables; returns {(model, threads): [Row]}."""
+    """Runs the benchmark and prints its tables; returns {(model, threads): [Row]}. The
+    caller's thread counts (lowbit's, torch's) are restored afterwards: a process that
+    trains after a benchmark would otherwise fit at another thread count, which changes
+    oneDNN's summation order and so the bits of the result."""
+    torch = sys.modules.get("torch")
+    before = lb.build_info()["openmp_threads"], (torch.get_num_threads() if torch is not None else None)
+    try:
+        return _main(argv)
+    finally:
+        lb.set_num_threads(before[0])
+        torch = sys.modules.get("torch")
+        if torch is not None and before[1] is not None:
+            torch.set_num_threads(before[1])
+
+
+def _main(argv):
     a = parse_args(argv)
     header(a)
     rng = np.random.default_rng(0)

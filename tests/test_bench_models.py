@@ -43,7 +43,9 @@ def check(rows, names):
 
 
 def test_lowbit_rows(capsys):
+    threads = lb.build_info()["openmp_threads"]
     results = bench.main(QUICK + ["--peers", "none"])
+    assert lb.build_info()["openmp_threads"] == threads  # restored after "--threads 1"
     out = capsys.readouterr().out
     rows = table(out)
     check(rows, [f"lowbit/{p}" for p in bench.PRECISIONS])

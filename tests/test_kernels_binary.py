@@ -248,12 +248,15 @@ def test_engine_runs_the_binary_preset_on_xnor_kernels_exactly(model, per_batch,
 
 
 def test_factored_binary_scale_is_the_scaled_product(rng):
-    """alpha * (x . sign w) against numpy's sum of x * (alpha sign w) in float64: the
-    simulated scaled-binary Dense is the XNOR-Net product up to one fp32 rounding."""
+    """The simulated scaled-binary Dense is alpha * (sign x . sign w): the exact integer
+    dot times the quantizer's fp32 alpha, one fp32 rounding (a zero dot is exactly 0; a
+    float64 sum of +-alpha terms is not)."""
     fmt = lb.formats.Binary(scale="mean_abs")
     layer = L.Dense(5, use_bias=False, weight_format=fmt, input_format=lb.formats.Binary())
     x = rng.normal(size=(6, 40)).astype(np.float32)
     z = layer(x)
     w = layer.get_weights()[0].astype(np.float64)
-    ref = np.where(x < 0, -1.0, 1.0) @ (np.abs(w).mean() * np.where(w < 0, -1.0, 1.0))
+    dot = np.where(x < 0, -1.0, 1.0) @ np.where(w < 0, -1.0, 1.0)  # exact integers
+    ref = dot.astype(np.float32) * np.float32(np.abs(w).mean())
     np.testing.assert_allclose(z, ref, rtol=2 ** -23, atol=0)
+    assert np.all(z[dot == 0] == 0)
