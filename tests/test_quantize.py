@@ -315,10 +315,83 @@ def test_gradual_resolution_loss_schedule(trained, digits):
     assert {f["kernel"]["bits"] for f in Q.layer_formats(m).values()} == {4}
 
 
-def test_progressive_resumes_after_interruption(trained, digits, tmp_path):
+def test_quantize_and_lock_result_is_the_quantized_model(trained, digits):
+    train, val = digits
+    m = fresh_copy(trained)
+    h = Q.progressive(m, train, val, strategy="quantize_and_lock", resolutions=(3, 3, 3), msb=98,
+                      epochs_per_layer=1, batch_size=64, verbose=0, calibration_samples=128)
+    ev = m.evaluate(*val)
+    assert ev["accuracy"] == h.final_accuracy and ev["loss"] == pytest.approx(h.rows[-1]["val_loss"], rel=1e-6)
+    # the last phase locks the last unit: nothing trains, the score is that of quantizing it
+    assert h.rows[-1]["val_accuracy"] == h.phases[-1]["val_accuracy_quantized"]
+    float_twin = Q.copy_model(m)
+    Q.clear_quantization(float_twin)
+    assert float_twin.evaluate(*val)["loss"] != pytest.approx(ev["loss"], rel=1e-3)  # 3 bits do cost something
+    assert {f["output"]["bits"] for f in Q.layer_formats(m).values()} == {3}
+
+
+def test_recalibrate_rechooses_earlier_units_from_float_values(trained, digits):
+    train, val = digits
+    m = fresh_copy(trained)
+    snap = Snapshots()
+    h = Q.progressive(m, train, val, strategy="quantize_while_train", resolutions=(6, 6, 6), msb=98,
+                      epochs_per_layer=1, recalibrate=True, batch_size=64, verbose=0, callbacks=[snap],
+                      calibration_samples=128)
+    assert "recalibrated" not in h.phases[0]
+    assert sorted(h.phases[1]["recalibrated"]) == ["conv1"] and sorted(h.phases[2]["recalibrated"]) == ["conv1", "conv2"]
+    # at phase 3 every layer is measured float with the weights after phase 2: Eq. 11 by numpy
+    twin = small_cnn()
+    twin.build()
+    twin.set_weights(snap.weights[1])
+    stats = Q.extract(twin, train[0][:128])
+    for name, d in [*h.phases[2]["recalibrated"].items(), *h.phases[2]["layers"].items()]:
+        want = [Q.msb_from_limits(np.percentile(stats.get(name, r), [2, 98])) for r in ("kernel", "input", "output")]
+        assert d["msb"] == want, name
+    assert Q.layer_formats(m)["conv1"]["output"]["msb"] == h.phases[2]["recalibrated"]["conv1"]["msb"][2]
+    locked = Q.progressive(fresh_copy(trained), train, val, strategy="quantize_and_lock", msb="auto",
+                           epochs_per_layer=1, recalibrate=True, batch_size=64, verbose=0, calibration_samples=64)
+    assert all("recalibrated" not in p for p in locked.phases)  # locked units keep their MSBs
+
+
+def test_progressive_learning_rate_of_the_run(trained, digits):
+    train, val = digits
+
+    class Rates(lb.callbacks.Callback):
+        def __init__(self):
+            self.rates = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.rates.append(logs["learning_rate"])
+
+    r = Rates()
+    m = fresh_copy(trained, lr=2e-3)
+    assert m._epochs_done == 4
+    Q.progressive(m, train, val, epochs_per_layer=2, relax_epochs=1, learning_rate="cosine", batch_size=64,
+                  verbose=0, callbacks=[r], calibration_samples=64)
+    # per step: the rate of an epoch's last step, at epoch + images before it / images;
+    # epoch 0 is the run's first (7 epochs), not the model's fifth
+    cos = lb.optimizers.CosineDecay(2e-3, t_max=7, per_step=True)
+    n = len(train[0])
+    last = 64 * ((n - 1) // 64) / n
+    np.testing.assert_allclose(r.rates, [cos(e + last) for e in range(7)], rtol=1e-5)
+    r2 = Rates()
+    Q.progressive(fresh_copy(trained), train, val, epochs_per_layer=1, learning_rate=5e-4, batch_size=64,
+                  verbose=0, callbacks=[r2], calibration_samples=64)
+    np.testing.assert_allclose(r2.rates, [5e-4] * 3, rtol=1e-6)
+    for bad, match in [("linear", "learning_rate"), (-1.0, "learning_rate"), (True, "learning_rate")]:
+        with pytest.raises(ValueError, match=match):
+            Q.progressive(fresh_copy(trained), train, val, learning_rate=bad, verbose=0)
+    with pytest.raises(ValueError, match="recalibrate"):
+        Q.progressive(fresh_copy(trained), train, val, msb=(0, 2, 2), recalibrate=True, verbose=0)
+    with pytest.raises(ValueError, match="recalibrate"):
+        Q.progressive(fresh_copy(trained), train, val, recalibrate="yes", verbose=0)
+
+
+@pytest.mark.parametrize("extra", [{}, {"recalibrate": True, "learning_rate": "cosine"}])
+def test_progressive_resumes_after_interruption(trained, digits, tmp_path, extra):
     train, val = digits
     kw = dict(strategy="quantize_while_train", resolutions=(6, 6, 6), msb=98, epochs_per_layer=2, batch_size=64,
-              verbose=0, calibration_samples=128, seed=3)
+              verbose=0, calibration_samples=128, seed=3, **extra)
     whole = fresh_copy(trained)
     h1 = Q.progressive(whole, train, val, checkpoint_dir=str(tmp_path / "a"), **kw)
 

@@ -811,10 +811,27 @@ def _check_int(v, name, lo=0):
     return int(v)
 
 
+def _run_schedule(learning_rate, model, total_epochs):
+    """The schedule of a progressive run (None: keep the compiled one)."""
+    from . import optimizers as O
+    if learning_rate is None:
+        return None
+    if model._compiled is None:
+        return None  # progressive reports the missing compile()
+    if isinstance(learning_rate, O.Schedule):
+        return learning_rate
+    if learning_rate == "cosine":
+        return O.CosineDecay(model._compiled[0].learning_rate, t_max=max(total_epochs, 1), per_step=True)
+    if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool) and learning_rate > 0:
+        return O.Schedule(float(learning_rate))
+    raise ValueError(f"progressive: expected learning_rate None, 'cosine', a rate > 0 or an lb.optimizers "
+                     f"Schedule, got {learning_rate!r}")
+
+
 def progressive(model, train, val, strategy="quantize_while_train", resolutions=(8, 6, 6), msb="auto",
                 epochs_per_layer=1, order="input_to_output", relax_epochs=0, scheme="s4",
                 steps=(16, 12, 8, 6, 4), grouping="module", batch_size=128, calibration_samples=256,
-                checkpoint_dir=None, seed=0, verbose=1, callbacks=None):
+                recalibrate=False, learning_rate=None, checkpoint_dir=None, seed=0, verbose=1, callbacks=None):
     """Progressive quantization (S4 section 5.5), in place on a compiled model.
 
     - ``"quantize_and_lock"``: unit by unit (``order``), quantize it, freeze it, train the
@@ -825,7 +842,15 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
 
     ``msb`` as in ``quantize_layers``, chosen for each unit when it is quantized, on the
     first ``calibration_samples`` training images passed through the model as it is then.
-    ``relax_epochs``: training after the last phase. ``checkpoint_dir``: weights and
+    ``relax_epochs``: training after the last phase. ``recalibrate=True``: at every phase
+    (and before relaxing) choose again the MSBs of the units quantized before that still
+    train - under QwT their weights and activations keep moving away from the ranges they
+    were quantized with - measured with their formats removed, so a range can grow as well
+    as shrink (needs ``msb`` from data: "auto" or a percentile; locked QaL units keep theirs).
+    ``learning_rate``: None trains with the compiled optimizer as it is (epochs counted over
+    the model's life); a number or an ``lb.optimizers`` Schedule replaces its schedule for
+    this run, epoch 0 being the run's first; ``"cosine"``: a per-step cosine from the
+    compiled rate to 0 over all the run's epochs. ``checkpoint_dir``: weights and
     progress after every phase; a later call with the same settings and starting model
     resumes after the last finished phase. Frozen flags are restored at the end (the model stays quantized).
     ``seed`` fixes the order, shuffling and dropout. Returns a ProgressiveHistory."""
@@ -842,6 +867,11 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
     relax = _check_int(relax_epochs, "relax_epochs")
     seed = _check_int(seed, "seed")
     _check_int(calibration_samples, "calibration_samples", 1)
+    if not isinstance(recalibrate, (bool, np.bool_)):
+        raise ValueError(f"progressive: expected recalibrate True or False, got {recalibrate!r}")
+    if recalibrate and not (msb == "auto" or isinstance(msb, float)):
+        raise ValueError(f"progressive: recalibrate=True chooses MSBs from data; it needs msb='auto' or a "
+                         f"percentile, got {msb!r}")
     try:
         (x, y), (xv, yv) = train, val
     except (TypeError, ValueError):
@@ -857,20 +887,32 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
         elif order == "random":
             seq = [seq[i] for i in np.random.default_rng(seed).permutation(len(seq))]
         phases = [(u, ks, bits) for u, ks in seq]
+    total_epochs = len(phases) * epochs + relax
+    schedule = _run_schedule(learning_rate, model, total_epochs)
     settings = {"strategy": strategy, "resolutions": list(bits), "msb": msb if not isinstance(msb, dict) else
                 {k: list(v) for k, v in msb.items()}, "epochs_per_layer": epochs, "order": order,
                 "relax_epochs": relax, "scheme": sch.config(), "steps": list(steps), "grouping": grouping,
                 "batch_size": int(batch_size), "calibration_samples": int(calibration_samples), "seed": seed,
+                "recalibrate": bool(recalibrate), "learning_rate": schedule.config() if schedule else None,
                 "units": [p[0] for p in phases], "train_samples": int(len(x)), "model": model.name,
                 "start_weights": _fingerprint(model)}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
     frozen_before = {k.name: k.trainable for k in kernel_layers(model)}
+    if schedule is not None:
+        opt, loss = model._compiled
+        opt = copy.deepcopy(opt)
+        opt.schedule = schedule
+        model._compiled = (opt, loss)
+        model._apply_compile()
     rows, done_phases, start = [], [], 0
+    quantized = {}  # layer name -> the bits it is quantized at
     state_path = os.path.join(checkpoint_dir, "progress.json") if checkpoint_dir else None
     if state_path:
         os.makedirs(checkpoint_dir, exist_ok=True)
         if os.path.exists(state_path):
             start, rows, done_phases = _resume(model, state_path, settings, sch)
+            for ph in done_phases:
+                quantized.update({name: tuple(d["bits"]) for name, d in ph["layers"].items()})
     if not rows:
         ev = model.evaluate(xv, yv, batch_size=256)
         rows.append({"epoch": 0, "phase": 0, "unit": "float", "bits": "32-32-32", "loss": None, "accuracy": None,
@@ -882,22 +924,39 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
         t0 = time.perf_counter()
         info = {"phase": i + 1, "unit": unit, "bits": _bits_str(b), "start_epoch": rows[-1]["epoch"] + 1,
                 "layers": {}}
-        if not relaxing:
-            msbs = choose_msbs(model, layers, b, msb, sch, x=x[:calibration_samples],
-                               unit_index=[u for u, _ in groups].index(unit) if isinstance(msb, list) else None)
-            for k in layers:
-                _set_roles(k, {r: sch.format(r, bb, m) for r, bb, m in zip(ROLES, b, msbs[k.name])})
+        todo = [] if relaxing else [(k, b) for k in layers]
+        now = {id(k) for k in layers}
+        if recalibrate:  # and the units quantized before that still train, with their bits
+            todo += [(k, tuple(quantized[k.name])) for k in kernel_layers(model)
+                     if k.name in quantized and id(k) not in now and k.trainable]
+            for k, _ in todo:  # measure float values: a quantized z is clipped at its old range
+                _set_roles(k, dict.fromkeys(ROLES))
+            model._rebuild()
+        msbs = {}
+        for bb in dict.fromkeys(bb for _, bb in todo):
+            msbs.update(choose_msbs(model, [k for k, kb in todo if kb == bb], bb, msb, sch, x=x[:calibration_samples],
+                                    unit_index=[u for u, _ in groups].index(unit) if isinstance(msb, list) else None))
+        for k, bb in todo:
+            _set_roles(k, {r: sch.format(r, v, m) for r, v, m in zip(ROLES, bb, msbs[k.name])})
+            entry = {"bits": list(bb), "msb": list(msbs[k.name])}
+            if id(k) in now:
                 if strategy == "quantize_and_lock":
                     k.trainable = False
-                info["layers"][k.name] = {"bits": list(b), "msb": list(msbs[k.name]), "locked": not k.trainable}
+                info["layers"][k.name] = dict(entry, locked=not k.trainable)
+                quantized[k.name] = bb
+            else:
+                info.setdefault("recalibrated", {})[k.name] = entry
+        if todo:
             model._rebuild()  # new formats and frozen flags; fresh optimizer state
             info["val_accuracy_quantized"] = model.evaluate(xv, yv, batch_size=256)["accuracy"]
         n_ep = relax if relaxing else epochs
         if verbose:
-            extra = "" if relaxing else f", val accuracy right after quantizing {info['val_accuracy_quantized']:.4f}"
+            extra = f", val accuracy right after quantizing {info['val_accuracy_quantized']:.4f}" if todo else ""
             print(f"phase {i + 1}/{total}: {unit} at {_bits_str(b)}{extra}; {n_ep} epochs", flush=True)
-        h = model.fit(x, y, batch_size=batch_size, epochs=n_ep, validation_data=(xv, yv), seed=seed + 1000 * (i + 1),
-                      verbose=verbose, callbacks=callbacks)
+        at = {} if schedule is None else {"initial_epoch": rows[-1]["epoch"]}  # the run's own epochs
+        h = model.fit(x, y, batch_size=batch_size, epochs=n_ep + at.get("initial_epoch", 0),
+                      validation_data=(xv, yv), seed=seed + 1000 * (i + 1), verbose=verbose, callbacks=callbacks,
+                      **at)
         for e in range(len(h.history.get("loss", []))):
             rows.append({"epoch": rows[-1]["epoch"] + 1, "phase": i + 1, "unit": unit, "bits": _bits_str(b),
                          **{k: h.history[k][e] for k in ("loss", "accuracy", "val_loss", "val_accuracy",
@@ -936,6 +995,8 @@ def _resume(model, state_path, settings, scheme):
         for name, d in ph["layers"].items():
             if name not in ks:
                 raise ValueError(f"progressive: the checkpoint names a layer {name!r} the model does not have")
+            _set_roles(ks[name], {r: scheme.format(r, b, m) for r, b, m in zip(ROLES, d["bits"], d["msb"])})
+        for name, d in ph.get("recalibrated", {}).items():
             _set_roles(ks[name], {r: scheme.format(r, b, m) for r, b, m in zip(ROLES, d["bits"], d["msb"])})
     for name, trainable in st["trainable"].items():
         ks[name].trainable = trainable
