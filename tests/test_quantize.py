@@ -338,7 +338,8 @@ def test_recalibrate_rechooses_earlier_units_from_float_values(trained, digits):
                       epochs_per_layer=1, recalibrate=True, batch_size=64, verbose=0, callbacks=[snap],
                       calibration_samples=128)
     assert "recalibrated" not in h.phases[0]
-    assert sorted(h.phases[1]["recalibrated"]) == ["conv1"] and sorted(h.phases[2]["recalibrated"]) == ["conv1", "conv2"]
+    assert sorted(h.phases[1]["recalibrated"]) == ["conv1"]
+    assert sorted(h.phases[2]["recalibrated"]) == ["conv1", "conv2"]
     # at phase 3 every layer is measured float with the weights after phase 2: Eq. 11 by numpy
     twin = small_cnn()
     twin.build()
@@ -378,6 +379,13 @@ def test_progressive_learning_rate_of_the_run(trained, digits):
     Q.progressive(fresh_copy(trained), train, val, epochs_per_layer=1, learning_rate=5e-4, batch_size=64,
                   verbose=0, callbacks=[r2], calibration_samples=64)
     np.testing.assert_allclose(r2.rates, [5e-4] * 3, rtol=1e-6)
+    r3 = Rates()  # warm restarts: every phase (2 epochs; relax 1) from 2e-3 down to 0
+    h = Q.progressive(fresh_copy(trained, lr=2e-3), train, val, epochs_per_layer=2, relax_epochs=1,
+                      learning_rate="cosine_restarts", batch_size=64, verbose=0, callbacks=[r3],
+                      calibration_samples=64)
+    two, one = (lb.optimizers.CosineDecay(2e-3, t_max=t, per_step=True) for t in (2, 1))
+    np.testing.assert_allclose(r3.rates, [two(last), two(1 + last)] * 3 + [one(last)], rtol=1e-5)
+    assert [r["epoch"] for r in h.rows] == list(range(8)) and h.settings["learning_rate"]["restarts"]
     for bad, match in [("linear", "learning_rate"), (-1.0, "learning_rate"), (True, "learning_rate")]:
         with pytest.raises(ValueError, match=match):
             Q.progressive(fresh_copy(trained), train, val, learning_rate=bad, verbose=0)
@@ -477,7 +485,7 @@ def test_cli_chain_end_to_end(tmp_path):
     model = str(tmp_path / "train" / "model.npz")
     steps = [("output-extraction", ["--samples", "16", "--plot"]),
              ("progressive-quantization", ["-q", "8:6:6", "--phase", "1", "--msb", "98", "--strategy", "qwt",
-                                           "--relax", "1", "--plot"]),
+                                           "--relax", "1", "--recalibrate", "--cosine", "--plot"]),
              ("evaluate", []), ("summary", []), ("export", [])]
     for cmd, extra in steps:
         src = str(tmp_path / "progressive-quantization" / "model.npz") if cmd in ("evaluate", "summary", "export") \
@@ -490,6 +498,9 @@ def test_cli_chain_end_to_end(tmp_path):
         assert (tmp_path / cmd / "model.npz").exists() and (tmp_path / cmd / "model.json").exists()
     pq = json.loads((tmp_path / "progressive-quantization" / "results.json").read_text())["results"]
     assert [p["unit"] for p in pq["history"]["phases"]] == ["conv2d_1", "dense_1", "relax"]
+    st = pq["history"]["settings"]
+    assert st["recalibrate"] and st["learning_rate"]["name"] == "cosine" and st["learning_rate"]["t_max"] == 3
+    assert sorted(pq["history"]["phases"][2]["recalibrated"]) == ["conv2d_1", "dense_1"]
     ev = json.loads((tmp_path / "evaluate" / "results.json").read_text())["results"]
     assert ev["accuracy"] == pytest.approx(pq["final_accuracy"])  # the quantized model was reloaded as it was
     arch = json.loads((tmp_path / "evaluate" / "model.json").read_text())
@@ -512,6 +523,7 @@ def test_cli_chain_end_to_end(tmp_path):
     (["progressive-quantization", "-m", "x.npz", "-q", "8:6:99"], "bits in"),
     (["progressive-quantization", "-m", "x.npz", "--msb", "30"], "percentile"),
     (["progressive-quantization", "-m", "x.npz", "--strategy", "magic"], "--strategy"),
+    (["progressive-quantization", "-m", "x.npz", "--msb", "0:4:4", "--recalibrate"], "--recalibrate"),
     (["train", "--seed", "-1"], "--seed"),
     (["train", "--model", "nosuchnet", "-d", "digits", "--limit", "10"], "unknown model"),
     (["train", "-c", "2"], "channels"),

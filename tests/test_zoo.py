@@ -245,6 +245,20 @@ def test_same_seed_same_weights_dag():
     assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
 
 
+def test_squeezenet_kernel_initializer():
+    glorot = M.squeezenet_v1_1((1, 32, 32), 10, seed=0)
+    he = M.squeezenet_v1_1((1, 32, 32), 10, seed=0, kernel_initializer="he_normal")
+    kernels = [(a, b) for a, b in zip(glorot.get_weights(), he.get_weights()) if a.ndim == 4]
+    assert len(kernels) == 26
+    for g, h in kernels:
+        fan_in, fan_out = np.prod(g.shape[1:]), g.shape[0] * np.prod(g.shape[2:])
+        if g.size >= 4096:  # enough values for the sample std to be within 10%
+            assert np.std(h) == pytest.approx(np.sqrt(2 / fan_in), rel=0.1)
+            assert np.abs(g).max() <= np.sqrt(6 / (fan_in + fan_out)) + 1e-7
+    with pytest.raises(ValueError, match="kernel_initializer"):
+        M.squeezenet_v1_1((1, 32, 32), 10, kernel_initializer="lecun")
+
+
 def test_googlenet_width_scales_channels():
     m = M.googlenet((3, 32, 32), 2, seed=0, width=0.25)
     first = m.get_weights()[0]

@@ -265,6 +265,7 @@ def cmd_progressive(a):
     ckpt = a.checkpoint or os.path.join(a.out, "checkpoints")
     h = lb.quantize.progressive(model, train, val, strategy=strategy, resolutions=bits, msb=msb,
                                 epochs_per_layer=a.phase, order=a.order, relax_epochs=a.relax, scheme=a.scheme,
+                                recalibrate=a.recalibrate, learning_rate="cosine" if a.cosine else None,
                                 batch_size=a.batch_size, calibration_samples=a.calibration_samples,
                                 checkpoint_dir=ckpt, seed=a.seed, verbose=1 if a.verbose else 0)
     print(h)
@@ -444,6 +445,9 @@ def parser():
                    help="quantize_while_train (qwt), quantize_and_lock (qal), gradual_resolution_loss (grl)")
     q.add_argument("--order", choices=["input_to_output", "output_to_input", "random"], default="input_to_output")
     q.add_argument("-r", "--relax", type=_count, default=0, help="epochs of training after the last phase")
+    q.add_argument("--recalibrate", action="store_true",
+                   help="re-choose the MSBs of the units quantized before at every phase (needs --msb auto or a %%)")
+    q.add_argument("--cosine", action="store_true", help="per-step cosine learning rate from --lr to 0 over the run")
     q.add_argument("--checkpoint", default=None, help="checkpoint folder (default: <out>/checkpoints); resumes")
     q.add_argument("--plot", action="store_true", help="write progressive.png (S4 Figures 22-25)")
     q.set_defaults(func=cmd_progressive)
@@ -500,6 +504,8 @@ def _validate(a):
         if a.strategy not in STRATEGIES:
             raise UsageError(f"--strategy: expected one of {', '.join(STRATEGIES)} or {', '.join(STRATEGY_ALIASES)}, "
                              f"got {a.strategy!r}")
+        if a.recalibrate and isinstance(_msb(a.msb), tuple):
+            raise UsageError(f"--recalibrate: chooses MSBs from data; expected --msb auto or a percentile, got {a.msb}")
     if getattr(a, "channels", None) not in (None, 1, 3):
         raise UsageError(f"-c/--channels: expected 1 or 3, got {a.channels}")
 

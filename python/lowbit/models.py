@@ -375,30 +375,38 @@ def googlenet(input_shape=(3, 224, 224), num_classes=2, seed=None, precision=Non
 
 
 # ----------------------------------------------------------------------- S4 (seed 004)
-def squeezenet_v1_1(input_shape=(3, 227, 227), num_classes=1000, seed=None, precision=None):
+def squeezenet_v1_1(input_shape=(3, 227, 227), num_classes=1000, seed=None, precision=None,
+                    kernel_initializer="glorot_uniform"):
     """S4 SqueezeNet v1.1 (seed 004 Code 4 and 5, after DeepScale's Caffe model): conv1 64
     3x3/2 relu, MaxPool 3/2, fire2 fire3 (squeeze 16, expand 64), MaxPool 3/2, fire4 fire5
     (32, 128), MaxPool 3/2, fire6 fire7 (48, 192), fire8 fire9 (64, 256), Dropout .5,
     conv10 1x1 num_classes relu, global average pooling, softmax. A fire module:
     squeeze 1x1 relu, then expand 1x1 relu || expand 3x3 same relu, concatenated.
-    Convs and pools 'valid' unless noted (227 -> 113 -> 56 -> 27 -> 13)."""
+    Convs and pools 'valid' unless noted (227 -> 113 -> 56 -> 27 -> 13).
+    ``kernel_initializer`` of every convolution: Keras' glorot_uniform as the seed, or
+    ``"he_normal"`` - without batch norm, 18 ReLU convolutions at Glorot's variance shrink
+    the signal layer by layer and training from scratch starts slowly (He et al. 2015)."""
     shape, k = _check("squeezenet_v1_1", input_shape, num_classes)
+    init = L._initializer(kernel_initializer, "kernel_initializer", "squeezenet_v1_1")
+
+    def conv(filters, size, name, **kw):
+        return L.Conv2D(filters, size, activation="relu", kernel_initializer=init, name=name, **kw)
 
     def fire(x, squeeze, expand, name):
-        s = L.Conv2D(squeeze, 1, activation="relu", name=f"{name}/squeeze1x1")(x)
-        e1 = L.Conv2D(expand, 1, activation="relu", name=f"{name}/expand1x1")(s)
-        e3 = L.Conv2D(expand, 3, padding="same", activation="relu", name=f"{name}/expand3x3")(s)
+        s = conv(squeeze, 1, f"{name}/squeeze1x1")(x)
+        e1 = conv(expand, 1, f"{name}/expand1x1")(s)
+        e3 = conv(expand, 3, f"{name}/expand3x3", padding="same")(s)
         return L.Concatenate(name=f"{name}/concat")([e1, e3])
 
     inp = Input(shape)
-    x = L.MaxPooling2D(3, strides=2, name="pool1")(L.Conv2D(64, 3, strides=2, activation="relu", name="conv1")(inp))
+    x = L.MaxPooling2D(3, strides=2, name="pool1")(conv(64, 3, "conv1", strides=2)(inp))
     x = fire(fire(x, 16, 64, "fire2"), 16, 64, "fire3")
     x = L.MaxPooling2D(3, strides=2, name="pool3")(x)
     x = fire(fire(x, 32, 128, "fire4"), 32, 128, "fire5")
     x = L.MaxPooling2D(3, strides=2, name="pool5")(x)
     x = fire(fire(x, 48, 192, "fire6"), 48, 192, "fire7")
     x = fire(fire(x, 64, 256, "fire8"), 64, 256, "fire9")
-    x = L.Conv2D(k, 1, activation="relu", name="conv10")(L.Dropout(0.5, name="drop9")(x))
+    x = conv(k, 1, "conv10")(L.Dropout(0.5, name="drop9")(x))
     out = L.Softmax(name="loss")(L.GlobalAveragePooling2D(name="globpool")(x))
     return Model(inp, out, name="squeezenet_v1_1", seed=seed, precision=precision)
 

@@ -11,7 +11,8 @@ are written w-i-o (kernel, input, output bits), e.g. 8-6-6.
     q = lb.quantize.quantize_weights(model, lb.formats.Fixed(8, msb=0, rounding="floor"))
     lb.quantize.quantize_layers(model, (8, 6, 6), msb=(0, 9, 9))  # on-model: Tables 6-9
     h = lb.quantize.progressive(model, (x, y), (xv, yv), strategy="quantize_while_train",
-                                resolutions=(8, 6, 6), msb=98, epochs_per_layer=10)
+                                resolutions=(8, 6, 6), msb=98, epochs_per_layer=10,
+                                recalibrate=True, learning_rate="cosine")
 
 Layers are grouped into *units* for progressive quantization: by default the part of a
 layer's name before the first "/" (SqueezeNet's fire2/squeeze1x1, fire2/expand1x1 and
@@ -30,6 +31,7 @@ import time
 import numpy as np
 
 from . import formats as F
+from . import optimizers as O
 from .experiments import Table
 
 __all__ = ["PERCENTILES", "STRATEGIES", "ORDERS", "SCHEMES", "Scheme", "Histogram", "Extraction", "Limits",
@@ -812,20 +814,20 @@ def _check_int(v, name, lo=0):
 
 
 def _run_schedule(learning_rate, model, total_epochs):
-    """The schedule of a progressive run (None: keep the compiled one)."""
-    from . import optimizers as O
+    """The schedule of a progressive run: None keeps the compiled one; "cosine_restarts"
+    gives the rate to restart from at every phase."""
     if learning_rate is None:
         return None
-    if model._compiled is None:
-        return None  # progressive reports the missing compile()
     if isinstance(learning_rate, O.Schedule):
         return learning_rate
     if learning_rate == "cosine":
         return O.CosineDecay(model._compiled[0].learning_rate, t_max=max(total_epochs, 1), per_step=True)
+    if learning_rate == "cosine_restarts":
+        return O.Schedule(model._compiled[0].learning_rate)
     if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool) and learning_rate > 0:
         return O.Schedule(float(learning_rate))
-    raise ValueError(f"progressive: expected learning_rate None, 'cosine', a rate > 0 or an lb.optimizers "
-                     f"Schedule, got {learning_rate!r}")
+    raise ValueError(f"progressive: expected learning_rate None, 'cosine', 'cosine_restarts', a rate > 0 or an "
+                     f"lb.optimizers Schedule, got {learning_rate!r}")
 
 
 def progressive(model, train, val, strategy="quantize_while_train", resolutions=(8, 6, 6), msb="auto",
@@ -850,7 +852,9 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
     ``learning_rate``: None trains with the compiled optimizer as it is (epochs counted over
     the model's life); a number or an ``lb.optimizers`` Schedule replaces its schedule for
     this run, epoch 0 being the run's first; ``"cosine"``: a per-step cosine from the
-    compiled rate to 0 over all the run's epochs. ``checkpoint_dir``: weights and
+    compiled rate to 0 over all the run's epochs; ``"cosine_restarts"``: the same within
+    every phase (warm restarts, Loshchilov & Hutter 2017), so the last units quantized get
+    as much training as the first. ``checkpoint_dir``: weights and
     progress after every phase; a later call with the same settings and starting model
     resumes after the last finished phase. Frozen flags are restored at the end (the model stays quantized).
     ``seed`` fixes the order, shuffling and dropout. Returns a ProgressiveHistory."""
@@ -893,14 +897,16 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
                 {k: list(v) for k, v in msb.items()}, "epochs_per_layer": epochs, "order": order,
                 "relax_epochs": relax, "scheme": sch.config(), "steps": list(steps), "grouping": grouping,
                 "batch_size": int(batch_size), "calibration_samples": int(calibration_samples), "seed": seed,
-                "recalibrate": bool(recalibrate), "learning_rate": schedule.config() if schedule else None,
+                "recalibrate": bool(recalibrate), "learning_rate": None if schedule is None else
+                dict(schedule.config(), initial_learning_rate=schedule.initial_learning_rate,
+                     restarts=learning_rate == "cosine_restarts"),
                 "units": [p[0] for p in phases], "train_samples": int(len(x)), "model": model.name,
                 "start_weights": _fingerprint(model)}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
     frozen_before = {k.name: k.trainable for k in kernel_layers(model)}
     if schedule is not None:
         opt, loss = model._compiled
-        opt = copy.deepcopy(opt)
+        opt = copy.deepcopy(opt)  # the caller's optimizer object keeps its schedule
         opt.schedule = schedule
         model._compiled = (opt, loss)
         model._apply_compile()
@@ -954,6 +960,11 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
             extra = f", val accuracy right after quantizing {info['val_accuracy_quantized']:.4f}" if todo else ""
             print(f"phase {i + 1}/{total}: {unit} at {_bits_str(b)}{extra}; {n_ep} epochs", flush=True)
         at = {} if schedule is None else {"initial_epoch": rows[-1]["epoch"]}  # the run's own epochs
+        if learning_rate == "cosine_restarts":  # epochs of the phase: 0 .. n_ep - 1
+            opt, loss = model._compiled
+            opt.schedule = O.CosineDecay(schedule.initial_learning_rate, t_max=max(n_ep, 1), per_step=True)
+            model._apply_compile()
+            at = {"initial_epoch": 0}
         h = model.fit(x, y, batch_size=batch_size, epochs=n_ep + at.get("initial_epoch", 0),
                       validation_data=(xv, yv), seed=seed + 1000 * (i + 1), verbose=verbose, callbacks=callbacks,
                       **at)
