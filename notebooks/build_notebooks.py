@@ -408,16 +408,26 @@ import lowbit as lb
 N_TRAIN = 64 if QUICK else 10_000      # first N Fashion-MNIST training images
 N_TEST = 32 if QUICK else 2_000        # first N test images: the validation set of every table
 SIZE = 32                              # 28x28 zero-padded: SqueezeNet's three 3/2 pools need >= 32
-EPOCHS_FP32 = 1 if QUICK else 12
-LR_FP32, LR_FINE = 1e-3, 2e-4          # Adam; fine-tuning at a low rate, as the seed's 4e-4
+INIT = "he_normal"                     # the seed's Keras default glorot_uniform starts far slower (no batch norm)
+EPOCHS_FP32 = 1 if QUICK else 10
+LR_FP32, LR_FINE = 5e-4, 2e-4          # Adam, each run with a per-step cosine to 0 (fine-tuning low, as the seed's 4e-4)
 BATCH = 64
-EPOCHS_PER_UNIT = 1 if QUICK else 2    # the seed's --phase: epochs after each unit is quantized
+EPOCHS_PER_UNIT = 1                    # the seed's --phase: epochs after each unit is quantized
 MSB = 98                               # per-layer MSBs from the 98th percentiles (the seed's best)
+RECALIBRATE = True                     # QwT/GRL: re-choose earlier units' MSBs at every phase (their weights move)
 STATIC = [(8, 6, 6)] if QUICK else [(8, 6, 6), (8, 8, 8), (16, 8, 8), (16, 16, 16), (6, 6, 6), (4, 4, 4)]
 RESOLUTIONS = [(8, 6, 6)] if QUICK else [(8, 8, 8), (8, 6, 6), (6, 6, 6), (4, 4, 4)]
 STRATEGIES = (["quantize_while_train"] if QUICK else
               ["quantize_and_lock", "quantize_while_train", "gradual_resolution_loss"])
-SCHEMES_444 = ["per_channel"] if QUICK else ["s4", "nearest", "per_channel", "per_channel_int"]
+SETTINGS_444 = {{                       # 4-4-4 settings compared in section 6 (arguments of Q.progressive)
+    "seed's quantizer (s4, 98%)": dict(scheme="s4", msb=MSB, recalibrate=False),
+    "nearest, auto MSB": dict(scheme="nearest", msb="auto", recalibrate=False),
+    "per-channel kernels, auto MSB": dict(scheme="per_channel", msb="auto", recalibrate=False),
+    "per-channel + recalibrate": dict(scheme="per_channel", msb="auto", recalibrate=True),
+    "per-channel, integer activations": dict(scheme="per_channel_int", msb="auto", recalibrate=False),
+}}
+if QUICK:
+    SETTINGS_444 = {{k: v for k, v in SETTINGS_444.items() if k == "per-channel + recalibrate"}}
 CALIBRATION = 32 if QUICK else 256     # training images that choose the MSBs
 SEED = 0
 RESULTS = os.path.join("results", "s4_quantize_while_train" + ("_quick" if QUICK else ""))
@@ -446,8 +456,9 @@ def wio(bits):
     md("## 1. The float model"),
     code("""
 t0 = time.perf_counter()
-model = lb.models.squeezenet_v1_1(input_shape=(1, SIZE, SIZE), num_classes=10, seed=SEED)
-model.compile(lb.optimizers.Adam(LR_FP32), "categorical_crossentropy", metrics=["accuracy"])
+model = lb.models.squeezenet_v1_1(input_shape=(1, SIZE, SIZE), num_classes=10, seed=SEED, kernel_initializer=INIT)
+model.compile(lb.optimizers.Adam(lb.optimizers.CosineDecay(LR_FP32, t_max=EPOCHS_FP32, per_step=True)),
+              "categorical_crossentropy", metrics=["accuracy"])
 model.fit(x, y, batch_size=BATCH, epochs=EPOCHS_FP32, validation_data=(xt, yt), seed=SEED, verbose=0)
 base = accuracy(model)
 print(f"SqueezeNet v1.1 fp32: {base:.2f}% after {EPOCHS_FP32} epochs of {N_TRAIN:,} images "
@@ -524,6 +535,10 @@ Unit by unit from input to output, each unit quantized with its own 98% MSBs, th
 `EPOCHS_PER_UNIT` epochs of fine-tuning: QaL freezes every quantized unit, QwT keeps
 training all of them. GRL quantizes everything at once and lowers the bits
 16 -> 12 -> 8 -> 6 -> 4 down to the target, with as many epochs in total as the others.
+Beyond the seed: the learning rate of each run falls from `LR_FINE` to 0 by a per-step
+cosine (`learning_rate="cosine"`), and with `RECALIBRATE` the MSBs of the units quantized
+before are chosen again at every phase, from the float values of their current weights
+(QwT keeps moving them; QaL's locked units keep theirs).
 """),
     code("""
 def fine_tune_copy():
@@ -539,8 +554,8 @@ for bits in RESOLUTIONS:
         phases = len(Q.grl_schedule(bits)) if strategy == "gradual_resolution_loss" else n_units
         t0 = time.perf_counter()
         h = Q.progressive(fine_tune_copy(), (x, y), (xt, yt), strategy=strategy, resolutions=bits, msb=MSB,
-                          epochs_per_layer=-(-n_units * EPOCHS_PER_UNIT // phases), batch_size=BATCH, seed=SEED,
-                          verbose=0)
+                          epochs_per_layer=-(-n_units * EPOCHS_PER_UNIT // phases), recalibrate=RECALIBRATE,
+                          learning_rate="cosine", batch_size=BATCH, seed=SEED, verbose=0)
         runs[bits, strategy] = h
         rows.append({"w-i-o": wio(bits), "strategy": strategy, "epochs": len(h) - 1,
                      "accuracy": 100 * h.final_accuracy, "of fp32 %": 10_000 * h.final_accuracy / base,
@@ -568,11 +583,11 @@ preceding convolution first.
 """),
     code("""
 best = {}
-for scheme in SCHEMES_444:
-    best[scheme] = Q.progressive(fine_tune_copy(), (x, y), (xt, yt), strategy="quantize_while_train",
-                                 resolutions=(4, 4, 4), msb=MSB if scheme == "s4" else "auto", scheme=scheme,
-                                 epochs_per_layer=EPOCHS_PER_UNIT, batch_size=BATCH, seed=SEED, verbose=0)
-display(Table([{"scheme": k, "accuracy": 100 * h.final_accuracy, "of fp32 %": 10_000 * h.final_accuracy / base}
+for name, kw in SETTINGS_444.items():
+    best[name] = Q.progressive(fine_tune_copy(), (x, y), (xt, yt), **{"strategy": "quantize_while_train", **kw},
+                               resolutions=(4, 4, 4), epochs_per_layer=EPOCHS_PER_UNIT, learning_rate="cosine",
+                               batch_size=BATCH, seed=SEED, verbose=0)
+display(Table([{"setting": k, "accuracy": 100 * h.final_accuracy, "of fp32 %": 10_000 * h.final_accuracy / base}
                for k, h in best.items()], title="4-4-4, Quantize-while-Train (the seed: 0.14% and 0.19% of 51%)"))
 lb.plots.plot_progressive(best, path=os.path.join(RESULTS, "progressive_4-4-4_schemes.png"),
                           title="4-4-4 Quantize-while-Train by quantization scheme")
