@@ -180,21 +180,17 @@ def torch_twin(model):
             super().__init__()
             self.mods = nn.ModuleList()
             self.steps = []  # (module index, 'add' or 'flatten', input positions) per layer
-            order = model._order  # topological order of the model's tensors (input first)
-            pos = {id(order[0]): 0}
+            nodes, self.out = model.topology()  # every layer after its inputs, the input first
             dummy = [torch.zeros(1, *model.input_shape)]
             with torch.no_grad():
-                for t in order[1:]:
-                    ins = [pos[id(u)] for u in t.inputs]
-                    m = module(t.layer, dummy[ins[0]])
+                for layer, ins in nodes[1:]:
+                    m = module(layer, dummy[ins[0]])
                     if isinstance(m, str):
                         self.steps.append((-1, m, ins))
                     else:
                         self.steps.append((len(self.mods), "", ins))
                         self.mods.append(m.eval())  # the dummy pass must not move BN statistics
                     dummy.append(self._step(self.steps[-1], [dummy[i] for i in ins]))
-                    pos[id(t)] = len(dummy) - 1
-            self.out = pos[id(model._io[1])]
 
         def _step(self, step, args):
             index, inline, _ = step

@@ -260,3 +260,18 @@ def test_factored_binary_scale_is_the_scaled_product(rng):
     ref = dot.astype(np.float32) * np.float32(np.abs(w).mean())
     np.testing.assert_allclose(z, ref, rtol=2 ** -23, atol=0)
     assert np.all(z[dot == 0] == 0)
+    # the signs are cached per quantization of the weights: new weights, new signs, on
+    # the kernel and on the simulated path alike
+    w2 = -rng.normal(size=w.shape).astype(np.float32) * 3
+    dot2 = np.where(x < 0, -1.0, 1.0) @ np.where(w2 < 0, -1.0, 1.0)
+    ref2 = dot2.astype(np.float32) * np.float32(np.abs(w2.astype(np.float64)).mean())
+    before = lb.kernels.use_in_engine()
+    try:
+        for on in (False, True, False):
+            lb.kernels.use_in_engine(on)
+            layer.set_weights([w.astype(np.float32)])
+            np.testing.assert_allclose(layer(x), ref, rtol=2 ** -23, atol=0)
+            layer.set_weights([w2])
+            np.testing.assert_allclose(layer(x), ref2, rtol=2 ** -23, atol=0)
+    finally:
+        lb.kernels.use_in_engine(before)

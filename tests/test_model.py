@@ -304,3 +304,23 @@ def test_dtype_conversion_rule(rng):
     assert np.isfinite(m.evaluate(x64, y)["loss"])
     with pytest.raises(ValueError, match="whole class numbers"):
         lb.model.as_target(np.array([0.5, 1.0]))
+
+
+def test_topology_lists_every_layer_after_its_inputs():
+    L = lb.layers
+    x = lb.Input((3, 8, 8))
+    h = L.Conv2D(4, 3, padding="same", name="c1")(x)
+    a = L.Conv2D(4, 3, padding="same", name="c2")(h)
+    b = L.Conv2D(4, 1, name="short")(h)
+    y = L.Dense(2, name="out")(L.Flatten()(L.Add(name="sum")([a, b])))
+    model = lb.Model(x, y)
+    nodes, output = model.topology()
+    names = [layer.name for layer, _ in nodes]
+    assert nodes[0][1] == [] and output == len(nodes) - 1 and names[output] == "out"
+    for i, (_, inputs) in enumerate(nodes):
+        assert all(j < i for j in inputs)
+    add = names.index("sum")
+    assert sorted(names[j] for j in nodes[add][1]) == ["c2", "short"]
+    assert {n for n in names[1:]} == {layer.name for layer in model.layers}
+    with pytest.raises(ValueError, match="not built"):
+        lb.Sequential([L.Dense(2)]).topology()

@@ -205,6 +205,15 @@ class Model:
     def layers(self):
         return [layer for layer, _ in self._layers] if self._graph else []
 
+    def topology(self):
+        """The model's graph with every layer after its inputs, the input first:
+        ``(nodes, output)``, ``nodes[i] = (layer, [positions of its inputs])`` (the input
+        layer has none), ``output`` the position of the model's output. Enough to rebuild
+        the model in another framework (``benchmarks/bench_models.py`` does, in torch)."""
+        self._require_built()
+        index = {id(t): i for i, t in enumerate(self._order)}
+        return [(t.layer, [index[id(u)] for u in t.inputs]) for t in self._order], index[id(self._io[1])]
+
     def _not_during_fit(self, what):
         t = self._fit_thread
         if t is not None and t != threading.get_ident():
@@ -443,11 +452,10 @@ class Model:
         if isinstance(self, Sequential):
             arch["sequential"] = [layer_config(layer) for layer in self._stack]
             return arch
-        index = {id(t): i for i, t in enumerate(self._order)}
-        arch["nodes"] = [{"input": list(t.layer.input_shape), "name": t.layer.name} if isinstance(t.layer, _InputLayer)
-                         else {"layer": layer_config(t.layer), "inputs": [index[id(u)] for u in t.inputs]}
-                         for t in self._order]
-        arch["input"], arch["output"] = index[id(self._io[0])], index[id(self._io[1])]
+        nodes, arch["output"] = self.topology()
+        arch["nodes"] = [{"input": list(layer.input_shape), "name": layer.name} if isinstance(layer, _InputLayer)
+                         else {"layer": layer_config(layer), "inputs": inputs} for layer, inputs in nodes]
+        arch["input"] = 0
         return arch
 
     # ----- training -----------------------------------------------------------------

@@ -34,17 +34,7 @@ void channel_sums_blocked(const float* dy, int64_t N, int64_t C, int64_t S, floa
 }
 
 void add_channel_bias(float* y, const float* b, int64_t N, int64_t C, int64_t S, bool blocked) {
-  if (blocked) {  // nChw16c: element (n, cb, s, c16)
-    const int64_t CB = C / 16;
-#pragma omp parallel for schedule(static) if (N * C * S > 65536)
-    for (int64_t nb = 0; nb < N * CB; ++nb)
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t c = 0; c < 16; ++c) y[(nb * S + s) * 16 + c] += b[(nb % CB) * 16 + c];
-    return;
-  }
-#pragma omp parallel for schedule(static) if (N * C * S > 65536)
-  for (int64_t nc = 0; nc < N * C; ++nc)
-    for (int64_t s = 0; s < S; ++s) y[nc * S + s] += b[nc % C];
+  for_each_channel_element(y, N, C, S, blocked, [b](float& v, int64_t c) { v += b[c]; });
 }
 
 std::string shape_str(const Shape& s) {

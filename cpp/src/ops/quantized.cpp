@@ -49,6 +49,7 @@ struct Quantized : Op {
   // evaluate/predict on a low-precision kernel (binary, int8, bf16, fp16), when one exists
   std::unique_ptr<kernels::LayerKernel> kernel_;
   uint64_t wq_version_ = ~uint64_t(0);  // the weight version wq_ was quantized from (inference)
+  uint64_t wq_gen_ = 0, wsign_gen_ = ~uint64_t(0);  // wq_'s quantizations, and the one wsign_ holds
   QuantState::Axis w_axis_, in_axis_;
   bool ran_forward_ = false, ran_kernel_ = false, bias_in_kernel_ = false;
 
@@ -142,15 +143,11 @@ struct Quantized : Op {
 
   // z (N, channels, ...) plain, times alpha per output channel (one alpha: per tensor)
   void scale_channels(Tensor& z, const std::vector<float>& alpha) const {
-    const int64_t N = z.dim(0), S = numel(out_shape) / channels;
     const bool per_channel = int64_t(alpha.size()) == channels;
     LB_CHECK(per_channel || alpha.size() == 1, "binary weight scales: ", alpha.size(), " for ", channels, " channels");
-    float* d = z.data();
-#pragma omp parallel for schedule(static) if (N * channels * S > 65536)
-    for (int64_t nc = 0; nc < N * channels; ++nc) {
-      const float a = alpha[per_channel ? size_t(nc % channels) : 0];
-      for (int64_t i = 0; i < S; ++i) d[nc * S + i] *= a;
-    }
+    const float* a = alpha.data();
+    for_each_channel_element(z.data(), z.dim(0), channels, numel(out_shape) / channels, z.blocked,
+                             [a, per_channel](float& v, int64_t c) { v *= a[per_channel ? c : 0]; });
   }
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
@@ -181,6 +178,7 @@ struct Quantized : Op {
     if (w_ && (wq_version_ != version || w_.f->rounding == Rounding::stochastic)) {
       wq_.resize(latent.shape);
       quantize(*w_.f, latent.data(), wq_.data(), latent.size(), w_rows, &w_.st);
+      ++wq_gen_;
       if (!ctx.training) wq_version_ = version;
     }
     // Scaled binary weights (XNOR-Net alpha * sign(w)): the product is computed as
@@ -188,7 +186,8 @@ struct Quantized : Op {
     // fixed-point inputs (integers on one grid, below 2^24), so the simulated layer rounds
     // once, at the scale, exactly as the xnor-popcount kernel's epilogue float(d) * alpha.
     const bool factor = w_ && !accum_ && !kernel && w_.f->kind == FormatKind::binary && w_.f->scale != ScaleMode::none;
-    if (factor) {
+    if (factor && wsign_gen_ != wq_gen_) {  // sign(wq): once per quantization of the weights
+      wsign_gen_ = wq_gen_;
       wsign_.resize(wq_.shape);
       const float* q = wq_.data();
       float* sg = wsign_.data();
