@@ -324,3 +324,28 @@ def test_topology_lists_every_layer_after_its_inputs():
     assert {n for n in names[1:]} == {layer.name for layer in model.layers}
     with pytest.raises(ValueError, match="not built"):
         lb.Sequential([L.Dense(2)]).topology()
+
+
+def test_rebuild_keeps_quantizer_states_of_unchanged_layers():
+    """An Int activation's running range (tracked in training, used by predict) survives
+    a graph rebuild (progressive quantization rebuilds after freezing or re-formatting a
+    layer); a layer whose formats change starts afresh."""
+    L = lb.layers
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 256)
+    m = lb.Sequential([L.Conv2D(4, 3, activation="relu", input_shape=(1, 8, 8), name="c",
+                                input_format=lb.formats.Int(6)), L.Flatten(),
+                       L.Dense(3, input_format=lb.formats.Int(4), weight_format=lb.formats.Int(4), name="d")])
+    m.compile("adam")
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    before = m.predict(x[:7])  # 7 samples: their own max |x| would give another grid
+    m.layers[0].trainable = False
+    m._rebuild()
+    np.testing.assert_array_equal(m.predict(x[:7]), before)
+    m.layers[0].input_format = lb.formats.Int(5)  # new format: its range is tracked anew
+    m._rebuild()
+    ranges = [st[3] for layer, nodes in m._layers for n in nodes for st in m._graph.get_quant_state(n)
+              if layer.name == "c" and st[3] >= 0]
+    assert ranges == []
+    assert not np.array_equal(m.predict(x[:7]), before)

@@ -162,7 +162,7 @@ class Model:
         if inputs not in order:
             raise ValueError(f"{self.name}: the output does not depend on the given input")
         g = _core.Graph()
-        node_of, layers, used = {}, [], set()
+        node_of, layers, used, built_ops = {}, [], set(), {}
         for t in order:
             layer = t.layer
             if isinstance(layer, _InputLayer):
@@ -174,8 +174,9 @@ class Model:
                 raise ValueError(f"{self.name}: layer {layer.name} is called twice (weight sharing is not supported)")
             used.add(id(layer))
             ins = [node_of[id(u)] for u in t.inputs]
-            nodes = []
-            for kind, cfg in layer.ops():
+            nodes, ops = [], layer.ops()
+            built_ops[id(layer)] = repr(ops)
+            for kind, cfg in ops:
                 _check_sizes(layer, cfg, [g.node_shape(i) for i in ins])
                 try:
                     nid = g.add(kind, ins, cfg)
@@ -196,6 +197,7 @@ class Model:
                         if trainable:
                             g.set_trainable(n, k, False)
         self._graph, self._layers, self._io, self._order = g, layers, (inputs, outputs), order
+        self._built_ops = built_ops  # each layer's ops as the graph has them (what _rebuild compares)
         self._layer_inputs = {id(t.layer): [node_of[id(u)] for u in t.inputs] for t in order if t.inputs}
         self.input_shape = tuple(inputs.layer.input_shape)
         self.output_shape = tuple(g.node_shape(g.output))
@@ -507,11 +509,22 @@ class Model:
             layer._precision_activation = self._precision.activation if quantized else None
 
     def _rebuild(self):
-        """Rebuild the engine graph from the layers (after a format change), keeping weights."""
+        """Rebuild the engine graph from the layers (after a format change), keeping the
+        weights, and the quantizer states (tracked MSBs and ranges, hysteresis signs) of
+        every layer whose ops are unchanged: an Int activation's running range is what
+        evaluate quantizes with, and a new graph starts without it."""
         weights, step = self.get_weights(), self._graph.step
+        states = {id(layer): (self._built_ops[id(layer)], [self._graph.get_quant_state(n) for n in nodes])
+                  for layer, nodes in self._layers}
         self._build_from(*self._io)
         self.set_weights(weights)
         self._graph.step = step
+        for layer, nodes in self._layers:
+            ops, saved = states.get(id(layer), (None, ()))
+            if ops == self._built_ops[id(layer)] and len(saved) == len(nodes):
+                for n, st in zip(nodes, saved):
+                    if st:
+                        self._graph.set_quant_state(n, st)
         if self._compiled is not None:
             self._apply_compile()
 
