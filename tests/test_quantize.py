@@ -206,6 +206,27 @@ def test_quantize_layers_msb_choices(trained, digits):
         Q.quantize_layers(m, (8, 6, 6), msb=(0, 0, 0), scheme="magic")
 
 
+def test_unsigned_input_scheme(trained, digits):
+    (x, _), (xt, _) = digits
+    assert x.min() >= 0  # the image, then ReLU outputs: every layer's input is >= 0
+    m = Q.copy_model(trained)
+    got = Q.quantize_layers(m, (4, 4, 4), msb="auto", x=x[:128], scheme="unsigned_input")
+    for k in (m.layers[0], m.layers[2], m.layers[4]):
+        mw, mi, mo = got[k.name]["msb"]
+        assert k.input_format == lb.formats.Fixed(4, msb=mi, signed=False)
+        assert k.weight_format == lb.formats.Fixed(4, msb=mw) and k.output_format == lb.formats.Fixed(4, msb=mo)
+    # on inputs >= 0 it is the signed grid with one more bit at the same MSB
+    ref = Q.copy_model(trained)
+    Q.quantize_layers(ref, (4, 5, 4), msb={n: tuple(v["msb"]) for n, v in got.items()}, scheme="nearest")
+    np.testing.assert_array_equal(m.predict(xt), ref.predict(xt))
+    m2 = small_cnn(seed=5)
+    m2.build()
+    Q.apply_layer_formats(m2, Q.layer_formats(m))
+    assert m2.layers[2].input_format == m.layers[2].input_format
+    with pytest.raises(ValueError, match="needs activation='fixed'"):
+        Q.Scheme(activation="int", unsigned_input=True)
+
+
 def test_fold_batch_norm_keeps_predictions(rng):
     inp = lb.Input((2, 8, 8))
     a = L.BatchNormalization(name="bn1")(L.Conv2D(4, 3, padding="same", use_bias=False, name="c1")(inp))

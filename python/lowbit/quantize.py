@@ -369,7 +369,7 @@ def msb_table(stats, percentiles=PERCENTILES, roles=("kernel", "output"), by="un
     return Table(list(rows.values()), cols, title="MSB per layer and percentile (S4 Table 11)")
 
 
-def _best_msb(values, bits, rounding, around):
+def _best_msb(values, bits, rounding, around, signed=True):
     """The MSB (of a few around ``around``) whose Fixed grid has the least squared error on
     ``values`` - the trade-off of S4 Table 7 between clipping and resolution."""
     v = np.ascontiguousarray(values, np.float32).reshape(-1)
@@ -377,7 +377,7 @@ def _best_msb(values, bits, rounding, around):
         v = np.ascontiguousarray(v[:: v.size // (1 << 20) + 1])
     best, best_err = around, math.inf
     for m in range(around - 4, around + 1):
-        q = F.Fixed(bits, msb=max(min(m, 127), -126), rounding=rounding).quantize(v)
+        q = F.Fixed(bits, msb=max(min(m, 127), -126), rounding=rounding, signed=signed).quantize(v)
         err = float(np.mean((q.astype(np.float64) - v) ** 2))
         if err < best_err:
             best, best_err = m, err
@@ -394,9 +394,13 @@ class Scheme:
     output; ``"int"`` - Int(bits) scaled by a running 99.99th percentile of |x|.
     ``rounding``: ``"floor"`` (the seed's quantclip, biased by -q/2) or ``"nearest"`` for
     the Fixed roles; ``ste``: their gradient rule ("identity" as the seed, or "clipped":
-    zero outside the range)."""
+    zero outside the range). ``unsigned_input=True``: the input is an unsigned
+    Fixed(bits, msb, signed=False) - every layer's input is a ReLU output (or the image),
+    the signed grid leaves half its codes unused on it (beyond the seed; the output stays
+    signed: it is taken before the bias and the ReLU)."""
 
-    def __init__(self, weight="fixed", activation="fixed", rounding="floor", ste="identity", name="custom"):
+    def __init__(self, weight="fixed", activation="fixed", rounding="floor", ste="identity", name="custom",
+                 unsigned_input=False):
         if weight not in ("fixed", "per_channel"):
             raise ValueError(f"Scheme: unknown weight {weight!r} (expected 'fixed' or 'per_channel')")
         if activation not in ("fixed", "int"):
@@ -405,7 +409,15 @@ class Scheme:
             raise ValueError(f"Scheme: unknown rounding {rounding!r} (expected 'floor' or 'nearest')")
         if ste not in ("identity", "clipped"):
             raise ValueError(f"Scheme: unknown ste {ste!r} (expected 'identity' or 'clipped')")
+        if not isinstance(unsigned_input, (bool, np.bool_)):
+            raise ValueError(f"Scheme: expected unsigned_input True or False, got {unsigned_input!r}")
+        if unsigned_input and activation != "fixed":
+            raise ValueError("Scheme: unsigned_input=True needs activation='fixed'")
         self.weight, self.activation, self.rounding, self.ste, self.name = weight, activation, rounding, ste, name
+        self.unsigned_input = bool(unsigned_input)
+
+    def signed(self, role):
+        return not (role == "input" and self.unsigned_input)
 
     def uses_msb(self, role):
         return (self.weight if role == "kernel" else self.activation) == "fixed"
@@ -417,15 +429,15 @@ class Scheme:
             if role == "kernel":
                 return F.Int(bits, per_channel=True, calibration="mse")
             return F.Int(bits, calibration="percentile")
-        return F.Fixed(bits, msb=int(msb), rounding=self.rounding, ste=self.ste)
+        return F.Fixed(bits, msb=int(msb), rounding=self.rounding, ste=self.ste, signed=self.signed(role))
 
     def config(self):
         return {"name": self.name, "weight": self.weight, "activation": self.activation, "rounding": self.rounding,
-                "ste": self.ste}
+                "ste": self.ste, "unsigned_input": self.unsigned_input}
 
     def __repr__(self):
         return (f"Scheme({self.name!r}, weight={self.weight!r}, activation={self.activation!r}, "
-                f"rounding={self.rounding!r}, ste={self.ste!r})")
+                f"rounding={self.rounding!r}, ste={self.ste!r}, unsigned_input={self.unsigned_input})")
 
 
 SCHEMES = {
@@ -433,6 +445,9 @@ SCHEMES = {
     "nearest": lambda: Scheme("fixed", "fixed", "nearest", name="nearest"),
     "per_channel": lambda: Scheme("per_channel", "fixed", "nearest", name="per_channel"),
     "per_channel_int": lambda: Scheme("per_channel", "int", "nearest", name="per_channel_int"),
+    "unsigned_input": lambda: Scheme("fixed", "fixed", "nearest", name="unsigned_input", unsigned_input=True),
+    "per_channel_unsigned_input": lambda: Scheme("per_channel", "fixed", "nearest", name="per_channel_unsigned_input",
+                                                 unsigned_input=True),
 }
 
 
@@ -531,7 +546,7 @@ def choose_msbs(model, layers, bits, msb, scheme, x=None, unit_index=None):
                 continue
             v = stats.get(k.name, role)
             if msb == "auto":
-                m.append(_best_msb(v, b, scheme.rounding, msb_from_limits(_limits(v, 100.0))))
+                m.append(_best_msb(v, b, scheme.rounding, msb_from_limits(_limits(v, 100.0)), scheme.signed(role)))
             else:
                 m.append(msb_from_limits(_limits(v, msb)))
         out[k.name] = tuple(m)
