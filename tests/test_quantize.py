@@ -318,6 +318,9 @@ def test_quantize_while_train_trains_all_layers(trained, digits):
     out = Q.progressive(fresh_copy(trained), train, val, strategy="quantize_while_train", epochs_per_layer=1,
                         order="output_to_input", relax_epochs=1, batch_size=64, verbose=0, calibration_samples=64)
     assert [p["unit"] for p in out.phases] == ["fc", "conv2", "conv1", "relax"] and len(out) == 5
+    given = Q.progressive(fresh_copy(trained), train, val, strategy="quantize_while_train", epochs_per_layer=0,
+                          order=["fc", "conv1", "conv2"], msb="auto", batch_size=64, verbose=0, calibration_samples=64)
+    assert [p["unit"] for p in given.phases] == ["fc", "conv1", "conv2"]
 
 
 def test_gradual_resolution_loss_schedule(trained, digits):
@@ -462,6 +465,11 @@ def test_progressive_validates(trained, digits):
         Q.progressive(m, train, val, strategy="lock_and_pray")
     with pytest.raises(ValueError, match="unknown order"):
         Q.progressive(m, train, val, order="sideways")
+    for bad in (["conv1", "conv2"], ["conv1", "conv2", "fc", "fc"], ["conv1", "conv2", "dense"]):
+        with pytest.raises(ValueError, match="every unit once"):
+            Q.progressive(m, train, val, order=bad)
+    with pytest.raises(ValueError, match="unknown order"):
+        Q.progressive(m, train, val, order=3)
     with pytest.raises(ValueError, match="epochs_per_layer"):
         Q.progressive(m, train, val, epochs_per_layer=-1)
     with pytest.raises(ValueError, match="percentile"):

@@ -851,8 +851,9 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
                 recalibrate=False, learning_rate=None, checkpoint_dir=None, seed=0, verbose=1, callbacks=None):
     """Progressive quantization (S4 section 5.5), in place on a compiled model.
 
-    - ``"quantize_and_lock"``: unit by unit (``order``), quantize it, freeze it, train the
-      rest ``epochs_per_layer`` epochs.
+    - ``"quantize_and_lock"``: unit by unit (``order``: ``"input_to_output"``,
+      ``"output_to_input"``, ``"random"`` or a list of all unit names), quantize it,
+      freeze it, train the rest ``epochs_per_layer`` epochs.
     - ``"quantize_while_train"``: the same, but every layer keeps training.
     - ``"gradual_resolution_loss"``: all layers quantized at once, their bits lowered step
       by step (``grl_schedule(resolutions, steps)``), ``epochs_per_layer`` epochs each.
@@ -875,8 +876,9 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
     ``seed`` fixes the order, shuffling and dropout. Returns a ProgressiveHistory."""
     if strategy not in STRATEGIES:
         raise ValueError(f"progressive: unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
-    if order not in ORDERS:
-        raise ValueError(f"progressive: unknown order {order!r} (expected one of {', '.join(ORDERS)})")
+    if isinstance(order, str) and order not in ORDERS or not isinstance(order, (str, list, tuple)):
+        raise ValueError(f"progressive: unknown order {order!r} (expected one of {', '.join(ORDERS)} or a list of "
+                         f"unit names)")
     if model._compiled is None:
         raise ValueError("progressive: call compile() first (its optimizer fine-tunes the model)")
     bits = _resolutions(resolutions)
@@ -901,7 +903,12 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
         phases = [(_bits_str(b), everything, b) for b in grl_schedule(bits, steps)]
     else:
         seq = list(groups)
-        if order == "output_to_input":
+        if isinstance(order, (list, tuple)):  # an explicit order: every unit once
+            names = [u for u, _ in seq]
+            if sorted(map(str, order)) != sorted(names):
+                raise ValueError(f"progressive: order must name every unit once ({', '.join(names)}), got {order!r}")
+            seq = [seq[names.index(u)] for u in order]
+        elif order == "output_to_input":
             seq = seq[::-1]
         elif order == "random":
             seq = [seq[i] for i in np.random.default_rng(seed).permutation(len(seq))]
