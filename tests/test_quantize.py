@@ -223,8 +223,17 @@ def test_unsigned_input_scheme(trained, digits):
     m2.build()
     Q.apply_layer_formats(m2, Q.layer_formats(m))
     assert m2.layers[2].input_format == m.layers[2].input_format
-    with pytest.raises(ValueError, match="needs activation='fixed'"):
-        Q.Scheme(activation="int", unsigned_input=True)
+    both = Q.copy_model(trained)
+    got = Q.quantize_layers(both, (4, 4, 4), msb=98, x=x[:128], scheme="unsigned")
+    for k in Q.kernel_layers(both):
+        mw, mi, mo = got[k.name]["msb"]
+        assert k.input_format == lb.formats.Fixed(4, msb=mi, signed=False)
+        assert k.output_format == lb.formats.Fixed(4, msb=mo, signed=False) and k.weight_format.signed
+    for what in ("unsigned_input", "unsigned_output"):
+        with pytest.raises(ValueError, match="needs activation='fixed'"):
+            Q.Scheme(activation="int", **{what: True})
+        with pytest.raises(ValueError, match=f"{what} True or False"):
+            Q.Scheme(**{what: 1})
 
 
 def test_fold_batch_norm_keeps_predictions(rng):

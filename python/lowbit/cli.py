@@ -413,7 +413,7 @@ def _common():
     p.add_argument("-q", default=None, metavar="W:I:O", help="quantization resolutions: kernel:input:output bits")
     p.add_argument("--msb", default="auto", help="MSB: auto, a percentile (95, 98, 99.9, 99.99) or w:i:o exponents")
     p.add_argument("--scheme", choices=["s4", "nearest", "per_channel", "per_channel_int", "unsigned_input",
-                                        "per_channel_unsigned_input"], default="s4",
+                                        "per_channel_unsigned_input", "unsigned"], default="s4",
                    help="how bits and MSBs become formats (see lowbit.quantize.SCHEMES)")
     p.add_argument("--calibration-samples", type=_positive, default=256)
     p.add_argument("--batch-size", type=_positive, default=128)

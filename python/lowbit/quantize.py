@@ -396,11 +396,13 @@ class Scheme:
     the Fixed roles; ``ste``: their gradient rule ("identity" as the seed, or "clipped":
     zero outside the range). ``unsigned_input=True``: the input is an unsigned
     Fixed(bits, msb, signed=False) - every layer's input is a ReLU output (or the image),
-    the signed grid leaves half its codes unused on it (beyond the seed; the output stays
-    signed: it is taken before the bias and the ReLU)."""
+    the signed grid leaves half its codes unused on it (beyond the seed).
+    ``unsigned_output=True``: the output too. It is taken before the bias and the ReLU, so
+    this is exact only where the bias is <= 0; where b > 0 a z in (-b, 0) gives relu(b)
+    for relu(z + b) (an error below b), for twice the resolution of z >= 0."""
 
     def __init__(self, weight="fixed", activation="fixed", rounding="floor", ste="identity", name="custom",
-                 unsigned_input=False):
+                 unsigned_input=False, unsigned_output=False):
         if weight not in ("fixed", "per_channel"):
             raise ValueError(f"Scheme: unknown weight {weight!r} (expected 'fixed' or 'per_channel')")
         if activation not in ("fixed", "int"):
@@ -409,15 +411,16 @@ class Scheme:
             raise ValueError(f"Scheme: unknown rounding {rounding!r} (expected 'floor' or 'nearest')")
         if ste not in ("identity", "clipped"):
             raise ValueError(f"Scheme: unknown ste {ste!r} (expected 'identity' or 'clipped')")
-        if not isinstance(unsigned_input, (bool, np.bool_)):
-            raise ValueError(f"Scheme: expected unsigned_input True or False, got {unsigned_input!r}")
-        if unsigned_input and activation != "fixed":
-            raise ValueError("Scheme: unsigned_input=True needs activation='fixed'")
+        for what, v in (("unsigned_input", unsigned_input), ("unsigned_output", unsigned_output)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"Scheme: expected {what} True or False, got {v!r}")
+            if v and activation != "fixed":
+                raise ValueError(f"Scheme: {what}=True needs activation='fixed'")
         self.weight, self.activation, self.rounding, self.ste, self.name = weight, activation, rounding, ste, name
-        self.unsigned_input = bool(unsigned_input)
+        self.unsigned_input, self.unsigned_output = bool(unsigned_input), bool(unsigned_output)
 
     def signed(self, role):
-        return not (role == "input" and self.unsigned_input)
+        return not {"input": self.unsigned_input, "output": self.unsigned_output}.get(role, False)
 
     def uses_msb(self, role):
         return (self.weight if role == "kernel" else self.activation) == "fixed"
@@ -433,11 +436,12 @@ class Scheme:
 
     def config(self):
         return {"name": self.name, "weight": self.weight, "activation": self.activation, "rounding": self.rounding,
-                "ste": self.ste, "unsigned_input": self.unsigned_input}
+                "ste": self.ste, "unsigned_input": self.unsigned_input, "unsigned_output": self.unsigned_output}
 
     def __repr__(self):
         return (f"Scheme({self.name!r}, weight={self.weight!r}, activation={self.activation!r}, "
-                f"rounding={self.rounding!r}, ste={self.ste!r}, unsigned_input={self.unsigned_input})")
+                f"rounding={self.rounding!r}, ste={self.ste!r}, unsigned_input={self.unsigned_input}, "
+                f"unsigned_output={self.unsigned_output})")
 
 
 SCHEMES = {
@@ -448,6 +452,8 @@ SCHEMES = {
     "unsigned_input": lambda: Scheme("fixed", "fixed", "nearest", name="unsigned_input", unsigned_input=True),
     "per_channel_unsigned_input": lambda: Scheme("per_channel", "fixed", "nearest", name="per_channel_unsigned_input",
                                                  unsigned_input=True),
+    "unsigned": lambda: Scheme("fixed", "fixed", "nearest", name="unsigned", unsigned_input=True,
+                               unsigned_output=True),
 }
 
 
