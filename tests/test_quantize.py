@@ -225,8 +225,10 @@ def test_unsigned_input_scheme(trained, digits):
     assert m2.layers[2].input_format == m.layers[2].input_format
     both = Q.copy_model(trained)
     got = Q.quantize_layers(both, (4, 4, 4), msb=98, x=x[:128], scheme="unsigned")
+    st = Q.extract(trained, x[:128])
     for k in Q.kernel_layers(both):
         mw, mi, mo = got[k.name]["msb"]
+        assert mo == Q.msb_from_limits(max(np.percentile(st.get(k.name, "output"), 98), 0))  # Eq. 11 on the high limit
         assert k.input_format == lb.formats.Fixed(4, msb=mi, signed=False)
         assert k.output_format == lb.formats.Fixed(4, msb=mo, signed=False) and k.weight_format.signed
     for what in ("unsigned_input", "unsigned_output"):

@@ -551,10 +551,13 @@ def choose_msbs(model, layers, bits, msb, scheme, x=None, unit_index=None):
                 m.append(0)
                 continue
             v = stats.get(k.name, role)
+            lim = _limits(v, 100.0 if msb == "auto" else msb)
+            if not scheme.signed(role):  # Eq. 11 on the high limit: [0, 2^MSB) holds no negatives
+                lim = max(lim[1], 0.0)
             if msb == "auto":
-                m.append(_best_msb(v, b, scheme.rounding, msb_from_limits(_limits(v, 100.0)), scheme.signed(role)))
+                m.append(_best_msb(v, b, scheme.rounding, msb_from_limits(lim), scheme.signed(role)))
             else:
-                m.append(msb_from_limits(_limits(v, msb)))
+                m.append(msb_from_limits(lim))
         out[k.name] = tuple(m)
     return out
 
