@@ -229,8 +229,8 @@ def test_unsigned_input_scheme(trained, digits):
     for k in Q.kernel_layers(both):
         mw, mi, mo = got[k.name]["msb"]
         assert mo == Q.msb_from_limits(max(np.percentile(st.get(k.name, "output"), 98), 0))  # Eq. 11 on the high limit
-        assert k.input_format == lb.formats.Fixed(4, msb=mi, signed=False)
-        assert k.output_format == lb.formats.Fixed(4, msb=mo, signed=False) and k.weight_format.signed
+        assert k.input_format == lb.formats.Fixed(4, msb=mi, signed=False, ste="clipped")
+        assert k.output_format == lb.formats.Fixed(4, msb=mo, signed=False, ste="clipped") and k.weight_format.signed
     for what in ("unsigned_input", "unsigned_output"):
         with pytest.raises(ValueError, match="needs activation='fixed'"):
             Q.Scheme(activation="int", **{what: True})

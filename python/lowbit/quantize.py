@@ -452,7 +452,8 @@ SCHEMES = {
     "unsigned_input": lambda: Scheme("fixed", "fixed", "nearest", name="unsigned_input", unsigned_input=True),
     "per_channel_unsigned_input": lambda: Scheme("per_channel", "fixed", "nearest", name="per_channel_unsigned_input",
                                                  unsigned_input=True),
-    "unsigned": lambda: Scheme("fixed", "fixed", "nearest", name="unsigned", unsigned_input=True,
+    # the clipped STE: an unsigned output gives 0 for z < 0, so no gradient may pass there
+    "unsigned": lambda: Scheme("fixed", "fixed", "nearest", "clipped", name="unsigned", unsigned_input=True,
                                unsigned_output=True),
 }
 
