@@ -583,7 +583,7 @@ per output channel with the clipping of least squared error (`per_channel`, acti
 MSBs of least squared error, `msb="auto"`), and unsigned activations. All with
 Quantize-while-Train. (Integer activations whose range follows a running 99.99th
 percentile, scheme `per_channel_int`, reached 58% of fp32 on 10,000 images against 76% for
-the first two, at 5 times the time; add them to `SETTINGS_444` to see it.)
+`nearest` and `per_channel`, at 5 times the time; add them to `SETTINGS_444` to see it.)
 
 *Unsigned activations* (scheme `unsigned`: `Q.Scheme(unsigned_input=True,
 unsigned_output=True, ste="clipped")`): every convolution's input is a ReLU output or the
