@@ -336,6 +336,7 @@ def test_last_step_reports_grid_steps(rng):
     (dict(accum_format=F.Int(16), weight_format=F.Int(8), input_format=F.Float16()), "integer grid"),
     (dict(accum_format=F.Fixed(16, msb="auto")), "given msb"),
     (dict(accum_format=F.Fixed(16, msb=3, rounding="stochastic")), "stochastic"),
+    (dict(accum_format=F.Fixed(16, msb=3, signed=False)), "signed Fixed"),
 ])
 def test_accumulator_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

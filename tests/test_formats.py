@@ -137,6 +137,63 @@ def test_fixed_auto_msb_calibration(rng):
     assert F.msb_from_percentile(np.array([0.0, 0.0]), 99) == 0
 
 
+def np_ufixed(x, bits, msb, rounding):
+    q = 2.0 ** (msb - bits)  # unsigned: [0, 2^msb) in 2^bits steps
+    v = x.astype(np.float64) / q
+    k = np.rint(v) if rounding == "nearest" else np.floor(v)
+    return (np.clip(k, 0, 2 ** bits - 1) * q).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits,msb,rounding", [(4, 0, "nearest"), (4, 2, "floor"), (1, 0, "nearest"),
+                                               (8, -3, "nearest"), (16, 5, "floor")])
+def test_fixed_unsigned_matches_definition(bits, msb, rounding, rng):
+    f = F.Fixed(bits, msb=msb, rounding=rounding, signed=False)
+    q = 2.0 ** (msb - bits)
+    ties = (np.arange(-8, 2 ** min(bits, 6) + 8) + 0.5) * q
+    x = np.concatenate([rng.normal(size=10000) * 2.0 ** msb, ties, [0.0, -0.0, 1e30, -1e30, 2.0 ** msb,
+                                                                    -2.0 ** msb]]).astype(np.float32)
+    y = f.quantize(x)
+    np.testing.assert_array_equal(y, np_ufixed(x, bits, msb, rounding))
+    assert f.step == q and y.min() == 0 and y.max() == 2.0 ** msb - q  # negatives -> 0, top level A - q
+    assert bits > 8 or len(np.unique(y)) == 2 ** bits  # every code used: twice the signed grid's levels on x >= 0
+    # on x >= 0 it is the signed grid with one more bit (the sign bit that is always 0)
+    pos = np.abs(x)
+    np.testing.assert_array_equal(f.quantize(pos), F.Fixed(bits + 1, msb=msb, rounding=rounding).quantize(pos))
+
+
+def test_fixed_unsigned_stochastic_ste_config_and_errors(rng):
+    x = rng.uniform(-0.2, 1.2, 4000).astype(np.float32)
+    f = F.Fixed(4, msb=0, rounding="stochastic", seed=1, signed=False)
+    draws = np.stack([f.quantize(x) for _ in range(300)])
+    q = 2.0 ** -4
+    assert draws.min() == 0 and draws.max() == 1 - q and np.all(draws / q == np.round(draws / q))
+    inside = (x > 0) & (x < 1 - q)
+    assert np.abs(draws.mean(0) - x)[inside].max() < 0.02  # unbiased inside the range
+    # STE: identity passes everything; clipped passes the range [0, A] only
+    g = np.linspace(1, 2, 7).astype(np.float32)
+    xs = np.array([-0.5, -1e-6, 0.0, 0.5, 1.0, 1.0 + 1e-6, 3.0], np.float32)
+    np.testing.assert_array_equal(F.Fixed(4, msb=0, signed=False).backward(xs, g), g)
+    np.testing.assert_array_equal(F.Fixed(4, msb=0, signed=False, ste="clipped").backward(xs, g),
+                                  g * np.array([0, 0, 1, 1, 1, 0, 0], np.float32))
+    np.testing.assert_array_equal(F.Fixed(4, msb=0, ste="clipped").backward(xs, g),
+                                  g * np.array([1, 1, 1, 1, 1, 0, 0], np.float32))
+    # config round trip; signed configs keep their old form (no "signed" key)
+    u = F.Fixed(4, msb=2, rounding="floor", signed=False)
+    assert u.config()["signed"] == 0 and "signed" not in F.Fixed(4, msb=2).config()
+    back = F.from_config(u.config())
+    assert back == u and not back.signed and back != F.Fixed(4, msb=2, rounding="floor")
+    assert "signed=False" in repr(u) and "signed" not in repr(F.Fixed(4, msb=2))
+    np.testing.assert_array_equal(back.quantize(x), u.quantize(x))
+    # S4 Eq. 11 on the max of non-negative data: [0, 2^msb) holds it
+    a = F.Fixed(4, msb="auto", signed=False)
+    assert a.calibrate(np.array([0.0, 0.3, 2.5, 1.0], np.float32), 100) == 2
+    assert a.quantize(np.array([2.5, 5.0], np.float32)).tolist() == [2.5, 3.75]
+    with pytest.raises(ValueError, match="signed True or False"):
+        F.Fixed(4, signed="no")
+    with pytest.raises(ValueError, match="needs signed=True"):
+        F.Fixed(4, msb=0, signed=False, overflow="wrap")
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_int_symmetric_and_asymmetric(bits, rng):
     x = np.concatenate([rng.normal(size=3000), [0.0, -0.0]]).astype(np.float32)

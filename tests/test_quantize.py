@@ -206,6 +206,38 @@ def test_quantize_layers_msb_choices(trained, digits):
         Q.quantize_layers(m, (8, 6, 6), msb=(0, 0, 0), scheme="magic")
 
 
+def test_unsigned_input_scheme(trained, digits):
+    (x, _), (xt, _) = digits
+    assert x.min() >= 0  # the image, then ReLU outputs: every layer's input is >= 0
+    m = Q.copy_model(trained)
+    got = Q.quantize_layers(m, (4, 4, 4), msb="auto", x=x[:128], scheme="unsigned_input")
+    for k in (m.layers[0], m.layers[2], m.layers[4]):
+        mw, mi, mo = got[k.name]["msb"]
+        assert k.input_format == lb.formats.Fixed(4, msb=mi, signed=False)
+        assert k.weight_format == lb.formats.Fixed(4, msb=mw) and k.output_format == lb.formats.Fixed(4, msb=mo)
+    # on inputs >= 0 it is the signed grid with one more bit at the same MSB
+    ref = Q.copy_model(trained)
+    Q.quantize_layers(ref, (4, 5, 4), msb={n: tuple(v["msb"]) for n, v in got.items()}, scheme="nearest")
+    np.testing.assert_array_equal(m.predict(xt), ref.predict(xt))
+    m2 = small_cnn(seed=5)
+    m2.build()
+    Q.apply_layer_formats(m2, Q.layer_formats(m))
+    assert m2.layers[2].input_format == m.layers[2].input_format
+    both = Q.copy_model(trained)
+    got = Q.quantize_layers(both, (4, 4, 4), msb=98, x=x[:128], scheme="unsigned")
+    st = Q.extract(trained, x[:128])
+    for k in Q.kernel_layers(both):
+        mw, mi, mo = got[k.name]["msb"]
+        assert mo == Q.msb_from_limits(max(np.percentile(st.get(k.name, "output"), 98), 0))  # Eq. 11 on the high limit
+        assert k.input_format == lb.formats.Fixed(4, msb=mi, signed=False, ste="clipped")
+        assert k.output_format == lb.formats.Fixed(4, msb=mo, signed=False, ste="clipped") and k.weight_format.signed
+    for what in ("unsigned_input", "unsigned_output"):
+        with pytest.raises(ValueError, match="needs activation='fixed'"):
+            Q.Scheme(activation="int", **{what: True})
+        with pytest.raises(ValueError, match=f"{what} True or False"):
+            Q.Scheme(**{what: 1})
+
+
 def test_fold_batch_norm_keeps_predictions(rng):
     inp = lb.Input((2, 8, 8))
     a = L.BatchNormalization(name="bn1")(L.Conv2D(4, 3, padding="same", use_bias=False, name="c1")(inp))
@@ -297,6 +329,9 @@ def test_quantize_while_train_trains_all_layers(trained, digits):
     out = Q.progressive(fresh_copy(trained), train, val, strategy="quantize_while_train", epochs_per_layer=1,
                         order="output_to_input", relax_epochs=1, batch_size=64, verbose=0, calibration_samples=64)
     assert [p["unit"] for p in out.phases] == ["fc", "conv2", "conv1", "relax"] and len(out) == 5
+    given = Q.progressive(fresh_copy(trained), train, val, strategy="quantize_while_train", epochs_per_layer=0,
+                          order=["fc", "conv1", "conv2"], msb="auto", batch_size=64, verbose=0, calibration_samples=64)
+    assert [p["unit"] for p in given.phases] == ["fc", "conv1", "conv2"]
 
 
 def test_gradual_resolution_loss_schedule(trained, digits):
@@ -441,6 +476,11 @@ def test_progressive_validates(trained, digits):
         Q.progressive(m, train, val, strategy="lock_and_pray")
     with pytest.raises(ValueError, match="unknown order"):
         Q.progressive(m, train, val, order="sideways")
+    for bad in (["conv1", "conv2"], ["conv1", "conv2", "fc", "fc"], ["conv1", "conv2", "dense"]):
+        with pytest.raises(ValueError, match="every unit once"):
+            Q.progressive(m, train, val, order=bad)
+    with pytest.raises(ValueError, match="unknown order"):
+        Q.progressive(m, train, val, order=3)
     with pytest.raises(ValueError, match="epochs_per_layer"):
         Q.progressive(m, train, val, epochs_per_layer=-1)
     with pytest.raises(ValueError, match="percentile"):

@@ -47,6 +47,7 @@ Format format_from_dict(const py::dict& d) {
   f.elem_int = get_i("elem_int", 0) != 0;
   f.msb = get_i("msb", 0);
   f.msb_auto = get_i("msb_auto", 0) != 0;
+  f.is_signed = get_i("signed", 1) != 0;
   f.rounding = pick<Rounding>("rounding", get_s("rounding", "nearest"),
                               {{"nearest", Rounding::nearest}, {"floor", Rounding::floor},
                                {"stochastic", Rounding::stochastic}});

@@ -263,8 +263,9 @@ def cmd_progressive(a):
     bits, msb = _resolutions(a.q or "8:6:6"), _msb(a.msb)
     t0, train, val, model = _prepare(a)
     ckpt = a.checkpoint or os.path.join(a.out, "checkpoints")
+    order = a.order if a.order in lb.quantize.ORDERS else [u.strip() for u in a.order.split(",")]
     h = lb.quantize.progressive(model, train, val, strategy=strategy, resolutions=bits, msb=msb,
-                                epochs_per_layer=a.phase, order=a.order, relax_epochs=a.relax, scheme=a.scheme,
+                                epochs_per_layer=a.phase, order=order, relax_epochs=a.relax, scheme=a.scheme,
                                 recalibrate=a.recalibrate, learning_rate="cosine" if a.cosine else None,
                                 batch_size=a.batch_size, calibration_samples=a.calibration_samples,
                                 checkpoint_dir=ckpt, seed=a.seed, verbose=1 if a.verbose else 0)
@@ -411,7 +412,8 @@ def _common():
     p.add_argument("-m", "--weights", default=None, help="trained model to load (a model.npz written by lowbit)")
     p.add_argument("-q", default=None, metavar="W:I:O", help="quantization resolutions: kernel:input:output bits")
     p.add_argument("--msb", default="auto", help="MSB: auto, a percentile (95, 98, 99.9, 99.99) or w:i:o exponents")
-    p.add_argument("--scheme", choices=["s4", "nearest", "per_channel", "per_channel_int"], default="s4",
+    p.add_argument("--scheme", choices=["s4", "nearest", "per_channel", "per_channel_int", "unsigned_input",
+                                        "per_channel_unsigned_input", "unsigned"], default="s4",
                    help="how bits and MSBs become formats (see lowbit.quantize.SCHEMES)")
     p.add_argument("--calibration-samples", type=_positive, default=256)
     p.add_argument("--batch-size", type=_positive, default=128)
@@ -443,7 +445,8 @@ def parser():
     q.add_argument("--phase", type=_count, default=1, help="epochs per layer (per phase)")
     q.add_argument("--strategy", default="quantize_while_train",
                    help="quantize_while_train (qwt), quantize_and_lock (qal), gradual_resolution_loss (grl)")
-    q.add_argument("--order", choices=["input_to_output", "output_to_input", "random"], default="input_to_output")
+    q.add_argument("--order", default="input_to_output",
+                   help="input_to_output, output_to_input, random, or unit names separated by commas")
     q.add_argument("-r", "--relax", type=_count, default=0, help="epochs of training after the last phase")
     q.add_argument("--recalibrate", action="store_true",
                    help="re-choose the MSBs of the units quantized before at every phase (needs --msb auto or a %%)")

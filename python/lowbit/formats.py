@@ -31,6 +31,8 @@ straight-through gradient (``backward``). Implemented in C++ (``cpp/src/formats`
                        :math:`y = d\,\mathrm{E2M1}(v/d)`; :math:`s_b = 0` gives 0
 ``Fixed(bits, msb)``   S4 quantclip: :math:`A = 2^{msb}`, :math:`q = 2A/2^{bits}`,
                        :math:`x_q = \mathrm{clip}(\mathrm{round}(x/q), -2^{b-1}, 2^{b-1}-1)\,q`
+                       ``signed=False``: :math:`q = A/2^{bits}`, :math:`k \in [0, 2^b - 1]`
+                       (all :math:`2^b` levels for ReLU outputs)
 ``Int(bits)``          uniform integer grid with a data-dependent scale
 ``Binary()``           :math:`\mathrm{sign}(x)` (sign(0) = +1), optionally times :math:`\|x\|_1/n`
 ``Ternary()``          :math:`\{-a, 0, +a\}`, threshold :math:`0.7\,\overline{|x|}` (TWN)
@@ -381,10 +383,14 @@ class Fixed(Format):
     takes the MSB from calibration (S4 Eq. 11; until calibrated it is 0).
     ``rounding``: ``nearest`` (half to even), ``floor`` (the seed's), ``stochastic``.
     ``overflow``: ``saturate`` clips k to :math:`[-2^{b-1}, 2^{b-1}-1]`; ``wrap`` keeps the
-    low ``bits`` bits as two's complement does (what an accumulator register does)."""
+    low ``bits`` bits as two's complement does (what an accumulator register does).
+    ``signed=False``: unsigned, :math:`q = A/2^{bits}`, k in :math:`[0, 2^b - 1]`, the range
+    :math:`[0, A)`; after a ReLU the signed grid leaves its :math:`2^{b-1}` negative codes
+    unused, this one has twice the resolution at the same bits (negative values give 0;
+    the ``clipped`` STE passes :math:`0 \le x \le A`)."""
 
     def __init__(self, bits, msb=None, frac_bits=None, rounding="nearest", ste="identity", seed=0,
-                 overflow="saturate"):
+                 overflow="saturate", signed=True):
         b = _int_arg(bits, "bits", "Fixed", 1, 32)
         if msb is not None and frac_bits is not None:
             raise ValueError("Fixed: give msb or frac_bits, not both")
@@ -399,8 +405,14 @@ class Fixed(Format):
             raise ValueError(f"Fixed: unknown rounding {rounding!r} (expected nearest, floor, stochastic)")
         self.bits, self.rounding, self.msb_auto = b, rounding, auto
         self.overflow = _overflow(overflow, "Fixed")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise ValueError(f"Fixed: expected signed True or False, got {signed!r}")
+        if not signed and self.overflow == "wrap":
+            raise ValueError("Fixed: overflow='wrap' is two's complement; it needs signed=True")
+        self.signed = bool(signed)
+        # "signed" is written only when False: signed configs stay as saved before
         super().__init__(kind="fixed", bits=b, msb=msb, msb_auto=int(auto), rounding=rounding, ste=_ste(ste, "Fixed"),
-                         seed=int(seed), overflow=self.overflow)
+                         seed=int(seed), overflow=self.overflow, **({} if signed else {"signed": 0}))
 
     @property
     def msb(self):
@@ -408,7 +420,7 @@ class Fixed(Format):
 
     @property
     def step(self):
-        return 2.0 ** (self.msb + 1 - self.bits)
+        return 2.0 ** (self.msb + int(self.signed) - self.bits)
 
     def calibrate(self, x, percentile=99.99):
         """Set the MSB from data (S4 Eq. 11) and return it."""
@@ -493,7 +505,8 @@ def from_config(cfg):
     if kind == "fixed":
         auto = bool(c.get("msb_auto", 0))
         f = Fixed(int(c["bits"]), msb="auto" if auto else int(c["msb"]), rounding=c.get("rounding", "nearest"),
-                  ste=c.get("ste", "identity"), seed=int(c.get("seed", 0)), overflow=c.get("overflow", "saturate"))
+                  ste=c.get("ste", "identity"), seed=int(c.get("seed", 0)), overflow=c.get("overflow", "saturate"),
+                  signed=bool(c.get("signed", 1)))
         if auto and int(c.get("msb", 0)) != 0:  # an auto MSB that calibration had chosen
             f._q.set_msb(int(c["msb"]))
             f._config["msb"], f._calibrated = int(c["msb"]), True

@@ -83,7 +83,7 @@ def encoding(fmt, kind):
         return {"codes": "ternary", "bits": 2, "scales": "tensor"}
     if isinstance(fmt, F.Int) and c["symmetric"] and c["calibration"] == "minmax" and fmt.bits <= 16:
         return {"codes": "int", "bits": fmt.bits, "scales": per_channel if c["per_channel"] else "tensor"}
-    if isinstance(fmt, F.Fixed) and fmt.bits <= 16:
+    if isinstance(fmt, F.Fixed) and fmt.bits <= 16 and fmt.signed:  # codes are two's complement
         return {"codes": "fixed", "bits": fmt.bits, "scales": None}
     if isinstance(fmt, F.MX):
         el = fmt.element

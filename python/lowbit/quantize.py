@@ -369,7 +369,7 @@ def msb_table(stats, percentiles=PERCENTILES, roles=("kernel", "output"), by="un
     return Table(list(rows.values()), cols, title="MSB per layer and percentile (S4 Table 11)")
 
 
-def _best_msb(values, bits, rounding, around):
+def _best_msb(values, bits, rounding, around, signed=True):
     """The MSB (of a few around ``around``) whose Fixed grid has the least squared error on
     ``values`` - the trade-off of S4 Table 7 between clipping and resolution."""
     v = np.ascontiguousarray(values, np.float32).reshape(-1)
@@ -377,7 +377,7 @@ def _best_msb(values, bits, rounding, around):
         v = np.ascontiguousarray(v[:: v.size // (1 << 20) + 1])
     best, best_err = around, math.inf
     for m in range(around - 4, around + 1):
-        q = F.Fixed(bits, msb=max(min(m, 127), -126), rounding=rounding).quantize(v)
+        q = F.Fixed(bits, msb=max(min(m, 127), -126), rounding=rounding, signed=signed).quantize(v)
         err = float(np.mean((q.astype(np.float64) - v) ** 2))
         if err < best_err:
             best, best_err = m, err
@@ -394,9 +394,15 @@ class Scheme:
     output; ``"int"`` - Int(bits) scaled by a running 99.99th percentile of |x|.
     ``rounding``: ``"floor"`` (the seed's quantclip, biased by -q/2) or ``"nearest"`` for
     the Fixed roles; ``ste``: their gradient rule ("identity" as the seed, or "clipped":
-    zero outside the range)."""
+    zero outside the range). ``unsigned_input=True``: the input is an unsigned
+    Fixed(bits, msb, signed=False) - every layer's input is a ReLU output (or the image),
+    the signed grid leaves half its codes unused on it (beyond the seed).
+    ``unsigned_output=True``: the output too. It is taken before the bias and the ReLU, so
+    this is exact only where the bias is <= 0; where b > 0 a z in (-b, 0) gives relu(b)
+    for relu(z + b) (an error below b), for twice the resolution of z >= 0."""
 
-    def __init__(self, weight="fixed", activation="fixed", rounding="floor", ste="identity", name="custom"):
+    def __init__(self, weight="fixed", activation="fixed", rounding="floor", ste="identity", name="custom",
+                 unsigned_input=False, unsigned_output=False):
         if weight not in ("fixed", "per_channel"):
             raise ValueError(f"Scheme: unknown weight {weight!r} (expected 'fixed' or 'per_channel')")
         if activation not in ("fixed", "int"):
@@ -405,7 +411,16 @@ class Scheme:
             raise ValueError(f"Scheme: unknown rounding {rounding!r} (expected 'floor' or 'nearest')")
         if ste not in ("identity", "clipped"):
             raise ValueError(f"Scheme: unknown ste {ste!r} (expected 'identity' or 'clipped')")
+        for what, v in (("unsigned_input", unsigned_input), ("unsigned_output", unsigned_output)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"Scheme: expected {what} True or False, got {v!r}")
+            if v and activation != "fixed":
+                raise ValueError(f"Scheme: {what}=True needs activation='fixed'")
         self.weight, self.activation, self.rounding, self.ste, self.name = weight, activation, rounding, ste, name
+        self.unsigned_input, self.unsigned_output = bool(unsigned_input), bool(unsigned_output)
+
+    def signed(self, role):
+        return not {"input": self.unsigned_input, "output": self.unsigned_output}.get(role, False)
 
     def uses_msb(self, role):
         return (self.weight if role == "kernel" else self.activation) == "fixed"
@@ -417,15 +432,16 @@ class Scheme:
             if role == "kernel":
                 return F.Int(bits, per_channel=True, calibration="mse")
             return F.Int(bits, calibration="percentile")
-        return F.Fixed(bits, msb=int(msb), rounding=self.rounding, ste=self.ste)
+        return F.Fixed(bits, msb=int(msb), rounding=self.rounding, ste=self.ste, signed=self.signed(role))
 
     def config(self):
         return {"name": self.name, "weight": self.weight, "activation": self.activation, "rounding": self.rounding,
-                "ste": self.ste}
+                "ste": self.ste, "unsigned_input": self.unsigned_input, "unsigned_output": self.unsigned_output}
 
     def __repr__(self):
         return (f"Scheme({self.name!r}, weight={self.weight!r}, activation={self.activation!r}, "
-                f"rounding={self.rounding!r}, ste={self.ste!r})")
+                f"rounding={self.rounding!r}, ste={self.ste!r}, unsigned_input={self.unsigned_input}, "
+                f"unsigned_output={self.unsigned_output})")
 
 
 SCHEMES = {
@@ -433,6 +449,12 @@ SCHEMES = {
     "nearest": lambda: Scheme("fixed", "fixed", "nearest", name="nearest"),
     "per_channel": lambda: Scheme("per_channel", "fixed", "nearest", name="per_channel"),
     "per_channel_int": lambda: Scheme("per_channel", "int", "nearest", name="per_channel_int"),
+    "unsigned_input": lambda: Scheme("fixed", "fixed", "nearest", name="unsigned_input", unsigned_input=True),
+    "per_channel_unsigned_input": lambda: Scheme("per_channel", "fixed", "nearest", name="per_channel_unsigned_input",
+                                                 unsigned_input=True),
+    # the clipped STE: an unsigned output gives 0 for z < 0, so no gradient may pass there
+    "unsigned": lambda: Scheme("fixed", "fixed", "nearest", "clipped", name="unsigned", unsigned_input=True,
+                               unsigned_output=True),
 }
 
 
@@ -530,10 +552,13 @@ def choose_msbs(model, layers, bits, msb, scheme, x=None, unit_index=None):
                 m.append(0)
                 continue
             v = stats.get(k.name, role)
+            lim = _limits(v, 100.0 if msb == "auto" else msb)
+            if not scheme.signed(role):  # Eq. 11 on the high limit: [0, 2^MSB) holds no negatives
+                lim = max(lim[1], 0.0)
             if msb == "auto":
-                m.append(_best_msb(v, b, scheme.rounding, msb_from_limits(_limits(v, 100.0))))
+                m.append(_best_msb(v, b, scheme.rounding, msb_from_limits(lim), scheme.signed(role)))
             else:
-                m.append(msb_from_limits(_limits(v, msb)))
+                m.append(msb_from_limits(lim))
         out[k.name] = tuple(m)
     return out
 
@@ -836,8 +861,9 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
                 recalibrate=False, learning_rate=None, checkpoint_dir=None, seed=0, verbose=1, callbacks=None):
     """Progressive quantization (S4 section 5.5), in place on a compiled model.
 
-    - ``"quantize_and_lock"``: unit by unit (``order``), quantize it, freeze it, train the
-      rest ``epochs_per_layer`` epochs.
+    - ``"quantize_and_lock"``: unit by unit (``order``: ``"input_to_output"``,
+      ``"output_to_input"``, ``"random"`` or a list of all unit names), quantize it,
+      freeze it, train the rest ``epochs_per_layer`` epochs.
     - ``"quantize_while_train"``: the same, but every layer keeps training.
     - ``"gradual_resolution_loss"``: all layers quantized at once, their bits lowered step
       by step (``grl_schedule(resolutions, steps)``), ``epochs_per_layer`` epochs each.
@@ -860,8 +886,9 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
     ``seed`` fixes the order, shuffling and dropout. Returns a ProgressiveHistory."""
     if strategy not in STRATEGIES:
         raise ValueError(f"progressive: unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
-    if order not in ORDERS:
-        raise ValueError(f"progressive: unknown order {order!r} (expected one of {', '.join(ORDERS)})")
+    if isinstance(order, str) and order not in ORDERS or not isinstance(order, (str, list, tuple)):
+        raise ValueError(f"progressive: unknown order {order!r} (expected one of {', '.join(ORDERS)} or a list of "
+                         f"unit names)")
     if model._compiled is None:
         raise ValueError("progressive: call compile() first (its optimizer fine-tunes the model)")
     bits = _resolutions(resolutions)
@@ -886,7 +913,12 @@ def progressive(model, train, val, strategy="quantize_while_train", resolutions=
         phases = [(_bits_str(b), everything, b) for b in grl_schedule(bits, steps)]
     else:
         seq = list(groups)
-        if order == "output_to_input":
+        if isinstance(order, (list, tuple)):  # an explicit order: every unit once
+            names = [u for u, _ in seq]
+            if sorted(map(str, order)) != sorted(names):
+                raise ValueError(f"progressive: order must name every unit once ({', '.join(names)}), got {order!r}")
+            seq = [seq[names.index(u)] for u in order]
+        elif order == "output_to_input":
             seq = seq[::-1]
         elif order == "random":
             seq = [seq[i] for i in np.random.default_rng(seed).permutation(len(seq))]

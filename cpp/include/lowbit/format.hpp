@@ -35,6 +35,9 @@
 //   Fixed(bits, msb, rounding)  S4 quantclip: A = 2^msb, q = 2A / 2^bits, levels k q,
 //                               k in [-2^(bits-1), 2^(bits-1) - 1]; nearest (half even),
 //                               floor (the seed's floor(x/q)) or stochastic floor(x/q + u)
+//     signed=false              unsigned: q = A / 2^bits, k in [0, 2^bits - 1], the range
+//                               [0, A) - all 2^bits levels for non-negative data (after a
+//                               ReLU), where the signed grid spends half of them on x < 0
 //   Int(bits, symmetric)        uniform affine integer grid with a data-dependent scale
 //                               (S2 eq. 3.3-3.4), symmetric range +-(2^(b-1) - 1)
 //   Binary(scale, hysteresis)   sign(x) (sign(0) = +1) times 1, mean|x| or per-channel mean|x|
@@ -85,6 +88,7 @@ struct Format {
   // fixed
   int msb = 0;
   bool msb_auto = false;  // chosen by calibration; until then msb holds the last choice
+  bool is_signed = true;  // false: unsigned, k in [0, 2^bits - 1], q = 2^(msb - bits) (ReLU outputs)
   Rounding rounding = Rounding::nearest;
   Overflow overflow = Overflow::saturate;  // fixed and integer accumulators
   uint64_t seed = 0;      // stochastic rounding stream
@@ -126,6 +130,16 @@ struct QuantState {
     int64_t len = 0, stride = 1;
   } axis;
 };
+
+// Fixed's grid at a given MSB: values k q, k in [kmin, kmax].
+struct FixedGrid {
+  double q, inv_q, kmin, kmax;
+};
+inline FixedGrid fixed_grid(const Format& f, int msb) {
+  const int e = f.bits - (f.is_signed ? 1 : 0);  // magnitude bits: A = 2^msb = 2^e q
+  return {std::ldexp(1.0, msb - e), std::ldexp(1.0, e - msb), f.is_signed ? -std::ldexp(1.0, e) : 0.0,
+          std::ldexp(1.0, e) - 1};
+}
 
 // Whether a format puts values on k * step with integer k (an Int accumulator can take it).
 inline bool on_integer_grid(const Format& f) {

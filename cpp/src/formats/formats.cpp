@@ -482,6 +482,8 @@ void Format::validate() const {
            "format: rounding='stochastic' applies to Fixed, MiniFloat and block formats");
   if (kind == FormatKind::integer) LB_CHECK(bits >= 2, "Int: expected bits >= 2, got ", bits);
   if (kind == FormatKind::fixed) LB_CHECK(msb >= -126 && msb <= 127, "Fixed: expected msb in [-126, 127], got ", msb);
+  LB_CHECK(is_signed || kind == FormatKind::fixed, "format: signed=False applies to Fixed only");
+  LB_CHECK(is_signed || overflow == Overflow::saturate, "Fixed: overflow='wrap' is two's complement; it needs signed=True");
   LB_CHECK(hysteresis >= 0.f, "Binary: expected hysteresis >= 0, got ", hysteresis);
   LB_CHECK(overflow == Overflow::saturate || kind == FormatKind::fixed || kind == FormatKind::integer,
            "format: overflow='wrap' applies to Fixed and Int formats only");
@@ -507,7 +509,7 @@ std::string Format::repr() const {
     }
     case FormatKind::fixed:
       return str("Fixed(bits=", bits, ", msb=", msb_auto ? "'auto'" : std::to_string(msb), ", rounding='",
-                 rounding_name(rounding), "', ste='", ste_name(ste), "'",
+                 rounding_name(rounding), "', ste='", ste_name(ste), "'", is_signed ? "" : ", signed=False",
                  overflow == Overflow::wrap ? ", overflow='wrap'" : "", ")");
     case FormatKind::integer:
       return str("Int(bits=", bits, ", symmetric=", symmetric ? "True" : "False", ", calibration='",
@@ -566,10 +568,9 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
         }
         if (st->msb != QuantState::kUnset) msb = st->msb;
       }
-      const double q = std::ldexp(1.0, msb + 1 - f.bits);
-      const double kmin = -std::ldexp(1.0, f.bits - 1), kmax = std::ldexp(1.0, f.bits - 1) - 1;
+      const FixedGrid g = fixed_grid(f, msb);
+      const double q = g.q, inv_q = g.inv_q, kmin = g.kmin, kmax = g.kmax;
       const uint64_t stream = st && f.rounding == Rounding::stochastic ? st->counter++ : 0;
-      const double inv_q = std::ldexp(1.0, f.bits - 1 - msb);
       if (st) st->step.assign(1, float(q));
       const bool wrap = f.overflow == Overflow::wrap;
       if (!wrap && f.rounding != Rounding::stochastic && f.bits <= 24 && inv_q < 1e38 && q > 1e-38) {
@@ -662,9 +663,9 @@ void ste_backward(const Format& f, const float* x, const float* dy, float* dx, i
       if (dx != dy) std::copy(dy, dy + n, dx);
       return;
     case Ste::clipped: {
-      const float c = f.clip_value();
+      const float c = f.clip_value(), lo = f.is_signed ? -c : 0.f;  // unsigned Fixed: the range is [0, A]
 #pragma omp parallel for schedule(static) if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) dx[i] = std::fabs(x[i]) <= c ? dy[i] : 0.f;
+      for (int64_t i = 0; i < n; ++i) dx[i] = x[i] >= lo && x[i] <= c ? dy[i] : 0.f;
       return;
     }
     case Ste::hardtanh:

@@ -104,8 +104,8 @@ constexpr int64_t kOuts = 4;  // outputs per dot_rows call where they share rows
 // Calls fn(rounder) with the rounder of a float or fixed-point accumulator format.
 template <class Fn>
 void with_float_rounder(const Format& f, Fn&& fn) {
-  LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto),
-           "accumulator: expected a MiniFloat or a Fixed format with a given msb, got ", f.repr());
+  LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto && f.is_signed),
+           "accumulator: expected a MiniFloat or a signed Fixed format with a given msb, got ", f.repr());
   if (f.kind == FormatKind::fixed) fn(FixedRound(f));
   else fn(FloatRound<double>(f));
 }

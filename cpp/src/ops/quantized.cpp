@@ -68,9 +68,9 @@ struct Quantized : Op {
       if (!acc) continue;
       const Format& f = *acc.f;
       const bool grad = r[0] == 'g';
-      LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto) ||
+      LB_CHECK(f.kind == FormatKind::minifloat || (f.kind == FormatKind::fixed && !f.msb_auto && f.is_signed) ||
                    (f.kind == FormatKind::integer && !grad),
-               layer, ": ", r, "_format must be a float format (MiniFloat/Float16/BFloat16), a Fixed with a given msb",
+               layer, ": ", r, "_format must be a float format (MiniFloat/Float16/BFloat16), a signed Fixed with a given msb",
                grad ? "" : " or an Int accumulator", ", got ", f.repr());
       LB_CHECK(f.rounding != Rounding::stochastic, layer, ": ", r,
                "_format: stochastic rounding is not an accumulator mode (use 'nearest' or 'floor')");
