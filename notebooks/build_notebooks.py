@@ -628,8 +628,9 @@ about a point and the next epoch recovers it: QwT lets quantized and not-yet-qua
 layers adapt together, QaL freezes each unit with the error it had when it was quantized.
 How much that is worth is about a point, the size of the noise: in the run stored here
 (AMD EPYC, one seed) QwT beats QaL at 8-8-8 (+1.15) and 6-6-6 (+0.8) but not at 8-6-6
-(-0.25); over three fine-tuning seeds at 8-6-6 on another fp32 model QwT won every time,
-by 0.83 points on average. At 4-4-4 with signed activations QaL is ahead (+5.65 here).
+(-0.25); over five fine-tuning seeds at 8-6-6 on another fp32 model QwT won every time,
+by 0.88 points on average (0.65 to 1.25). At 4-4-4 with signed activations QaL is ahead
+(+5.65 here); with the unsigned setting below (2 epochs per unit) QwT is again ahead, by 0.1-0.4.
 At 4 bits the activations are what is hard. Measured on 10,000 images (fp32 82.75%; one
 seed, 2,000 test images: +-0.9 point), QwT, 2 epochs per unit: signed 4-bit activations
 keep 80% of fp32; unsigned inputs 84-86%, conv10 then still costing 7 points in its one
