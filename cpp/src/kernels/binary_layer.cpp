@@ -23,8 +23,7 @@ class BinaryLayer : public LayerKernel {
     w_ = conv_ ? pack_conv_weights(wq.data(), O_, s_.C, kh_, kw_) : pack_dense_weights(wq.data(), fan_in_, O_);
     LB_CHECK(int64_t(alpha.size()) == O_ || alpha.size() == 1, "binary layer: ", alpha.size(), " weight scales for ",
              O_, " output channels");
-    scale_.assign(size_t(O_), alpha.size() == 1 ? alpha[0] : 1.f);
-    if (int64_t(alpha.size()) == O_) scale_ = alpha;
+    scale_ = alpha.size() == 1 ? std::vector<float>(size_t(O_), alpha[0]) : alpha;
   }
 
   void forward(const Tensor& xt, QuantState&, const float* bias, Tensor& z) override {

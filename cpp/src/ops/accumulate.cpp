@@ -35,9 +35,9 @@ struct FixedRound {
   double q, inv_q, kmin, kmax;
   int shift;  // 64 - bits: wrap-around is the sign extension of the low bits
   bool floor_, wrap;
-  explicit FixedRound(const Format& f)
-      : q(std::ldexp(1.0, f.msb + 1 - f.bits)), inv_q(std::ldexp(1.0, f.bits - 1 - f.msb)),
-        kmin(-std::ldexp(1.0, f.bits - 1)), kmax(std::ldexp(1.0, f.bits - 1) - 1), shift(64 - f.bits),
+  explicit FixedRound(const Format& f) : FixedRound(f, fixed_grid(f, f.msb)) {}
+  FixedRound(const Format& f, const FixedGrid& g)
+      : q(g.q), inv_q(g.inv_q), kmin(g.kmin), kmax(g.kmax), shift(64 - f.bits),
         floor_(f.rounding == Rounding::floor), wrap(f.overflow == Overflow::wrap) {}
   double operator()(double v) const {
     const double k = floor_ ? std::floor(v * inv_q) : std::nearbyint(v * inv_q);
