@@ -78,6 +78,7 @@ def test_two_epochs_equal_one_save_load_in_new_process_one(tmp_path, mode):
     ("fp16", lb.optimizers.SGD(0.05, momentum=0.9, nesterov=True)),     # dynamic loss scaler state
     ("fixed8", lb.optimizers.RMSprop(1e-3)),                          # calibrated MSBs, tracked state
     ("int8", lb.optimizers.Adadelta(1.0)),                            # running activation ranges
+    (lb.Precision(F.Int(8, per_channel=True), F.Int(8, symmetric=False)), lb.optimizers.Adam(1e-3)),  # (min, max)
     (lb.Precision(F.Fixed(8, msb=1, rounding="stochastic"), F.Fixed(8, msb=2)), lb.optimizers.Adam(1e-3)),
     ("binary", lb.optimizers.Bop(fp_optimizer=lb.optimizers.Adam(1e-3))),
 ])

@@ -128,6 +128,30 @@ def test_int_activation_running_range(rng):
     np.testing.assert_allclose(m.predict(x), xq @ k + b, rtol=1e-5, atol=1e-6)
 
 
+def test_asymmetric_int_activation_running_range(rng):
+    """Int(symmetric=False) activations: the batch's (min, max) in training, an EMA (0.99)
+    of them at inference, so that a prediction does not depend on the rest of its batch."""
+    m = single(L.Dense(3, input_format=F.Int(8, symmetric=False)), (4,))
+    m.compile(lb.optimizers.SGD(1e-9), "mse")
+    xs = [rng.normal(size=(8, 4)).astype(np.float32) * s + 0.5 for s in (1.0, 3.0)]
+    for x in xs:
+        m.fit(x, np.zeros((8, 3), np.float32), batch_size=8, epochs=1, verbose=0)
+    node = m._layers[0][1][0]
+    lo, hi = m._graph.get_quant_state(node)[1][4]  # the input role
+    (l0, h0), (l1, h1) = ((min(x.min(), 0), max(x.max(), 0)) for x in xs)
+    assert lo == pytest.approx(0.99 * l0 + 0.01 * l1, rel=1e-6)
+    assert hi == pytest.approx(0.99 * h0 + 0.01 * h1, rel=1e-6)
+    x = rng.normal(size=(5, 4)).astype(np.float32) * 2
+    s = (np.float64(hi) - lo) / 255
+    zp = np.rint(-lo / s)
+    xq = (np.clip(np.rint(x / s) + zp, 0, 255) - zp) * s
+    k, b = m.get_weights()
+    np.testing.assert_allclose(m.predict(x), xq @ k + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(m.predict(x[:1]), m.predict(x)[:1])  # batch-independent
+    fresh = single(L.Dense(3, input_format=F.Int(8, symmetric=False)), (4,))
+    assert fresh._graph.get_quant_state(fresh._layers[0][1][0])[1][4] == (1.0, -1.0)  # unset: the batch's range
+
+
 def _np_accumulate(pairs, q):
     acc = np.float32(0)
     for a, b in pairs:

@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <tuple>
 #include <type_traits>
 
 #include "lowbit/engine_thread.hpp"
@@ -276,10 +277,12 @@ void register_graph(py::module_& m) {
         for (auto& st : sts) {
           py::array_t<int8_t> signs(py::ssize_t(st.last_sign.size()));
           if (!st.last_sign.empty()) std::memcpy(signs.mutable_data(), st.last_sign.data(), st.last_sign.size());
-          r.append(py::make_tuple(st.msb, st.counter, signs, st.running_amax));
+          r.append(py::make_tuple(st.msb, st.counter, signs, st.running_amax,
+                                  py::make_tuple(st.running_lo, st.running_hi)));
         }
         return r;
-      }, "Quantizer states of node i: (tracked msb, stochastic counter, hysteresis signs, running max|x|) per role.")
+      }, "Quantizer states of node i: (tracked msb, stochastic counter, hysteresis signs, running max|x|, running "
+         "(min, max)) per role; unset running values are -1 and (1, -1).")
       .def("set_quant_state", [](Graph& g, int i, const py::list& states) {
         auto& n = const_cast<Node&>(g.nodes().at(size_t(i)));
         struct In {
@@ -287,14 +290,17 @@ void register_graph(py::module_& m) {
           uint64_t counter;
           std::vector<int8_t> signs;
           std::optional<float> running;
+          std::optional<std::pair<float, float>> range;
         };
         std::vector<In> in;
         for (auto s : states) {
           auto t = s.cast<py::tuple>();
-          LB_CHECK(t.size() == 3 || t.size() == 4, "quantizer state: expected (msb, counter, signs[, running])");
+          LB_CHECK(t.size() >= 3 && t.size() <= 5,
+                   "quantizer state: expected (msb, counter, signs[, running max|x|[, running (min, max)]])");
           auto a = t[2].cast<py::array_t<int8_t, py::array::c_style | py::array::forcecast>>();
           In x{t[0].cast<int>(), t[1].cast<uint64_t>(), std::vector<int8_t>(a.data(), a.data() + a.size()), {}};
           if (t.size() > 3) x.running = t[3].cast<float>();
+          if (t.size() > 4) x.range = t[4].cast<std::pair<float, float>>();
           in.push_back(std::move(x));
         }
         engine_call(g, "set_quant_state", true, [&] {
@@ -306,6 +312,7 @@ void register_graph(py::module_& m) {
             sts[k]->counter = in[k].counter;
             sts[k]->last_sign = in[k].signs;
             if (in[k].running) sts[k]->running_amax = *in[k].running;
+            if (in[k].range) std::tie(sts[k]->running_lo, sts[k]->running_hi) = *in[k].range;
           }
           if (n.op)
             for (auto& p : n.op->params) ++p.version;  // weight quantizers read their state (hysteresis)

@@ -435,7 +435,11 @@ class Fixed(Format):
 class Int(Format):
     """Uniform integer quantization: symmetric range :math:`\\pm(2^{b-1}-1)\\,s` with
     s from max|x| (``minmax``), the 99.99th percentile of |x| (``percentile``) or the
-    clipping that minimises the squared error (``mse``); asymmetric uses a zero point.
+    clipping that minimises the squared error (``mse``); asymmetric uses a zero point on
+    the range [min(x, 0), max(x, 0)]. As an activation (a layer's input or output), training
+    quantizes with each batch's range and keeps an exponential moving average (0.99) of it,
+    max|x| or (min, max), which evaluate and predict use: a prediction does not depend on the
+    rest of its batch. Weights always use their own range.
     As ``accum_format``, ``Int(bits)`` is an integer accumulator register of ``bits`` bits
     holding :math:`\\sum k_x k_w` of the layer's integer-grid input and weight, with
     ``overflow="saturate"`` or ``"wrap"`` at every add (an accumulator-width study, cf. A2Q)."""

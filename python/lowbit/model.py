@@ -294,10 +294,11 @@ class Model:
                     out[f"qmsb_{i}_{role}"] = np.array(f.msb, np.int32)
         for _, nodes in self._layers:
             for n in nodes:
-                for k, (msb, counter, signs, running) in enumerate(g.get_quant_state(n)):
+                for k, (msb, counter, signs, running, range_) in enumerate(g.get_quant_state(n)):
                     out[f"qs_{n}_{k}"] = np.array([msb, counter], np.int64)
                     out[f"qh_{n}_{k}"] = signs
                     out[f"qr_{n}_{k}"] = np.array(running, np.float32)
+                    out[f"qrr_{n}_{k}"] = np.array(range_, np.float32)
         if optimizer:
             for p, slots in enumerate(g.optimizer_state()[1]):
                 for s, a in enumerate(slots):
@@ -358,10 +359,15 @@ class Model:
                     msb, counter = (int(v) for v in r.array(f"qs_{n}_{k}", (2,), np.int64))
                     signs = r.array(f"qh_{n}_{k}", None, np.int8)
                     running = float(r.array(f"qr_{n}_{k}", (), np.float32))
+                    lo, hi = 1.0, -1.0  # unset (files written before asymmetric Int kept a range)
+                    if f"qrr_{n}_{k}" in names:
+                        lo, hi = (float(v) for v in r.array(f"qrr_{n}_{k}", (2,), np.float32))
+                        used.add(f"qrr_{n}_{k}")
                     if not (msb_ok(msb) or msb == -1000) or counter < 0 or signs.ndim != 1 or \
-                            not np.isin(signs, (-1, 0, 1)).all() or not (running >= 0 or running == -1):
+                            not np.isin(signs, (-1, 0, 1)).all() or not (running >= 0 or running == -1) or \
+                            not ((lo, hi) == (1.0, -1.0) or (lo <= 0 <= hi and np.isfinite(lo + hi))):
                         r.fail(f"quantizer state {n}.{k} ({owner[n]}) is out of range")
-                    states.append((msb, counter, signs, running))
+                    states.append((msb, counter, signs, running, (lo, hi)))
                     used |= {f"qs_{n}_{k}", f"qh_{n}_{k}", f"qr_{n}_{k}"}
                 qstates[n] = states
         opt_slots = None

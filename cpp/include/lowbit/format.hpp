@@ -117,9 +117,12 @@ struct QuantState {
   uint64_t counter = 0;
   int msb = kUnset;
   bool track = false;
-  // Int activations: a running (EMA, momentum 0.99) max |x| tracked in training and used
-  // for the scale at inference; weights (is_weight) always use their own statistics.
+  // Int activations: a running (EMA, momentum 0.99) max |x| (symmetric) or min and max
+  // (asymmetric) tracked in training and used for the grid at inference, so that a
+  // prediction does not depend on the batch it is in; weights (is_weight) always use their
+  // own statistics. Unset: running_amax < 0, running_lo > running_hi.
   float running_amax = -1.f;
+  float running_lo = 1.f, running_hi = -1.f;
   bool is_weight = false;
   // Grid step(s) of the last call for formats on an integer grid (Fixed q, Int s,
   // Binary alpha, Ternary a): one per channel row, or one. Integer accumulators read it.

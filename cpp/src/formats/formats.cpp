@@ -449,6 +449,15 @@ IntGrid int_grid_of(const Format& f, const float* x, int64_t n, QuantState* st) 
   const double levels = std::ldexp(1.0, f.bits) - 1;
   double lo = 0, hi = 0;
   for (int64_t i = 0; i < n; ++i) lo = std::min(lo, double(x[i])), hi = std::max(hi, double(x[i]));
+  if (st && !st->is_weight) {
+    if (st->track) {
+      const bool first = st->running_lo > st->running_hi;
+      st->running_lo = first ? float(lo) : 0.99f * st->running_lo + 0.01f * float(lo);
+      st->running_hi = first ? float(hi) : 0.99f * st->running_hi + 0.01f * float(hi);
+    } else if (st->running_lo <= st->running_hi) {
+      lo = st->running_lo, hi = st->running_hi;
+    }
+  }
   double s = (hi - lo) / levels;
   double zp = s > 0 ? std::nearbyint(-lo / s) : 0;
   return {s, zp, 0, levels};  // (k - zp) s: still whole multiples of s
