@@ -349,3 +349,26 @@ def test_rebuild_keeps_quantizer_states_of_unchanged_layers():
               if layer.name == "c" and st[3] >= 0]
     assert ranges == []
     assert not np.array_equal(m.predict(x[:7]), before)
+
+
+def test_calibrate_keeps_quantizer_states_of_layers_it_does_not_calibrate():
+    """calibrate() runs a float graph and rebuilds the quantized one: layers whose MSBs it
+    chose start afresh, the others keep their states (here: Int input's running range)."""
+    L = lb.layers
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 256)
+    m = lb.Sequential([L.Conv2D(4, 3, activation="relu", input_shape=(1, 8, 8), name="c"), L.Flatten(),
+                       L.Dense(3, input_format=lb.formats.Int(4), name="d")])
+    m.compile("adam", precision=lb.Precision(weight=lb.formats.Fixed(8, msb="auto"), exempt_last=True))
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)  # calibrates, then tracks c's MSB and d's range
+
+    def states(name):
+        return [st for layer, nodes in m._layers if layer.name == name for n in nodes
+                for st in m._graph.get_quant_state(n)]
+    ranges = [st[3] for st in states("d")]
+    assert max(ranges) > 0
+    assert any(st[0] != -1000 for st in states("c"))
+    m.calibrate(x[:64])
+    assert [st[3] for st in states("d")] == ranges
+    assert all(st[0] == -1000 for st in states("c"))  # the tracked MSBs: calibrated anew

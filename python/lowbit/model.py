@@ -514,20 +514,25 @@ class Model:
             quantized = bool(layer._precision_formats) and not (self._precision.exempt_last and i == len(ks) - 1)
             layer._precision_activation = self._precision.activation if quantized else None
 
-    def _rebuild(self):
+    def _quant_states(self):
+        """Each layer's ops as built and its nodes' quantizer states (what _rebuild keeps)."""
+        return {id(layer): (self._built_ops[id(layer)], [self._graph.get_quant_state(n) for n in nodes])
+                for layer, nodes in self._layers}
+
+    def _rebuild(self, states=None, fresh=()):
         """Rebuild the engine graph from the layers (after a format change), keeping the
         weights, and the quantizer states (tracked MSBs and ranges, hysteresis signs) of
         every layer whose ops are unchanged: an Int activation's running range is what
-        evaluate quantizes with, and a new graph starts without it."""
+        evaluate quantizes with, and a new graph starts without it. ``states``: those to
+        keep (default: the current graph's); layers in ``fresh`` (ids) start afresh."""
         weights, step = self.get_weights(), self._graph.step
-        states = {id(layer): (self._built_ops[id(layer)], [self._graph.get_quant_state(n) for n in nodes])
-                  for layer, nodes in self._layers}
+        states = self._quant_states() if states is None else states
         self._build_from(*self._io)
         self.set_weights(weights)
         self._graph.step = step
         for layer, nodes in self._layers:
             ops, saved = states.get(id(layer), (None, ()))
-            if ops == self._built_ops[id(layer)] and len(saved) == len(nodes):
+            if id(layer) not in fresh and ops == self._built_ops[id(layer)] and len(saved) == len(nodes):
                 for n, st in zip(nodes, saved):
                     if st:
                         self._graph.set_quant_state(n, st)
@@ -553,12 +558,13 @@ class Model:
             raise ValueError(f"calibrate: expected samples of shape {tuple(self.input_shape)}, got x of shape {x.shape}")
         ks = self._kernel_layers()
         saved = {id(layer): layer._precision_formats for layer in ks}
+        states = self._quant_states()
         for layer in ks:
             layer._precision_formats = {}
         self._rebuild()  # float32 graph for the statistics
         g = self._graph
         g.forward(x, False)
-        chosen = {}
+        chosen, calibrated = {}, set()
         for layer, nodes in self._layers:
             fm = saved.get(id(layer))
             if not fm:
@@ -569,9 +575,12 @@ class Model:
             for role, f in fm.items():
                 if isinstance(f, _formats.Fixed) and f.msb_auto and role in data:
                     chosen[(layer.name, role)] = f.calibrate(data[role](), pct)
+                    calibrated.add(id(layer))
         for layer in ks:
             layer._precision_formats = saved[id(layer)]
-        self._rebuild()
+        # back to the quantized graph; layers with a new MSB start afresh (their tracked
+        # MSBs), the others keep their states (running Int ranges, hysteresis signs)
+        self._rebuild(states, fresh=calibrated)
         self._calibrated = True
         return chosen
 
