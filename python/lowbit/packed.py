@@ -32,7 +32,7 @@ per conv filter (O, C kh kw) or dense unit (M, K)); other widths are bit-packed 
 (``np.packbits`` of each code's bits, most significant first; a row ends on a byte).
 Biases, batch-norm parameters and float layers stay fp32 (``w<i>``). The quantizers'
 state (activation ranges, calibrated MSBs, stochastic-rounding counters: ``step``,
-``qmsb_*``, ``qs_*``, ``qh_*``, ``qr_*`` as in a model file) comes along so that the
+``qmsb_*``, ``qs_*``, ``qh_*``, ``qr_*``, ``qrr_*`` as in a model file) comes along so that the
 loaded model quantizes its activations as the exported one did.
 
 **Size.** ``model.summary()``'s memory figure is the sum of the ``nbytes`` of the weight
@@ -471,9 +471,9 @@ def export_packed(model, path):
         for node in range(g.num_nodes):  # quantizers never run or tracked: nothing to restore
             ks = [k for k in range(8) if f"qs_{node}_{k}" in state]
             if all(list(state[f"qs_{node}_{k}"]) == [-1000, 0] and state[f"qh_{node}_{k}"].size == 0
-                   and state[f"qr_{node}_{k}"] == -1 for k in ks):
+                   and state[f"qr_{node}_{k}"] == -1 and list(state[f"qrr_{node}_{k}"]) == [1, -1] for k in ks):
                 for k in ks:
-                    for pre in ("qs", "qh", "qr"):
+                    for pre in ("qs", "qh", "qr", "qrr"):
                         del state[f"{pre}_{node}_{k}"]
         header = {"model": model._architecture(), "packed": packed, "compile": None,
                   "training": {"calibrated": bool(model._calibrated)}}

@@ -19,7 +19,8 @@ codes of their number format: ``lowbit.packed`` describes their arrays and heade
 Array names: ``w0000``... the weights in ``get_weights()`` order (float32); ``step``
 the training step (uint64); quantizer state ``qmsb_<layer>_<role>`` (calibrated MSB of a
 precision format), ``qs_<node>_<k>`` (tracked MSB, stochastic-rounding counter),
-``qh_<node>_<k>`` (hysteresis signs, int8), ``qr_<node>_<k>`` (running max |x|); model
+``qh_<node>_<k>`` (hysteresis signs, int8), ``qr_<node>_<k>`` (running max |x|),
+``qrr_<node>_<k>`` (running (min, max) of an asymmetric Int; (1, -1) unset); model
 files add ``opt_<param>_<slot>``, the optimizer's slots (SGD momentum; Adam m, v;
 Adadelta a, d; RMSprop a; Bop m) per trainable parameter.
 

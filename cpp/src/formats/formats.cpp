@@ -421,15 +421,17 @@ double quantize_int(const Format& f, const float* x, float* y, int64_t n, QuantS
 
 IntGrid int_grid_of(const Format& f, const float* x, int64_t n, QuantState* st) {
   if (n == 0) return {};
+  // inference with a running range: the batch's own statistics are not needed
+  const bool running = st && !st->is_weight && !st->track;
   if (f.symmetric) {
     const double qmax = std::ldexp(1.0, f.bits - 1) - 1;
-    double amax = max_abs(x, n);
-    if (f.calibration == Calibration::percentile) amax = abs_percentile(x, n, 99.99);
-    if (st && !st->is_weight) {
-      if (st->track)
+    double amax;
+    if (running && st->running_amax >= 0) {
+      amax = st->running_amax;
+    } else {
+      amax = f.calibration == Calibration::percentile ? abs_percentile(x, n, 99.99) : max_abs(x, n);
+      if (st && !st->is_weight && st->track)
         st->running_amax = st->running_amax < 0 ? float(amax) : 0.99f * st->running_amax + 0.01f * float(amax);
-      else if (st->running_amax >= 0)
-        amax = st->running_amax;
     }
     if (f.calibration == Calibration::mse && amax > 0) {
       // choose the clipping range among 100 candidates by the quantization MSE
@@ -448,14 +450,14 @@ IntGrid int_grid_of(const Format& f, const float* x, int64_t n, QuantState* st) 
   }
   const double levels = std::ldexp(1.0, f.bits) - 1;
   double lo = 0, hi = 0;
-  for (int64_t i = 0; i < n; ++i) lo = std::min(lo, double(x[i])), hi = std::max(hi, double(x[i]));
-  if (st && !st->is_weight) {
-    if (st->track) {
+  if (running && st->running_lo <= st->running_hi) {
+    lo = st->running_lo, hi = st->running_hi;
+  } else {
+    for (int64_t i = 0; i < n; ++i) lo = std::min(lo, double(x[i])), hi = std::max(hi, double(x[i]));
+    if (st && !st->is_weight && st->track) {
       const bool first = st->running_lo > st->running_hi;
       st->running_lo = first ? float(lo) : 0.99f * st->running_lo + 0.01f * float(lo);
       st->running_hi = first ? float(hi) : 0.99f * st->running_hi + 0.01f * float(hi);
-    } else if (st->running_lo <= st->running_hi) {
-      lo = st->running_lo, hi = st->running_hi;
     }
   }
   double s = (hi - lo) / levels;

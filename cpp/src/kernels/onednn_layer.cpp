@@ -5,6 +5,7 @@
 // the simulated one); otherwise the layer stays simulated.
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <mutex>
 
@@ -167,13 +168,19 @@ class OnednnLayer : public LayerKernel {
       reorder(user, p.wei).execute(cpu_stream(), user, p.wei);
       p.wei_version = weights_version;
     }
-    z.blocked = z.blocked && g_.conv && can_block(z.shape) && p.pd.dst_desc() == md(p.pd.dst_desc().get_dims(), tag::nChw16c);
+    // NHWC z (the int8 convolutions' layout) goes to nChw16c by a copy: runs of 16 channels
+    // of a pixel are 64 contiguous bytes in both, where oneDNN's reorder to NCHW transposes;
+    // batch norm, ReLU, Add and the next layer's encode then read blocks.
+    const memory::dims zd = p.pd.dst_desc().get_dims();
+    const bool via_nhwc = z.blocked && g_.conv && can_block(z.shape) && p.pd.dst_desc() == md(zd, tag::acdb);
+    z.blocked = via_nhwc || (z.blocked && g_.conv && can_block(z.shape) && p.pd.dst_desc() == md(zd, tag::nChw16c));
     auto user_dst = mem(user_md(z), z);
-    auto d = s_dst_.out(p.pd.dst_desc(), user_dst);
+    auto d = via_nhwc ? dst_ws_.get(p.pd.dst_desc()) : s_dst_.out(p.pd.dst_desc(), user_dst);
     args.insert({{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.wei}, {DNNL_ARG_DST, d}});
     if (with_bias_) args.insert({DNNL_ARG_BIAS, memory(p.bias, e, const_cast<float*>(bias))});
     p.prim.execute(cpu_stream(), args);
-    s_dst_.done(d, user_dst);
+    if (via_nhwc) nhwc_to_blocked(static_cast<const float*>(d.get_data_handle()), zd[0], zd[1], zd[2] * zd[3], z.data());
+    else s_dst_.done(d, user_dst);
   }
 
  private:
@@ -196,11 +203,22 @@ class OnednnLayer : public LayerKernel {
   std::vector<float> w_scale_;
   float x_scale_ = 0;
   int32_t x_zp_ = 0;
-  Workspace codes_ws_;
+  Workspace codes_ws_, dst_ws_;
   Staged s_src_, s_dst_;
 
   // round half to even in float arithmetic (|v| < 2^22), which vectorises
   static float rne(float v) { return (v + 12582912.f) - 12582912.f; }
+
+  // y (N, C/16, S, 16) from z (N, S, C), C a multiple of 16
+  static void nhwc_to_blocked(const float* z, int64_t N, int64_t C, int64_t S, float* y) {
+    const int64_t CB = C / 16;
+#pragma omp parallel for schedule(static) if (N * C * S > 65536)
+    for (int64_t nb = 0; nb < N * CB; ++nb) {
+      const float* from = z + (nb / CB) * S * C + (nb % CB) * 16;
+      float* to = y + nb * S * 16;
+      for (int64_t q = 0; q < S; ++q) std::memcpy(to + q * 16, from + q * C, 64);
+    }
+  }
 
   // x's Int codes in the layout the primitive reads: written straight into NHWC (the
   // int8 convolutions' layout) from NCHW or nChw16c, else in x's own layout and reordered.
