@@ -4,6 +4,9 @@
 // through 16-bit saturating adds and its weights are halved to 7 bits, so z would not be
 // the simulated one); otherwise the layer stays simulated.
 #include <atomic>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -220,6 +223,21 @@ class OnednnLayer : public LayerKernel {
     }
   }
 
+#if defined(__SSE2__)
+  // out[j * ldo + i] = in[i * ldi + j] for a 16 x 16 byte block. Four rounds of pairwise
+  // unpacks (8, 16, 32, 64 bits) transpose it, leaving column j in register bitrev4(j).
+  static void transpose16_u8(const uint8_t* in, int64_t ldi, uint8_t* out, int64_t ldo) {
+    static constexpr int kRev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+    __m128i a[16], b[16];
+    for (int i = 0; i < 16; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i * ldi));
+    for (int i = 0; i < 8; ++i) b[i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]), b[i + 8] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+    for (int i = 0; i < 8; ++i) a[i] = _mm_unpacklo_epi16(b[2 * i], b[2 * i + 1]), a[i + 8] = _mm_unpackhi_epi16(b[2 * i], b[2 * i + 1]);
+    for (int i = 0; i < 8; ++i) b[i] = _mm_unpacklo_epi32(a[2 * i], a[2 * i + 1]), b[i + 8] = _mm_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
+    for (int i = 0; i < 8; ++i) a[i] = _mm_unpacklo_epi64(b[2 * i], b[2 * i + 1]), a[i + 8] = _mm_unpackhi_epi64(b[2 * i], b[2 * i + 1]);
+    for (int r = 0; r < 16; ++r) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + kRev[r] * ldo), a[r]);
+  }
+#endif
+
   // x's Int codes in the layout the primitive reads: written straight into NHWC (the
   // int8 convolutions' layout) from NCHW or nChw16c, else in x's own layout and reordered.
   memory encode(const Tensor& x, const IntGrid& grid, const memory::desc& want) {
@@ -255,12 +273,22 @@ class OnednnLayer : public LayerKernel {
     const int64_t T = 256, tiles = (S + T - 1) / T;  // (n, c, s) -> (n, s, c) by tiles of pixels
 #pragma omp parallel
     {
-      std::vector<uint8_t> tmp(static_cast<size_t>(T));
+      std::vector<uint8_t> tmp(static_cast<size_t>(16 * T));
 #pragma omp for schedule(static)
       for (int64_t nt = 0; nt < N * tiles; ++nt) {
         const int64_t n = nt / tiles, q0 = (nt % tiles) * T, len = std::min(T, S - q0);
         uint8_t* o = out + (n * S + q0) * C;
-        for (int64_t c = 0; c < C; ++c) {
+        int64_t c = 0;
+        for (; c + 16 <= C; c += 16) {  // 16 channels' codes, then 16 x 16 byte blocks transposed
+          for (int64_t i = 0; i < 16; ++i) int_codes(v + (n * C + c + i) * S + q0, len, g, tmp.data() + i * T);
+          int64_t q = 0;
+#if defined(__SSE2__)
+          for (; q + 16 <= len; q += 16) transpose16_u8(tmp.data() + q, T, o + q * C + c, C);
+#endif
+          for (; q < len; ++q)
+            for (int64_t i = 0; i < 16; ++i) o[q * C + c + i] = tmp[size_t(i * T + q)];
+        }
+        for (; c < C; ++c) {
           int_codes(v + (n * C + c) * S + q0, len, g, tmp.data());
           for (int64_t q = 0; q < len; ++q) o[q * C + c] = tmp[size_t(q)];
         }
