@@ -673,10 +673,12 @@ of the accuracy in one step, and one epoch does not win it back (measured on 10,
 images: QwT 84%, QaL 95% of fp32). Rounding to nearest, each unit's quantization costs
 about a point and the next epoch recovers it: QwT lets quantized and not-yet-quantized
 layers adapt together, QaL freezes each unit with the error it had when it was quantized.
-How much that is worth is about a point, the size of the noise: in the run stored here
-(AMD EPYC, one seed) QwT beats QaL at 8-8-8 (+1.15) and 6-6-6 (+0.8) but not at 8-6-6
-(-0.25); over five fine-tuning seeds at 8-6-6 on another fp32 model QwT won every time,
-by 0.88 points on average (0.65 to 1.25). At 4-4-4 with signed activations QaL is ahead
+How much that is worth is about a point, the size of one run's noise, which is why 5b
+pairs the two strategies seed by seed. In the run stored here (AMD EPYC) one seed gives
+QwT +1.15 at 8-8-8 and +0.8 at 6-6-6 but -0.25 at 8-6-6; over five seeds QwT won 4 of 5
+at 8-6-6 (mean +1.13, standard error 0.39) and 4 of 5 at 6-6-6 (+0.41, 0.20), and over
+five more at 8-6-6 on another fp32 model 5 of 5 (+0.88, 0.13): at equal epochs QwT is
+ahead on average, not in every single run. At 4-4-4 with signed activations QaL is ahead
 (+5.65 here); with the unsigned setting below (2 epochs per unit) QwT is again ahead, by 0.1-0.4.
 At 4 bits the activations are what is hard. Measured on 10,000 images (fp32 82.75%; one
 seed, 2,000 test images: +-0.9 point), QwT, 2 epochs per unit: signed 4-bit activations
