@@ -218,6 +218,26 @@ def test_engine_predict_and_evaluate_equal_the_simulated_model_exactly(rng):
     assert not np.array_equal(fast2, fast)
 
 
+def test_engine_packs_blocked_inputs_alike_on_both_paths(tmp_path, rng):
+    """The binary convs after batch norm read nChw16c activations and pack their signs from
+    the blocks (16 channels per compare); the portable packer gives the same predictions."""
+    m = binary_net()
+    m.compile(lb.optimizers.Adam(1e-2), "categorical_crossentropy")
+    x = rng.normal(size=(20, 3, 11, 11)).astype(np.float32)
+    m.fit(x, np.eye(10, dtype=np.float32)[rng.integers(0, 10, 20)], batch_size=8, epochs=1, verbose=0)
+    m.save(tmp_path / "m.lowbit")
+    np.save(tmp_path / "x.npy", x)
+    code = ("import numpy as np, lowbit as lb; d = %r; m = lb.load_model(d + '/m.lowbit');"
+            "np.save(d + '/y.npy', m.predict(np.load(d + '/x.npy'), batch_size=7));"
+            "print(lb.kernels.info()['binary'], lb.kernels.info()['engine_binary_calls'])") % str(tmp_path)
+    env = dict(os.environ, LOWBIT_PORTABLE_KERNELS="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    path, calls = out.stdout.split()[-2:]
+    assert path == "portable" and int(calls) == 4 * 3
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), m.predict(x, batch_size=7))
+
+
 @pytest.mark.parametrize("model,per_batch", [
     (lambda: lb.models.lenet(seed=0), 3),  # conv2, dense256, dense84 binary x binary
     (lambda: lb.models.alexnet_cifar((3, 16, 16), 10, seed=0, batch_norm=True), 6),

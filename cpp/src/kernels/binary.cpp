@@ -315,6 +315,30 @@ LB_NATIVE void pack_image_native(const float* x, const Planes& g, uint64_t* img)
   }
 }
 
+// The same planes from an nChw16c image: the 16 channels of block cb at a pixel are
+// contiguous, so their signs are one compare mask, bits 16 (cb % 4) .. +15 of the word.
+void pack_blocked_portable(const float* x, const Planes& g, uint64_t* img) {
+  for (int64_t cb = 0; cb < g.C / 16; ++cb)
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t w = 0; w < g.W; ++w) {
+        const float* v = x + ((cb * g.H + h) * g.W + w) * 16;
+        uint64_t bits = 0;
+        for (int c = 0; c < 16; ++c) bits |= uint64_t(v[c] < 0.f) << c;
+        *g.at(img, cb * 16, h, w) |= bits << (16 * (cb % 4));
+      }
+}
+
+LB_NATIVE void pack_blocked_native(const float* x, const Planes& g, uint64_t* img) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t cb = 0; cb < g.C / 16; ++cb)
+    for (int64_t h = 0; h < g.H; ++h) {
+      const float* v = x + (cb * g.H + h) * g.W * 16;
+      uint16_t* o = reinterpret_cast<uint16_t*>(g.at(img, cb * 16, h, 0)) + cb % 4;  // little endian
+      for (int64_t w = 0; w < g.W; ++w)
+        o[4 * w] = uint16_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(v + 16 * w), zero, _CMP_LT_OQ));
+    }
+}
+
 }  // namespace
 
 void pack_signs(const float* x, int64_t rows, int64_t n, uint64_t* out, Path p) {
@@ -411,6 +435,7 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
   LB_CHECK(s.C == w.in_channels, "binary_conv2d: input has ", s.C, " channels, the kernel expects ", w.in_channels);
   LB_CHECK(s.sh >= 1 && s.sw >= 1 && s.dh >= 1 && s.dw >= 1 && s.pt >= 0 && s.pb >= 0 && s.pl >= 0 && s.pr >= 0,
            "binary_conv2d: expected strides and dilations >= 1 and paddings >= 0");
+  LB_CHECK(!s.blocked || s.C % 16 == 0, "binary_conv2d: a blocked (nChw16c) input needs C % 16 == 0, got C = ", s.C);
   const int64_t ekh = (w.kh - 1) * s.dh + 1, ekw = (w.kw - 1) * s.dw + 1;
   LB_CHECK(s.H + s.pt + s.pb >= ekh && s.W + s.pl + s.pr >= ekw, "binary_conv2d: input ", s.H, "x", s.W,
            " (padded) is smaller than the kernel extent ", ekh, "x", ekw);
@@ -428,8 +453,15 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
   std::vector<uint64_t> xp(size_t(s.N * image + kLanes + ekw + Wp), 0);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < s.N; ++n) {
-    if (p == Path::native) pack_image_native(x + n * s.C * s.H * s.W, g, xp.data() + n * image);
-    else pack_image_portable(x + n * s.C * s.H * s.W, g, xp.data() + n * image);
+    const float* xn = x + n * s.C * s.H * s.W;
+    uint64_t* img = xp.data() + n * image;
+    if (s.blocked) {
+      if (p == Path::native) pack_blocked_native(xn, g, img);
+      else pack_blocked_portable(xn, g, img);
+    } else {
+      if (p == Path::native) pack_image_native(xn, g, img);
+      else pack_image_portable(xn, g, img);
+    }
   }
 
   // Padding correction (integer, before the epilogue's scale): per output channel,

@@ -31,18 +31,9 @@ class BinaryLayer : public LayerKernel {
     const int64_t N = xt.dim(0);
     z.blocked = false;
     if (!conv_) return binary_dense(x, N, w_, scale_.data(), bias, z.data(), binary_path());
-    if (xt.blocked) {  // nChw16c -> NCHW (C % 16 == 0 for a blocked tensor)
-      const int64_t C = s_.C, S = s_.H * s_.W, CB = C / 16;
-      LB_CHECK(C % 16 == 0, "binary conv2d: blocked input with ", C, " channels");
-      plain_.resize(size_t(N * C * S));
-#pragma omp parallel for schedule(static)
-      for (int64_t nb = 0; nb < N * CB; ++nb)
-        for (int64_t p = 0; p < S; ++p)
-          for (int64_t c = 0; c < 16; ++c) plain_[size_t((nb * 16 + c) * S + p)] = x[(nb * S + p) * 16 + c];
-      x = plain_.data();
-    }
     ConvShape s = s_;
     s.N = N;
+    s.blocked = xt.blocked;  // packed from nChw16c directly (16 channels' signs in one compare)
     binary_conv2d(x, s, w_, scale_.data(), bias, z.data(), binary_path());
   }
 
@@ -50,7 +41,7 @@ class BinaryLayer : public LayerKernel {
   bool conv_;
   ConvShape s_;
   int64_t O_, kh_, kw_, fan_in_;
-  std::vector<float> plain_, scale_;
+  std::vector<float> scale_;
   BinaryWeights w_;
 };
 
