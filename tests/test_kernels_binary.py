@@ -267,6 +267,26 @@ def test_engine_runs_the_binary_preset_on_xnor_kernels_exactly(model, per_batch,
     assert not np.array_equal(fast3, fast)
 
 
+@pytest.mark.parametrize("kwargs,per_batch", [
+    (dict(precision="binary"), 18),  # the 18 block convs; first conv, shortcuts, classifier fp32
+    (dict(precision="binary", bireal=True, quantize_shortcuts=True, hysteresis=0.1), 20),
+    (dict(precision="w1a8"), 0),  # 8-bit features: no binary x binary layer
+])
+def test_s1_binary_resnet_runs_its_binact_convs_on_xnor_kernels_exactly(kwargs, per_batch, rng):
+    """S1's binary ResNet-20 puts a BinAct (a Binary() quantizer node) in front of each
+    binary-weight conv instead of an input format: the conv reads +-1 values, so at
+    inference it runs the xnor-popcount kernel on them, bit for bit the simulated model."""
+    m = lb.models.resnet20((3, 8, 8), 10, seed=0, bn_momentum=0.9, **kwargs)
+    m.compile(lb.optimizers.Adam(1e-3), "categorical_crossentropy")
+    x = rng.normal(size=(16, 3, 8, 8)).astype(np.float32)
+    m.fit(x, np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)], batch_size=8, epochs=1, verbose=0)
+    fast, sim, used = predict_both_ways(m, x)
+    assert used == per_batch * 3  # batches of 7, 7, 2
+    np.testing.assert_array_equal(fast, sim)
+    if per_batch:
+        assert sum("xnor_popcount" in r["impl"] for r in m.kernels(batch_size=2)) == per_batch
+
+
 def test_factored_binary_scale_is_the_scaled_product(rng):
     """The simulated scaled-binary Dense is alpha * (sign x . sign w): the exact integer
     dot times the quantizer's fp32 alpha, one fp32 rounding (a zero dot is exactly 0; a

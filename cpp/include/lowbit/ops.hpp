@@ -69,6 +69,8 @@ struct Op {
   virtual bool accepts_blocked() const { return false; }
   // Quantizer state kept across steps (saved with the weights), in a fixed order.
   virtual std::vector<QuantState*> quant_states() { return {}; }
+  // The format every output value is on (a quantizer node), or null.
+  virtual const Format* output_format() const { return nullptr; }
   // The kernels of the primitives used by the last forward (empty before it, or for
   // ops that run lowbit's own loops).
   virtual std::vector<Kernel> kernels() const { return {}; }

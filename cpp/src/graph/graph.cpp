@@ -46,6 +46,19 @@ int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Co
   }
   Config cfg = cfg_in;
   cfg.ints["node_id"] = {int64_t(nodes_.size())};
+  // A conv/dense with Binary weights and no input format behind a Binary() quantizer node
+  // (S1's BinAct) reads +-1 values: at inference it runs the xnor-popcount kernel on them
+  // exactly as a layer with input_format=Binary() would.
+  auto fmt = [&](const char* role) {
+    auto it = cfg.formats.find(role);
+    return it == cfg.formats.end() || it->second.kind == FormatKind::float32 ? nullptr : &it->second;
+  };
+  if ((kind == "conv2d" || kind == "dense") && inputs.size() == 1 && !fmt("input") && fmt("weight") &&
+      fmt("weight")->kind == FormatKind::binary) {
+    const Op* prev = nodes_[size_t(inputs[0])].op.get();
+    const Format* v = prev ? prev->output_format() : nullptr;
+    if (v && v->kind == FormatKind::binary && v->scale == ScaleMode::none) cfg.formats["values"] = *v;
+  }
   auto op = make_op(kind, cfg, in);
   Shape out = op->out_shape;
   LB_CHECK(bounded_numel(out) > 0, kind, ": output shape ", shape_str(out), " is empty or has more than 2^40 elements");

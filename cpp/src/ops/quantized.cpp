@@ -84,7 +84,12 @@ struct Quantized : Op {
     if ((accum_ || grad_accum_) && k == "conv2d") geo_ = conv_geometry(cfg, in);
     // without an output format the bias goes into the kernel's epilogue (z + b, as here)
     bias_in_kernel_ = use_bias && !out_;
-    if (w_ && in_ && !accum_) kernel_ = kernels::make_layer_kernel(k, cfg, in, *in_.f, *w_.f, bias_in_kernel_);
+    // "values": the format the input already is on (the graph sets it behind a Binary()
+    // quantizer node, a BinAct); without an input format of its own the layer's kernel
+    // then reads those values as they are: +-1 are their own signs
+    const Role values = role(cfg, "values");
+    const std::optional<Format>& kin = in_ ? in_.f : values.f;
+    if (w_ && kin && !accum_) kernel_ = kernels::make_layer_kernel(k, cfg, in, *kin, *w_.f, bias_in_kernel_);
     out_shape = inner->out_shape;
     macs = inner->macs;
     const Shape& ks = inner->params[0].value.shape;
@@ -290,6 +295,7 @@ struct QuantAct : Op {
     if (!in[0].empty()) st.axis = {in[0][0], numel(in[0]) / in[0][0]};  // blocks along channels
   }
   std::vector<QuantState*> quant_states() override { return {&st}; }
+  const Format* output_format() const override { return &f; }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     st.track = ctx.training;
     quantize(f, src[0]->data(), dst.data(), dst.size(), 1, &st);
