@@ -90,8 +90,13 @@ def main():
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--acc16-batches", type=int, default=4, help="batches timed per fp16-accumulator path")
+    ap.add_argument("--acc16-batches", type=int, default=4,
+                    help="batches timed per fp16-accumulator path (0: skip that table)")
     a = ap.parse_args()
+    for name, v, least in (("--batches", a.batches, 1), ("--warmup", a.warmup, 1), ("--threads", a.threads, 1),
+                           ("--acc16-batches", a.acc16_batches, 0)):
+        if v < least:
+            ap.error(f"{name}: expected an integer >= {least}, got {v}")
     lb.set_num_threads(a.threads)
     (x, y), _ = lb.datasets.fashion_mnist()
     lowbit = {p: time_lowbit(p, x, y, a.batches, a.warmup) for p in ("fp32", "fixed8", "int8", "binary")}
@@ -114,6 +119,8 @@ def main():
         bs = f"{b * 1e3:18.1f}{b / lowbit[p]:15.2f}x" if b else ""
         print(f"{p:<10}{lowbit[p] * 1e3:16.1f}{r:15.2f}x{target:>10}{bs}")
 
+    if a.acc16_batches == 0:
+        return
     kernel = lb.kernels.info()["fp16_accum"]
     acc16 = {}
     for path in ("simulate", "auto"):
