@@ -32,6 +32,11 @@ FORMATS = {  # input, weight
     "s8-channel": (F.Int(8), F.Int(8, per_channel=True)),
     "u8-zero-point": (F.Int(8, symmetric=False), F.Int(8, per_channel=True)),
     "int6-int4": (F.Int(6), F.Int(4)),
+    # fixed point with a given MSB is an integer grid too (step 2^(msb - bits + 1)), and
+    # binary weights are codes +-1 with their scale alpha (S1's w1a8 layers)
+    "fixed8-binary": (F.Fixed(8, msb=2), F.Binary(scale="channel_mean_abs")),
+    "fixed6-int8": (F.Fixed(6, msb=1), F.Int(8, per_channel=True)),
+    "int8-binary": (F.Int(8), F.Binary()),
 }
 
 
@@ -45,7 +50,7 @@ def test_int8_conv2d_equals_simulated_layer(case, fmt, rng):
                      input_format=fin)
     m, w, _ = model_with_random_weights(layer, shape[1:], rng)
     x = rng.normal(size=shape).astype(np.float32)
-    if not fin.config()["symmetric"]:
+    if not fin.config().get("symmetric", 1):
         x = x + 0.7  # an asymmetric range: a zero point strictly inside the grid
     fast, sim, used = predict_kernels_on_off(m, x, "int8", batch_size=shape[0])  # one batch: its own range
     assert used == 1
@@ -65,7 +70,7 @@ def test_int8_dense_equals_simulated_layer(n, fan_in, units, fmt, rng):
     fin, fw = FORMATS[fmt]
     layer = L.Dense(units, use_bias=False, weight_format=fw, input_format=fin)
     m, w, _ = model_with_random_weights(layer, (fan_in,), rng)
-    x = rng.normal(size=(n, fan_in)).astype(np.float32) + (0.7 if not fin.config()["symmetric"] else 0.0)
+    x = rng.normal(size=(n, fan_in)).astype(np.float32) + (0.7 if not fin.config().get("symmetric", 1) else 0.0)
     fast, sim, used = predict_kernels_on_off(m, x, "int8", batch_size=n)
     assert used == 1
     xq, wq = fin.quantize(x).astype(np.float64), fw.quantize(w).astype(np.float64)
@@ -192,14 +197,34 @@ def test_engine_predict_evaluate_and_weight_cache(rng):
 
 def test_formats_without_an_int8_kernel_stay_simulated(rng):
     """Asymmetric weights (no weight zero point in oneDNN's conv), Int(16), an Int
-    accumulator, and an fp32 input all run the simulated layer, bit for bit."""
+    accumulator, an fp32 input, and fixed-point inputs that floor, track their MSB or have
+    more than 8 bits all run the simulated layer, bit for bit."""
     x = rng.normal(size=(3, 20, 7, 7)).astype(np.float32)
     for kw in [dict(weight_format=F.Int(8, symmetric=False), input_format=F.Int(8)),
                dict(weight_format=F.Int(16), input_format=F.Int(8)),
                dict(weight_format=F.Int(8), input_format=F.Int(8), accum_format=F.Int(32)),
-               dict(weight_format=F.Int(8))]:
+               dict(weight_format=F.Int(8)),
+               dict(weight_format=F.Binary(), input_format=F.Fixed(8, msb=2, rounding="floor")),  # S4's floor
+               dict(weight_format=F.Int(8), input_format=F.Fixed(8, msb="auto")),  # MSB moves with the data
+               dict(weight_format=F.Int(8), input_format=F.Fixed(12, msb=2))]:
         m, _, _ = model_with_random_weights(L.Conv2D(9, 3, **kw), (20, 7, 7), rng)
         fast, sim, used = predict_kernels_on_off(m, x, "int8")
         assert used == 0
         np.testing.assert_array_equal(fast, sim)
         assert not any(i.startswith("int8:") for i in m.kernels(batch_size=2).impls())
+
+
+@native_only
+def test_s1_w1a8_resnet_runs_its_quantact_convs_on_int8_kernels():
+    """S1's w1a8 ResNet-20 quantizes feature maps with a QuantAct (Fixed(8, msb=3) node) in
+    front of each binary-weight conv: the conv reads values on that grid, so at inference
+    it runs the int8 kernel (s8 codes x +-1, alpha in the output scales)."""
+    rng = np.random.default_rng(0)
+    m = lb.models.resnet20((3, 8, 8), 10, seed=0, precision="w1a8", bn_momentum=0.9)
+    m.compile(lb.optimizers.Adam(1e-3), "categorical_crossentropy")
+    x = rng.normal(size=(16, 3, 8, 8)).astype(np.float32)
+    m.fit(x, np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)], batch_size=8, epochs=1, verbose=0)
+    fast, sim, used = predict_kernels_on_off(m, x, "int8")
+    assert used == 18 * 3  # the block convs, batches of 7, 7, 2
+    assert_close_but_for_code_flips(fast, sim)
+    assert sum(r["impl"].startswith("int8:") for r in m.kernels(batch_size=2)) == 18

@@ -46,18 +46,26 @@ int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Co
   }
   Config cfg = cfg_in;
   cfg.ints["node_id"] = {int64_t(nodes_.size())};
-  // A conv/dense with Binary weights and no input format behind a Binary() quantizer node
-  // (S1's BinAct) reads +-1 values: at inference it runs the xnor-popcount kernel on them
-  // exactly as a layer with input_format=Binary() would.
+  // A conv/dense with Binary or Int weights and no input format behind a quantizer node
+  // reads values already on that node's grid: +-1 (S1's BinAct) or a Fixed with a given
+  // MSB (S1's 8-bit QuantAct). At inference it may then run the xnor-popcount or int8
+  // kernel on them, as a layer with that input format would ("values"; encoding on-grid
+  // values is exact whatever the node's rounding, hence nearest).
   auto fmt = [&](const char* role) {
     auto it = cfg.formats.find(role);
     return it == cfg.formats.end() || it->second.kind == FormatKind::float32 ? nullptr : &it->second;
   };
-  if ((kind == "conv2d" || kind == "dense") && inputs.size() == 1 && !fmt("input") && fmt("weight") &&
-      fmt("weight")->kind == FormatKind::binary) {
+  const Format* wf = fmt("weight");
+  if ((kind == "conv2d" || kind == "dense") && inputs.size() == 1 && !fmt("input") && wf &&
+      (wf->kind == FormatKind::binary || wf->kind == FormatKind::integer)) {
     const Op* prev = nodes_[size_t(inputs[0])].op.get();
     const Format* v = prev ? prev->output_format() : nullptr;
     if (v && v->kind == FormatKind::binary && v->scale == ScaleMode::none) cfg.formats["values"] = *v;
+    if (v && v->kind == FormatKind::fixed && !v->msb_auto) {
+      Format on_grid = *v;
+      on_grid.rounding = Rounding::nearest, on_grid.overflow = Overflow::saturate;
+      cfg.formats["values"] = on_grid;
+    }
   }
   auto op = make_op(kind, cfg, in);
   Shape out = op->out_shape;

@@ -40,9 +40,14 @@ bool family_of(const Format& in, const Format& w, Family* out) {
     *out = Family::binary;
     return in.scale == ScaleMode::none;  // weight scales go into the epilogue
   }
-  if (in.kind == FormatKind::integer && w.kind == FormatKind::integer) {
+  // int8: inputs on an integer grid of at most 8 bits - Int, or a signed Fixed with a given
+  // MSB that rounds to nearest (step 2^(msb - bits + 1): its codes are the Fixed
+  // quantizer's) - times symmetric Int weights or Binary ones (codes +-1, alpha the scale)
+  const bool fixed_in = in.kind == FormatKind::fixed && in.is_signed && !in.msb_auto && in.bits <= 8 &&
+                        in.rounding == Rounding::nearest && in.overflow == Overflow::saturate;
+  if ((in.kind == FormatKind::integer || fixed_in) && (w.kind == FormatKind::integer || w.kind == FormatKind::binary)) {
     *out = Family::int8;
-    return in.bits <= 8 && w.bits <= 8 && w.symmetric;
+    return in.bits <= 8 && (w.kind == FormatKind::binary || (w.bits <= 8 && w.symmetric));
   }
   for (Family f : {Family::bf16, Family::fp16}) {
     const int e = f == Family::bf16 ? 8 : 5, m = f == Family::bf16 ? 7 : 10;
@@ -151,7 +156,8 @@ class OnednnLayer : public LayerKernel {
     memory src;
     std::unordered_map<int, memory> args;
     if (fam_ == Family::int8) {
-      const IntGrid grid = int_grid_of(in_f_, x.data(), x.size(), &in_st);  // the simulated layer's grid
+      const IntGrid grid = in_f_.kind == FormatKind::fixed ? fixed_int_grid(in_f_)  // the simulated layer's grid
+                                                           : int_grid_of(in_f_, x.data(), x.size(), &in_st);
       in_st.step.assign(1, float(grid.s));
       src = encode(x, grid, p.pd.src_desc());
       x_scale_ = float(grid.s);
@@ -208,6 +214,12 @@ class OnednnLayer : public LayerKernel {
   int32_t x_zp_ = 0;
   Workspace codes_ws_, dst_ws_;
   Staged s_src_, s_dst_;
+
+  // Fixed's grid as Int codes: k q, k in [kmin, kmax], no zero point
+  static IntGrid fixed_int_grid(const Format& f) {
+    const FixedGrid g = fixed_grid(f, f.msb);
+    return {g.q, 0, g.kmin, g.kmax};
+  }
 
   // round half to even in float arithmetic (|v| < 2^22), which vectorises
   static float rne(float v) { return (v + 12582912.f) - 12582912.f; }
@@ -403,7 +415,8 @@ std::unique_ptr<LayerKernel> make_layer_kernel(const std::string& kind, const Co
     g.C = in[0][0], g.O = cfg.i("units", 0);
   }
   try {
-    return std::make_unique<OnednnLayer>(f, g, in_f, f == Family::int8 && w_f.per_channel && g.conv, with_bias);
+    const bool per_channel_w = w_f.per_channel || w_f.scale == ScaleMode::channel_mean_abs;
+    return std::make_unique<OnednnLayer>(f, g, in_f, f == Family::int8 && per_channel_w && g.conv, with_bias);
   } catch (const std::exception&) {  // no implementation for this shape: simulated
     return nullptr;
   }
