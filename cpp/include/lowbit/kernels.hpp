@@ -76,8 +76,10 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
 //           xnor-popcount, alpha (the weights' mean |w| scale, 1 without) in the epilogue;
 //           the simulated layer factors alpha out the same way (quantized.cpp), so both
 //           are the exact integer dot rounded once at the scale.
-//   int8    Int(b <= 8) weights (symmetric, per tensor or per output channel) and inputs
-//           (symmetric: s8; asymmetric: u8 with a zero point): oneDNN u8/s8 x s8 -> s32
+//   int8    Int(b <= 8) weights (symmetric, per tensor or per output channel) or Binary
+//           ones (codes +-1, alpha as s_w), and Int(b <= 8) inputs (symmetric: s8;
+//           asymmetric: u8 with a zero point) or signed Fixed(b <= 8) ones with a given MSB
+//           rounding to nearest (s_x = 2^(msb-b+1)): oneDNN u8/s8 x s8 -> s32
 //           with the dequantisation z = float(acc) * (s_x s_w[o]) fused as output scales.
 //           The simulated z sums float(k_x s_x) float(k_w s_w) in fp32; both are within
 //           (K + 4) 2^-24 sum|x_q w_q| of the exact sum, K the reduction length.
@@ -85,6 +87,8 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
 //           oneDNN bf16/f16 primitives with fp32 accumulation and fp32 z. Products of these
 //           formats are exact in fp32, so only the summation order differs from the
 //           simulation: |z - z_sim| <= 2 K 2^-24 sum|x_q w_q|.
+// A layer without an input format behind a quantizer node (BinAct, QuantAct) takes that
+// node's format as its input's ("values", set by Graph::add): its input is on that grid.
 // Training keeps the simulated layers: their backward needs x_q and w_q, and the summation
 // order (int8: the fp32 rounding) makes the kernels' z differ from the simulated one.
 // Weights are prepared (packed / converted / reordered) once per weight version (see
