@@ -89,8 +89,9 @@ def test_latency_table_json_roundtrip(lenet, tmp_path):
     path = tmp_path / "lut.json"
     t = na.build_latency_table(lenet, steps=2, repeat=2, path=path, flush_mb=1, verbose=0)
     d = json.loads(path.read_text())
-    assert d["format"] == "lowbit-latency-table/1" and d["repeat"] == 2 and d["statistic"] == "median"
+    assert d["format"] == "lowbit-latency-table/2" and d["repeat"] == 2 and d["statistic"] == "median"
     assert d["flush_mb"] == 1 and d["unit"] == "ms" and d["batch"] == 1
+    assert d["timing"] == "in-network" and d["overhead_ms"] == t.overhead_ms >= 0
     assert [e["out_channels"] for e in d["layers"]] == [[16, 32], [24, 48], [128, 256], [42, 84], [10]]
     assert d["layers"][0]["in_channels"] == [1] and d["layers"][2]["in_channels"] == [24, 48]
     assert d["layers"][2]["segment"] == [layer.name for layer in lenet.layers[3:6]]  # pool, flatten, dense
@@ -101,7 +102,42 @@ def test_latency_table_json_roundtrip(lenet, tmp_path):
     assert t.lookup(1, 16, 24) == pytest.approx(env[0][0])
     assert t.lookup(1, 24, 36) == pytest.approx(np.mean(env[:2, :2]))  # bilinear midway
     assert all(v > 0 for row in e["ms"] for v in row)
-    assert t.predict(na.filters_of(lenet)) == pytest.approx(sum(np.max(x["ms"]) for x in t.layers))  # envelope top
+    # the envelope's top plus the per-call term
+    assert t.predict(na.filters_of(lenet)) == pytest.approx(sum(np.max(x["ms"]) for x in t.layers) + t.overhead_ms)
+    # a format-1 table (segments timed alone as whole calls) still loads, with no per-call term
+    d.update(format="lowbit-latency-table/1")
+    del d["timing"], d["overhead_ms"]
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    old = na.LatencyTable.load(tmp_path / "old.json")
+    assert old.timing == "alone" and old.overhead_ms == 0 and old.layers == t.layers
+    assert old.predict(na.filters_of(lenet)) == pytest.approx(sum(np.max(x["ms"]) for x in t.layers))
+
+
+def test_latency_table_times_each_segment_inside_the_network(lenet, monkeypatch):
+    # every entry is a slice of one profiled predict of the whole network at the entry's
+    # widths: record the networks profiled and what the table took from them
+    seen = []
+    real = lb.Sequential.profile
+
+    def spy(self, *a, **k):
+        p = real(self, *a, **k)
+        seen.append((na.filters_of(self), p))
+        return p
+    monkeypatch.setattr(lb.Sequential, "profile", spy)
+    t = na.build_latency_table(lenet, steps=[1, 2, 1, 1, 1], repeat=1, verbose=0)
+    full = na.filters_of(lenet)
+    narrow = [32, 24, 256, 84, 10]
+    # per layer its (cin, cout) grid, the last profile for the per-call term
+    assert [f for f, _ in seen] == [full, narrow, full, narrow, full, full, full, full]
+    spans = [[0], [1, 2], [3, 4, 5], [6], [7]]  # conv | pool, conv | pool, flatten, dense | dense | dense
+    assert [e["segment"] for e in t.layers] == [[lenet.layers[i].name for i in sp] for sp in spans]
+
+    def part(k, j):
+        return sum(seen[k][1][i]["ms"] for i in spans[j])
+    assert t.layers[0]["ms"] == [[part(0, 0)]]
+    assert t.layers[1]["ms"] == [[part(1, 1), part(2, 1)]]  # cin 32; cout 24, 48
+    assert t.layers[2]["ms"] == [[part(3, 2)], [part(4, 2)]]  # cin 24, 48; cout 256
+    assert t.overhead_ms == seen[-1][1].overhead_ms
 
 
 def test_latency_table_errors(lenet, tmp_path):

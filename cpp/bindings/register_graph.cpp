@@ -431,6 +431,14 @@ void register_graph(py::module_& m) {
         engine_call(g, "predict", false, [&] { g.predict(x.data(), n, batch, o); });
         return out;
       })
+      .def("predict_timed", [](Graph& g, const farray& x, int64_t batch) {
+        int64_t n = check_x(g, x, "profile");
+        farray out = output_array(g, n);
+        float* o = out.mutable_data();
+        std::vector<double> seconds;
+        engine_call(g, "profile", false, [&] { g.predict_timed(x.data(), n, batch, o, seconds); });
+        return py::make_tuple(out, seconds);
+      })
       .def("compute_gradients", [](Graph& g, const farray& x, const py::object& y) {
         int64_t n = check_x(g, x, "compute_gradients");
         Targets t = check_y(g, y, n, "compute_gradients");

@@ -748,6 +748,17 @@ class Model:
         forward over a zero batch of that size (default 32) first."""
         return kernel_table(self, batch_size)
 
+    def profile(self, x=None, batch_size=None, repeat=10, flush_mb=0):
+        """Where ``predict`` spends its time: per layer, the median over ``repeat`` calls of
+        its nodes' wall time inside each call (:class:`lowbit.profile.Profile`; print it
+        for a table, ``.plot()`` for bars). ``x`` defaults to a random normal batch of
+        ``batch_size`` (32) samples; ``batch_size`` defaults to all of ``x`` in one batch.
+        Layers run in the network's context - their inputs' layouts, what the previous
+        layers left in the caches - so the rows plus ``overhead_ms`` make up a call.
+        ``flush_mb > 0`` writes that many MiB before each call (cold caches)."""
+        from .profile import profile
+        return profile(self, x, batch_size, repeat, flush_mb)
+
     def summary(self, print_fn=print):
         """The model table (``lowbit.summary.Summary``): per layer output shape,
         parameters, bits per parameter, memory and MACs, at the compiled precision (before

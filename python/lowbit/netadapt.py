@@ -17,8 +17,15 @@ Resource model: the network's cost is the sum over its kernel layers of a cost o
 (input channels, output channels). For MACs that cost is exact -
 ``macs * cin * cout / (C_in * C_out)`` since spatial sizes do not change. For latency it is
 the measured lookup table: per kernel layer, the layers from the previous kernel layer's
-output up to and including it (pools, flatten, the fused activation) timed alone on a grid
-of widths, bilinearly interpolated between grid points.
+output up to and including it (pools, flatten, the fused activation) on a grid of widths,
+bilinearly interpolated between grid points, plus the network's fixed per-call cost. Each
+entry is timed inside the whole network (``Model.profile``: per-node times within a
+``predict`` call, that layer and the one before it at the entry's widths, the others
+full). Segments timed alone as separate networks (table format 1) each paid a call's
+fixed cost and ran with caches the network does not give them: for AlexNet-CIFAR at batch
+1 (AMD EPYC, 1 thread) they summed to 0.90x the measured latency with warm caches and
+1.07x with flushed ones (2.2x in notebook 06's run on a loaded machine); timed inside the
+network, 0.99x and 1.00x.
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ from .model import Sequential
 __all__ = ["LatencyTable", "build_latency_table", "measure_latency", "with_filters", "prune", "filters_of",
            "resource_of", "adapt", "AdaptHistory"]
 
-_TABLE_FORMAT = "lowbit-latency-table/1"
+_TABLE_FORMAT = "lowbit-latency-table/2"
+_OLD_FORMATS = ("lowbit-latency-table/1",)  # segments timed alone, no per-call term
 
 
 def _atomic_write(path, write):
@@ -197,8 +205,10 @@ class LatencyTable:
     """Per kernel layer a grid of measured latencies (ms) over (input channels, output
     channels). JSON on disk (the seed's lut_alexnet.pkl, readable): ``save`` / ``load``."""
 
-    def __init__(self, layers, model="", cpu="", threads=1, batch=1, repeat=1, statistic="median", flush_mb=0):
+    def __init__(self, layers, model="", cpu="", threads=1, batch=1, repeat=1, statistic="median", flush_mb=0,
+                 overhead_ms=0.0, timing="in-network"):
         self.layers, self.flush_mb = layers, flush_mb
+        self.overhead_ms, self.timing = float(overhead_ms), timing
         self.model, self.cpu, self.threads, self.batch, self.repeat = model, cpu, threads, batch, repeat
         self.statistic = statistic
         for e in layers:
@@ -210,7 +220,7 @@ class LatencyTable:
     def to_dict(self):
         return {"format": _TABLE_FORMAT, "model": self.model, "cpu": self.cpu, "threads": self.threads,
                 "batch": self.batch, "repeat": self.repeat, "statistic": self.statistic, "flush_mb": self.flush_mb,
-                "unit": "ms",
+                "unit": "ms", "timing": self.timing, "overhead_ms": self.overhead_ms,
                 "layers": self.layers}
 
     def save(self, path):
@@ -222,10 +232,13 @@ class LatencyTable:
             raise FileNotFoundError(f"LatencyTable.load: no file {path}")
         with open(path) as f:
             d = json.load(f)
+        if d.get("format") in _OLD_FORMATS:  # still usable: its entries are whole predict calls
+            return cls(d["layers"], d["model"], d["cpu"], d["threads"], d["batch"], d["repeat"], d["statistic"],
+                       d.get("flush_mb", 0), 0.0, "alone")
         if d.get("format") != _TABLE_FORMAT:
             raise ValueError(f"LatencyTable.load: {path} is not a {_TABLE_FORMAT} file")
         return cls(d["layers"], d["model"], d["cpu"], d["threads"], d["batch"], d["repeat"], d["statistic"],
-                   d.get("flush_mb", 0))
+                   d["flush_mb"], d["overhead_ms"], d["timing"])
 
     def __eq__(self, other):
         return isinstance(other, LatencyTable) and self.to_dict() == other.to_dict()
@@ -241,28 +254,39 @@ class LatencyTable:
         return float(np.interp(cin, ci, row)) if len(ci) > 1 else float(row[0])
 
     def predict(self, filters):
-        """Predicted latency (ms) of the network with kernel-layer widths ``filters``."""
+        """Predicted latency (ms) of the network with kernel-layer widths ``filters``: its
+        segments' plus the per-call overhead."""
         if len(filters) != len(self.layers):
             raise ValueError(f"LatencyTable.predict: expected {len(self.layers)} widths, got {len(filters)}")
         cins = [self.layers[0]["in_channels"][-1]] + list(filters[:-1])
-        return sum(self.lookup(j, ci, co) for j, (ci, co) in enumerate(zip(cins, filters)))
+        return sum(self.lookup(j, ci, co) for j, (ci, co) in enumerate(zip(cins, filters))) + self.overhead_ms
 
 
 def build_latency_table(model, input_shape=None, steps=8, repeat=10, batch=1, path=None, flush_mb=0, verbose=1):
     """Measure, on this machine, each kernel layer's segment (see the module doc) for
     every (input channels, output channels) pair on a grid of ``steps`` widths per layer
-    (an int or one per kernel layer): median of ``repeat`` timed runs at batch ``batch``,
-    caches flushed before each run with ``flush_mb`` (see ``measure_latency``).
-    ``input_shape`` (C, H, W) defaults to the model's. Saved as JSON to ``path`` if given."""
+    (an int or one per kernel layer), inside the whole network with the two layers at
+    those widths: median of ``repeat`` profiled ``predict`` calls at batch ``batch``, with
+    ``flush_mb`` MiB written before each call (cold caches; see ``measure_latency``).
+    The full network's per-call overhead (``Model.profile``'s) is the table's constant
+    term. ``input_shape`` (C, H, W) defaults to the model's. Saved as JSON to ``path``."""
     ks = _check_model(model, "build_latency_table")
     if input_shape is not None and tuple(input_shape) != _input_shape(model):
         model = _rebuilt(model, tuple(input_shape))
     per = list(steps) if isinstance(steps, (list, tuple)) else [steps] * len(ks)
     if len(per) != len(ks) or any(not isinstance(s, (int, np.integer)) or s < 1 for s in per):
         raise ValueError(f"build_latency_table: expected steps >= 1 (one int or {len(ks)} of them), got {steps!r}")
+    if int(repeat) < 1:
+        raise ValueError(f"build_latency_table: expected repeat >= 1, got {repeat}")
+    if flush_mb < 0:
+        raise ValueError(f"build_latency_table: expected flush_mb >= 0, got {flush_mb}")
     widths = filters_of(model)
     outs = [_grid(w, s) for w, s in zip(widths[:-1], per[:-1])] + [[widths[-1]]]
     segs = _segments(model)
+    spans = [range(prev + 1, p + 1) for prev, p in zip([-1] + ks[:-1], ks)]  # layer positions per segment
+
+    def profiled(m):
+        return m.profile(batch_size=int(batch), repeat=int(repeat), flush_mb=flush_mb)
     from tqdm.auto import tqdm
     total = sum(len(o) * (len(outs[j - 1]) if j else 1) for j, o in enumerate(outs))
     bar = tqdm(total=total, desc="latency table", unit="pair", disable=not verbose)
@@ -273,20 +297,22 @@ def build_latency_table(model, input_shape=None, steps=8, repeat=10, batch=1, pa
         for cin in ins:
             row = []
             for cout in outs[j]:
-                seg = [copy.deepcopy(x) for x in layers]
-                _set_width(seg[-1], cout)
-                m = Sequential(seg, name=f"{model.name}_seg{j}", seed=0, precision=model.default_precision)
-                m.build((cin,) + tuple(shape[1:]))
-                row.append(measure_latency(m, repeat=repeat, batch=batch, flush_mb=flush_mb))
+                f = list(widths)
+                if j:
+                    f[j - 1] = cin
+                f[j] = cout
+                p = profiled(with_filters(model, f))
+                row.append(sum(p[i]["ms"] for i in spans[j]))
                 bar.update(1)
             ms.append(row)
         entries.append({"name": layers[-1].name, "kind": type(layers[-1]).__name__,
                         "segment": [x.name for x in layers], "input_shape": list(shape),
                         "in_channels": ins, "out_channels": outs[j], "ms": ms})
     bar.close()
+    overhead = profiled(with_filters(model, widths)).overhead_ms
     from . import _core
     table = LatencyTable(entries, model.name, cpu_name(), int(_core.build_info()["openmp_threads"]), int(batch),
-                         int(repeat), flush_mb=flush_mb)
+                         int(repeat), flush_mb=flush_mb, overhead_ms=overhead)
     if path is not None:
         table.save(path)
     return table

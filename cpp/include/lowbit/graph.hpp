@@ -56,6 +56,10 @@ class Graph {
                     bool shuffle, uint64_t seed, int64_t epoch, const Progress& progress);
   Metrics evaluate(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch);
   void predict(const float* x, int64_t n, int64_t batch, float* out);
+  // predict, timing every node: seconds[i] = node i's share of the call (its forward and
+  // the layout conversions of its inputs), for a per-layer profile in the network's own
+  // context (caches, layouts) rather than of each layer run alone.
+  void predict_timed(const float* x, int64_t n, int64_t batch, float* out, std::vector<double>& seconds);
 
   // Building blocks exposed for gradient checks: loss and parameter gradients for one
   // batch (training-mode forward, running statistics untouched).
@@ -116,6 +120,7 @@ class Graph {
   void save_undo(const std::vector<Param*>& ps);
   void restore_undo(const std::vector<Param*>& ps);
   std::vector<Tensor> act_, grad_;
+  std::vector<double>* node_seconds_ = nullptr;  // set during predict_timed
   std::vector<char> grad_set_;
   std::vector<Tensor> scratch_, dplain_;
   // layouts: NCHW copies of blocked inputs for ops that need NCHW, what each op saw

@@ -164,6 +164,7 @@ void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext&
   for (int i = 0; i <= output_; ++i) {
     auto& node = nodes_[size_t(i)];
     if (!node.op) continue;
+    const auto t0 = node_seconds_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     const bool accepts = node.op->accepts_blocked();
     bool mixed = false;  // several inputs (Add) must share one layout
     for (int j : node.inputs) mixed |= act_[size_t(j)].blocked != act_[size_t(node.inputs[0])].blocked;
@@ -181,6 +182,8 @@ void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext&
     act_[size_t(i)].resize(with_batch(node.out_shape, n));
     act_[size_t(i)].blocked = accepts;  // permission; the op clears it when it writes NCHW
     node.op->forward(used, act_[size_t(i)], ctx);
+    if (node_seconds_)
+      (*node_seconds_)[size_t(i)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 }
 
@@ -508,6 +511,18 @@ void Graph::predict(const float* x, int64_t n, int64_t batch, float* out) {
     run_forward({&xb}, StepContext{0, 0, false, false});
     std::memcpy(out + b0 * K, plain(act_[size_t(output_)]).data(), size_t(nb * K) * 4);
   }
+}
+
+void Graph::predict_timed(const float* x, int64_t n, int64_t batch, float* out, std::vector<double>& seconds) {
+  seconds.assign(nodes_.size(), 0.0);
+  node_seconds_ = &seconds;
+  try {
+    predict(x, n, batch, out);
+  } catch (...) {
+    node_seconds_ = nullptr;
+    throw;
+  }
+  node_seconds_ = nullptr;
 }
 
 double Graph::compute_gradients(const float* x, int64_t n, const int64_t* labels, const float* targets) {
