@@ -431,6 +431,9 @@ void register_graph(py::module_& m) {
         engine_call(g, "predict", false, [&] { g.predict(x.data(), n, batch, o); });
         return out;
       })
+      .def("inference_fusions", [](Graph& g) {
+        return engine_call(g, "inference_fusions", false, [&] { return g.inference_fusions(); });
+      })
       .def("predict_timed", [](Graph& g, const farray& x, int64_t batch) {
         int64_t n = check_x(g, x, "profile");
         farray out = output_array(g, n);

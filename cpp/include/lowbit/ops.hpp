@@ -71,6 +71,11 @@ struct Op {
   virtual std::vector<QuantState*> quant_states() { return {}; }
   // The format every output value is on (a quantizer node), or null.
   virtual const Format* output_format() const { return nullptr; }
+  // Inference only: whether the op can apply a ReLU to its output in the same pass (the
+  // executor then skips the ReLU node that follows it). fused_relu is set by the executor
+  // around such a forward and is false otherwise.
+  virtual bool can_fuse_relu() const { return false; }
+  bool fused_relu = false;
   // The kernels of the primitives used by the last forward (empty before it, or for
   // ops that run lowbit's own loops).
   virtual std::vector<Kernel> kernels() const { return {}; }

@@ -87,6 +87,7 @@ int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Co
 void Graph::set_output(int id) {
   LB_CHECK(id >= 0 && id < int(nodes_.size()), "Model: output node ", id, " does not exist");
   output_ = id;
+  relu_plan_.clear();
 }
 
 void Graph::init_params(uint64_t seed) {
@@ -154,8 +155,27 @@ const Tensor& Graph::plain(const Tensor& t) {
   return plain_out_;
 }
 
+void Graph::plan_relu() {
+  std::vector<int> uses(nodes_.size(), 0);
+  for (const auto& node : nodes_)
+    for (int j : node.inputs) ++uses[size_t(j)];
+  relu_plan_.assign(nodes_.size(), 0);
+  for (int i = 0; i <= output_; ++i) {
+    const auto& node = nodes_[size_t(i)];
+    if (!node.op || node.kind != "relu" || node.inputs.size() != 1) continue;
+    const int j = node.inputs[0];
+    const auto& from = nodes_[size_t(j)];
+    if (!from.op || uses[size_t(j)] != 1) continue;
+    const bool fold = from.op->can_fuse_relu();
+    relu_plan_[size_t(i)] = fold ? 1 : 2;
+    if (fold) relu_plan_[size_t(j)] = 3;  // the producer applies it
+  }
+}
+
 void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext& ctx) {
   const int64_t n = xs[0]->dim(0);
+  const bool fuse = fuse_ && !ctx.training;
+  if (fuse && relu_plan_.size() != nodes_.size()) plan_relu();
   act_.resize(nodes_.size());
   plain_in_.resize(nodes_.size());
   used_src_.resize(nodes_.size());
@@ -165,6 +185,17 @@ void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext&
     auto& node = nodes_[size_t(i)];
     if (!node.op) continue;
     const auto t0 = node_seconds_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+    if (fuse && (relu_plan_[size_t(i)] == 1 || relu_plan_[size_t(i)] == 2)) {  // act_[i] is the producer's output
+      Tensor& from = act_[size_t(node.inputs[0])];
+      act_[size_t(i)] = Tensor::borrow(from.data(), from.shape);
+      act_[size_t(i)].blocked = from.blocked;
+      used_src_[size_t(i)].assign(1, &from);
+      if (relu_plan_[size_t(i)] == 2) node.op->forward(used_src_[size_t(i)], act_[size_t(i)], ctx);
+      if (node_seconds_)
+        (*node_seconds_)[size_t(i)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      continue;
+    }
+    node.op->fused_relu = fuse && relu_plan_[size_t(i)] == 3;
     const bool accepts = node.op->accepts_blocked();
     bool mixed = false;  // several inputs (Add) must share one layout
     for (int j : node.inputs) mixed |= act_[size_t(j)].blocked != act_[size_t(node.inputs[0])].blocked;
@@ -182,6 +213,7 @@ void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext&
     act_[size_t(i)].resize(with_batch(node.out_shape, n));
     act_[size_t(i)].blocked = accepts;  // permission; the op clears it when it writes NCHW
     node.op->forward(used, act_[size_t(i)], ctx);
+    node.op->fused_relu = false;
     if (node_seconds_)
       (*node_seconds_)[size_t(i)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
@@ -477,10 +509,20 @@ void Graph::restore_undo(const std::vector<Param*>& ps) {
   opt_->t = undo_t_;
 }
 
+namespace {
+// Sets a flag for the duration of a call (exceptions included).
+struct FlagOn {
+  bool& f;
+  explicit FlagOn(bool& flag) : f(flag) { f = true; }
+  ~FlagOn() { f = false; }
+};
+}  // namespace
+
 Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const float* targets, int64_t batch) {
   LB_CHECK(batch >= 1, "evaluate: expected batch_size >= 1, got ", batch);
   LB_CHECK(n >= 1, "evaluate: expected at least one sample");
   check_targets(n, labels, targets);
+  FlagOn fused(fuse_);
   const Shape& in = nodes_[size_t(input("evaluate"))].out_shape;
   const int64_t inner = numel(in), K = nodes_[size_t(output_)].out_shape[0];
   Metrics m;
@@ -503,6 +545,7 @@ Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const 
 
 void Graph::predict(const float* x, int64_t n, int64_t batch, float* out) {
   LB_CHECK(batch >= 1, "predict: expected batch_size >= 1, got ", batch);
+  FlagOn fused(fuse_);
   const Shape& in = nodes_[size_t(input("predict"))].out_shape;
   const int64_t inner = numel(in), K = numel(nodes_[size_t(output_)].out_shape);
   for (int64_t b0 = 0; b0 < n; b0 += batch) {

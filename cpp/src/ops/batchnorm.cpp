@@ -21,7 +21,7 @@ struct BatchNorm : Op {
   struct Prims {
     memory::desc plain, data, stat;  // user layout, primitive layout, statistics
     batch_normalization_forward::primitive_desc fwd_pd;
-    batch_normalization_forward fwd, infer;
+    batch_normalization_forward fwd, infer, infer_relu;  // infer_relu: max(y, 0) in the same pass
     batch_normalization_backward bwd;
   };
   std::map<int64_t, Prims> cache_;
@@ -49,6 +49,7 @@ struct BatchNorm : Op {
     macs = 2 * numel(in_);
   }
   bool accepts_blocked() const override { return true; }
+  bool can_fuse_relu() const override { return true; }
 
   void init_params(uint64_t) override {
     init_tensor(params[0].value, "ones", 0, 0, 0);
@@ -67,9 +68,12 @@ struct BatchNorm : Op {
     batch_normalization_forward::primitive_desc fpd(e, prop_kind::forward_training, data, data, eps, flags);
     batch_normalization_forward::primitive_desc ipd(e, prop_kind::forward_inference, data, data, eps,
                                                     flags | normalization_flags::use_global_stats);
+    batch_normalization_forward::primitive_desc rpd(
+        e, prop_kind::forward_inference, data, data, eps,
+        flags | normalization_flags::use_global_stats | normalization_flags::fuse_norm_relu);
     batch_normalization_backward::primitive_desc bpd(e, prop_kind::backward, data, data, data, eps, flags, fpd);
     Prims p{plain, data, stat, fpd, batch_normalization_forward(fpd), batch_normalization_forward(ipd),
-            batch_normalization_backward(bpd)};
+            batch_normalization_forward(rpd), batch_normalization_backward(bpd)};
     return cache_.emplace(N, std::move(p)).first->second;
   }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
@@ -87,7 +91,7 @@ struct BatchNorm : Op {
     if (!ctx.training) {
       args.insert({DNNL_ARG_MEAN, mem(p.stat, params[2].value)});
       args.insert({DNNL_ARG_VARIANCE, mem(p.stat, params[3].value)});
-      p.infer.execute(cpu_stream(), args);
+      (fused_relu ? p.infer_relu : p.infer).execute(cpu_stream(), args);
       s_dst_.done(d, user_dst);
       return;
     }

@@ -1,7 +1,9 @@
 // Ops that move data without arithmetic (Flatten, ZeroPadding2D, Concatenate) and Add.
+#include <algorithm>
 #include <cstring>
 
 #include "lowbit/ops.hpp"
+#include "lowbit/simd.hpp"
 
 namespace lowbit {
 namespace {
@@ -93,6 +95,16 @@ struct Concatenate : Op {
   }
 };
 
+LB_CLONES void add_run(const float* a, const float* b, float* y, int64_t n, bool relu) {
+  if (relu)
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = a[i] + b[i];
+      y[i] = v > 0.f ? v : 0.f;
+    }
+  else
+    for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+}
+
 struct Add : Op {
   Add(const std::vector<Shape>& in) {
     kind = "add";
@@ -102,15 +114,19 @@ struct Add : Op {
     out_shape = in[0];
   }
   bool accepts_blocked() const override { return true; }  // the executor gives equal layouts
+  bool can_fuse_relu() const override { return true; }
+  // y = ((x0 + x1) + x2) ..., then max(y, 0) when fused: one pass for the first two
+  // inputs, one more per further input; the same sums in the same order as unfused.
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext&) override {
     dst.blocked = src[0]->blocked;
-    const int64_t n = dst.size();
+    const int64_t n = dst.size(), chunk = 16384;
     float* y = dst.data();
-    std::memcpy(y, src[0]->data(), size_t(n) * 4);
-    for (size_t k = 1; k < src.size(); ++k) {
-      const float* x = src[k]->data();
 #pragma omp parallel for schedule(static) if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+    for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+      const int64_t m = std::min(chunk, n - i0);
+      add_run(src[0]->data() + i0, src[1]->data() + i0, y + i0, m, fused_relu && src.size() == 2);
+      for (size_t k = 2; k < src.size(); ++k)
+        add_run(y + i0, src[k]->data() + i0, y + i0, m, fused_relu && k + 1 == src.size());
     }
   }
   void backward(const std::vector<const Tensor*>&, const Tensor&, const Tensor& dy,
