@@ -252,6 +252,13 @@ def test_bad_input_raises_clear_errors(rng):
     bad[1, 0, 3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         m.fit(bad, y, verbose=0)
+    bad[2, 0, 0, 0], bad[3, 0, 27, 27] = np.inf, -np.inf  # counted without a temporary array
+    with pytest.raises(ValueError, match="found 3 NaN/inf entries"):
+        m.predict(bad)
+    big = x.astype(np.float64)
+    big[0, 0, 1, 1] = 1e39  # beyond float32: inf
+    with pytest.raises(ValueError, match="found 1 NaN/inf"):
+        m.predict(big)
     with pytest.raises(ValueError, match="labels"):
         m.fit(x, np.array([0, 1, 2, 10]), verbose=0)
     with pytest.raises(ValueError, match="labels"):

@@ -1,14 +1,29 @@
 #include <dlfcn.h>
 #include <filesystem>
 #include <omp.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <cstring>
 
 #include <oneapi/dnnl/dnnl.hpp>
 #include "lowbit/engine_thread.hpp"
+#include "lowbit/simd.hpp"
 
 namespace py = pybind11;
 
 namespace {
+
+// NaN and +-inf have all exponent bits set: one pass over the bits, no temporary array.
+LB_CLONES int64_t count_nonfinite(const float* x, int64_t n) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, x + i, 4);
+    bad += (b & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad;
+}
 
 // oneDNN's name of the instruction set it dispatches to (the ONEDNN_MAX_CPU_ISA spelling,
 // lower case), after ONEDNN_MAX_CPU_ISA and the CPU's own features are applied.
@@ -64,6 +79,12 @@ void register_info(py::module_& m) {
 #endif
     return d;
   }, "Versions, the instruction set oneDNN dispatches to, the loaded oneDNN and OpenMP libraries, CPU features.");
+  m.def("count_nonfinite", [](py::array_t<float, py::array::c_style> x) {
+    const float* p = x.data();
+    const int64_t n = x.size();
+    py::gil_scoped_release nogil;
+    return count_nonfinite(p, n);
+  }, "NaN and infinite entries of a C-contiguous float32 array (the input check of every call).");
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw std::invalid_argument("set_num_threads: expected n >= 1, got " + std::to_string(n));
     omp_set_num_threads(n);  // this thread (formats on standalone arrays) and the engine thread

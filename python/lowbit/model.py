@@ -51,8 +51,8 @@ _LOSS_ALIASES = {"categorical_crossentropy": "categorical_crossentropy",
 def as_input(x, what="x"):
     """Convert ``x`` by the documented rule: real numbers -> C-contiguous float32, finite."""
     a = _formats.as_float32(x, what)
-    if a.size and not np.isfinite(a).all():
-        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+    bad = _core.count_nonfinite(a) if a.size else 0
+    if bad:
         raise ValueError(f"{what}: expected finite values, found {bad} NaN/inf entries")
     return a
 
