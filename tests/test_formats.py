@@ -292,6 +292,17 @@ def test_float16_and_bfloat16_on_random_bit_patterns(rng):
     np.testing.assert_array_equal(F.BFloat16().quantize(x).view(np.uint32), np_bfloat16(x).view(np.uint32))
 
 
+def test_minifloat_with_float32s_own_mantissa_is_the_identity(rng):
+    """MiniFloat(8, 23) is float32's grid: nothing to round (odd mantissas once moved up by
+    an ulp), on every exponent, subnormals and both signs; MiniFloat(8, 22) rounds half to even."""
+    x = rng.integers(0, 2 ** 32, size=200000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = x[np.isfinite(x)]
+    np.testing.assert_array_equal(F.MiniFloat(8, 23).quantize(x).view(np.uint32), x.view(np.uint32))
+    b = np.array([0x3F800001, 0x3F800003, 0x3F800002, 0x00000001, 0x00000003], np.uint32)  # 1+ulp, 1+3ulp, ...
+    got = F.MiniFloat(8, 22).quantize(b.view(np.float32)).view(np.uint32)
+    np.testing.assert_array_equal(got, [0x3F800000, 0x3F800004, 0x3F800002, 0x00000000, 0x00000004])
+
+
 # ----- OCP element formats, bit-exact with ml_dtypes ------------------------------------
 ml_dtypes = pytest.importorskip("ml_dtypes")
 OCP = [(F.FP8E4M3FN, "float8_e4m3fn"), (F.FP8E5M2, "float8_e5m2"), (F.FP6E3M2, "float6_e3m2fn"),

@@ -32,23 +32,28 @@ struct FloatRound {
   static constexpr int kMan = std::numeric_limits<T>::digits - 1;  // 52 or 23 stored bits
   U drop, half, mask;
   T min_normal, magic, maxv, ovf;
-  explicit FloatRound(const Format& f) {
-    const int emin = 2 - (1 << (f.exp_bits - 1));
-    drop = U(kMan - f.man_bits);
+  // m stored mantissa bits, smallest normal 2^emin, largest finite value maxv_, and the
+  // value of an overflow (inf, maxv_ or NaN)
+  FloatRound(int man_bits, int emin, T maxv_, T ovf_) : maxv(maxv_), ovf(ovf_) {
+    drop = U(kMan - man_bits);
     half = drop ? (U(1) << (drop - 1)) - 1 : 0, mask = drop ? ~((U(1) << drop) - 1) : ~U(0);
     min_normal = std::ldexp(T(1), emin);
-    magic = std::ldexp(T(1), emin - f.man_bits + kMan);
-    maxv = T(f.clip_value());  // the largest finite value, exact in float
-    // fn formats without a NaN code (FP6/FP4) always saturate
-    ovf = f.saturate || (f.fn && !f.fn_nan) ? maxv
-          : f.fn                            ? std::numeric_limits<T>::quiet_NaN()
-                                            : std::numeric_limits<T>::infinity();
+    magic = std::ldexp(T(1), emin - man_bits + kMan);
   }
+  // The grid of f's exp_bits and man_bits (a MiniFloat, or a block format's elements);
+  // fn formats without a NaN code (FP6/FP4) always saturate
+  explicit FloatRound(const Format& f)
+      : FloatRound(f.man_bits, 2 - (1 << (f.exp_bits - 1)), T(minifloat_max(f)),
+                   f.saturate || (f.fn && !f.fn_nan) ? T(minifloat_max(f))
+                   : f.fn                            ? std::numeric_limits<T>::quiet_NaN()
+                                                     : std::numeric_limits<T>::infinity()) {}
   T operator()(T v) const {
     const T a = std::fabs(v);
     U u;
     std::memcpy(&u, &a, sizeof(T));
-    u = (u + half + ((u >> drop) & 1u)) & mask;
+    // half to even: + (half - 1/2 ulp of the grid) + the kept mantissa's last bit; with
+    // nothing dropped (T's own mantissa) the value stays
+    u = (u + half + (drop ? (u >> drop) & 1u : 0u)) & mask;
     T normal;
     std::memcpy(&normal, &u, sizeof(T));
     const T sub = (a + magic) - magic;

@@ -44,53 +44,20 @@ LB_CLONES float max_abs(const float* x, int64_t n) {
 }
 
 // Rounding onto a minifloat (or MXINT8) element grid on float32 bit patterns, vectorisable:
-// in the target's normal range round-half-to-even to m mantissa bits is an integer add on
-// the bits (a carry moves into the exponent as it should); below 2^emin the grid spacing
-// is the fixed 2^(emin - m). Stochastic rounding adds `drop` random bits instead.
-struct ElemRounder {
-  uint32_t drop = 0, half = 0, mask = ~0u;
-  float min_normal = 0, maxv = 0, big = 0, sub_magic = 0;
+// FloatRound<float>'s round half to even, plus the block formats' shortcut and stochastic
+// rounding. MXINT8's k 2^-6, |k| <= 127, is the subnormal rule with spacing 2^-6 (the ulp
+// of 2^17) below a "smallest normal" 2^17 that only values beyond the saturation reach.
+struct ElemRounder : FloatRound<float> {
   uint32_t magic_bits = 0, exp_mask = 0x7F800000u;
   float sub_scale1 = 1, sub_scale2 = 1, sub_step1 = 1, sub_step2 = 1;  // 2^(m - emin), 2^(emin - m) in two factors
-  void set_spacing(int e) {  // subnormal spacing 2^-e
+
+  explicit ElemRounder(const Format& f)
+      : FloatRound<float>(f.elem_int ? FloatRound<float>(23, 17, 127.f / 64.f, 127.f / 64.f) : FloatRound<float>(f)) {
+    if (f.elem_int) exp_mask = 0;
+    magic_bits = bits_of(magic);
+    const int e = 23 - std::ilogb(magic);  // subnormal spacing 2^-e, e = m - emin
     sub_scale1 = std::ldexp(1.f, e / 2), sub_scale2 = std::ldexp(1.f, e - e / 2);
     sub_step1 = 1.f / sub_scale1, sub_step2 = 1.f / sub_scale2;
-  }
-
-  explicit ElemRounder(const Format& f) {
-    if (f.elem_int) {  // MXINT8 k 2^-6, |k| <= 127: the subnormal rule with spacing 2^-6 everywhere
-      maxv = big = 127.f / 64.f, exp_mask = 0;
-      min_normal = std::numeric_limits<float>::infinity();
-      set_spacing(6), sub_magic = std::ldexp(1.0f, 17);
-      std::memcpy(&magic_bits, &sub_magic, 4);
-      return;
-    }
-    const int m = f.man_bits, emin = 2 - (1 << (f.exp_bits - 1));
-    drop = uint32_t(23 - m);
-    half = drop ? (1u << (drop - 1)) - 1 : 0, mask = drop ? ~((1u << drop) - 1) : ~0u;
-    min_normal = std::ldexp(1.0f, emin);
-    set_spacing(m - emin);
-    sub_magic = std::ldexp(1.0f, emin - m + 23);
-    std::memcpy(&magic_bits, &sub_magic, 4);
-    maxv = float(minifloat_max(f));
-    // overflow: saturate (asked, or no code left for it: FP6/FP4), NaN (E4M3FN) or inf
-    big = f.saturate || (f.fn && !f.fn_nan) ? maxv
-          : f.fn                            ? std::numeric_limits<float>::quiet_NaN()
-                                            : std::numeric_limits<float>::infinity();
-  }
-  // Both branches computed and one selected: no data-dependent jumps in the vector loop.
-  float operator()(float v) const {
-    const float a = std::fabs(v);
-    uint32_t u;
-    std::memcpy(&u, &a, 4);
-    u = (u + half + ((u >> drop) & 1u)) & mask;
-    float rn;
-    std::memcpy(&rn, &u, 4);
-    // below 2^emin: adding 2^(emin - m + 23), whose ulp is the subnormal spacing, makes the
-    // float adder round half to even onto that grid; subtracting it back is exact
-    const float rs = (a + sub_magic) - sub_magic;
-    const float r = a >= min_normal ? rn : a != a ? a : rs;
-    return std::copysign(r > maxv ? big : r, v);
   }
   // The same for elements of block formats (|v| < 2^(emax + 1), exp_bits <= 5), in fewer
   // operations: C = 2^(E + 23 - m) for |v| in [2^E, 2^(E+1)), or 2^(emin + 23 - m) below
@@ -102,7 +69,7 @@ struct ElemRounder {
     std::memcpy(&u, &a, 4);
     const float c = from_bits(std::max((u & exp_mask) + (drop << 23), magic_bits));
     const float r = (a + c) - c;
-    return std::copysign(r > maxv ? big : r, v);
+    return std::copysign(r > maxv ? ovf : r, v);
   }
   // h: 32 uniform random bits. Rounds away from zero with probability (distance to the
   // grid point below |v|) / spacing: in the normal range `drop` random bits are added
@@ -120,7 +87,7 @@ struct ElemRounder {
     const float rs = ((k + (u01 < f - k ? 1.f : 0.f)) * sub_step1) * sub_step2;
     float r = a >= min_normal ? rn : rs;
     r = a <= std::numeric_limits<float>::max() ? r : a;  // NaN and inf as they are
-    return std::copysign(r > maxv ? big : r, v);
+    return std::copysign(r > maxv ? ovf : r, v);
   }
 };
 
