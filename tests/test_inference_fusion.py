@@ -85,3 +85,24 @@ def test_the_plan_follows_the_output():
     x = np.random.default_rng(6).standard_normal((7, 3)).astype(np.float32)
     out = m._graph.predict(x, 7)
     assert (out < 0).any()  # batch norm's own output, not clipped
+
+
+@pytest.mark.parametrize("fmt", [lb.formats.Fixed(8, msb=2), lb.formats.Binary(), lb.formats.Int(8),
+                                 lb.formats.Binary(scale="mean_abs"), lb.formats.MXFP8(),
+                                 lb.formats.Ternary()])
+def test_quantizer_nodes_on_blocked_activations_equal_the_format_on_nchw(fmt):
+    # layout-free formats quantize the nChw16c activations of a 32-channel conv where they
+    # are; the others (sums in a statistic, block axes) get NCHW: both equal the format
+    # applied to the NCHW array
+    inp = L.Input((3, 8, 8))
+    c = L.Conv2D(32, 3, padding="same")(inp)
+    q = L.QuantAct(fmt)(c)
+    out = L.Dense(4)(L.Flatten()(q))
+    m = lb.Model(inp, out, seed=0)
+    x = np.random.default_rng(7).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    g = m._graph
+    m.predict(x)
+    kinds = [g.node_kind(i) for i in range(len(g.inference_fusions()))]
+    z = g.activation(kinds.index("conv2d"))  # NCHW copy of the last forward's conv output
+    want = fmt.quantize(z, axis=1) if isinstance(fmt, lb.formats.MX) else fmt.quantize(z)  # blocks along channels
+    np.testing.assert_array_equal(g.activation(kinds.index("quantize")), want)

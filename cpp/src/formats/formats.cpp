@@ -513,6 +513,11 @@ float Format::clip_value() const {
   }
 }
 
+// y = -a where x < 0, else +a (sign(0) = sign(-0) = sign(NaN) = +1)
+LB_CLONES void signs_times(const float* x, float* y, int64_t n, float a) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] < 0.f ? -a : a;
+}
+
 void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t channels, QuantState* st) {
   switch (f.kind) {
     case FormatKind::float32:
@@ -605,6 +610,10 @@ void quantize(const Format& f, const float* x, float* y, int64_t n, int64_t chan
           alpha = inner ? s / double(inner) : 0.0;
         }
         if (st) st->step[size_t(r)] = float(alpha);
+        if (!hyst) {  // float(+-alpha) = +-float(alpha)
+          signs_times(x + r * inner, y + r * inner, inner, float(alpha));
+          continue;
+        }
         for (int64_t i = r * inner; i < (r + 1) * inner; ++i) {
           int8_t sg = x[i] < 0.f ? -1 : 1;  // sign(0) = +1 (also for -0)
           if (hyst) {  // keep the previous sign inside (-t, t): S1 Figure 21

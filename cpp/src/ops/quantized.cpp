@@ -296,8 +296,19 @@ struct QuantAct : Op {
   }
   std::vector<QuantState*> quant_states() override { return {&st}; }
   const Format* output_format() const override { return &f; }
+  // A format whose values do not depend on where an element sits - no block or channel
+  // axis, no per-position random stream or hysteresis state, tensor statistics that are
+  // maxima, minima or quantiles (not order-dependent float sums) - quantizes the
+  // channel-blocked layout as it comes, with no reorder to NCHW and back around it.
+  bool accepts_blocked() const override {
+    const bool sums = f.scale != ScaleMode::none || (f.kind == FormatKind::ternary && f.threshold < 0) ||
+                      (f.kind == FormatKind::integer && f.calibration == Calibration::mse);
+    return f.kind != FormatKind::block && !f.per_channel && f.rounding != Rounding::stochastic && f.hysteresis == 0.f &&
+           !sums;
+  }
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
     st.track = ctx.training;
+    dst.blocked = src[0]->blocked;
     quantize(f, src[0]->data(), dst.data(), dst.size(), 1, &st);
   }
   void backward(const std::vector<const Tensor*>& src, const Tensor&, const Tensor& dy,
