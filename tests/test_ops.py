@@ -369,3 +369,26 @@ def test_pooling_on_blocked_layout(rng):
         ref = ref_fn(z) if ref_fn else np_pool(z, (2, 2), (2, 2), pads, "avg")
         assert_close(y, ref, what=type(pool).__name__)
         finite_difference(m, x, dy, rtol=3e-2)
+
+
+def test_dense_inference_packs_its_kernel_once_per_weight_version(rng):
+    # predict reads the kernel in the matmul's preferred layout, packed once per weight
+    # version: every write of the weights (set_weights, an optimizer step, a resume) shows
+    from lowbit import layers as L
+    m = lb.Sequential([L.Dense(4096, input_shape=(96,)), L.Dense(3)], seed=0)
+    m.compile(lb.optimizers.SGD(0.1))
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+
+    def reference():
+        (w1, b1, w2, b2) = [v.astype(np.float64) for v in m.get_weights()]
+        return (x @ w1 + b1) @ w2 + b2
+    for batch in (1, 5):
+        np.testing.assert_allclose(m.predict(x, batch_size=batch), reference(), rtol=1e-4, atol=1e-4)
+    w = m.get_weights()
+    m.set_weights([v * 0.5 if v.ndim == 2 else v + 0.25 for v in w])
+    np.testing.assert_allclose(m.predict(x, batch_size=1), reference(), rtol=1e-4, atol=1e-4)
+    m.fit(x, np.array([0, 1, 2, 0, 1]), batch_size=5, epochs=1, verbose=0)
+    assert not np.array_equal(m.get_weights()[0], w[0] * 0.5)
+    np.testing.assert_allclose(m.predict(x, batch_size=1), reference(), rtol=1e-4, atol=1e-4)
+    # the training-mode forward (plain kernel) and predict agree to rounding
+    np.testing.assert_allclose(m._graph.forward(x, True), m.predict(x), rtol=1e-5, atol=1e-6)

@@ -76,6 +76,10 @@ struct Op {
   // around such a forward and is false otherwise.
   virtual bool can_fuse_relu() const { return false; }
   bool fused_relu = false;
+  // Whether params[k].version identifies the weights' values (an op may keep a prepared
+  // copy per version). False for an op inside a quantized wrapper, which swaps quantized
+  // tensors in for the latent weights behind its back.
+  bool versioned_weights = true;
   // The kernels of the primitives used by the last forward (empty before it, or for
   // ops that run lowbit's own loops).
   virtual std::vector<Kernel> kernels() const { return {}; }

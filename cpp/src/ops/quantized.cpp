@@ -60,6 +60,7 @@ struct Quantized : Op {
     binit = cfg.s("bias_initializer", "zeros");
     c.ints["use_bias"] = {0};
     inner = k == "conv2d" ? make_conv2d(c, in) : make_dense(c, in);
+    inner->versioned_weights = false;
     w_ = role(cfg, "weight"), in_ = role(cfg, "input"), out_ = role(cfg, "output"), grad_ = role(cfg, "grad");
     w_.st.is_weight = true;
     const char* layer = k == "conv2d" ? "Conv2D" : "Dense";
