@@ -440,7 +440,8 @@ def _tamper_dtype_flags(raw):
     (_tamper_dtype_flags, "has flags 0x3f"),
     (lambda raw: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8),
                                b"labels": {0, 1}}, protocol=2), "'__builtin__.set'"),
-    (lambda raw: os.urandom(500), "not a CIFAR-10 python batch"),
+    (lambda raw: os.urandom(500), "not a CIFAR-10 python batch"),  # may even unpickle, to a non-dict
+    (lambda raw: pickle.dumps(7, protocol=2), "not a CIFAR-10 python batch (expected a dict, got int)"),
     (lambda raw: raw[: len(raw) // 2], "not a CIFAR-10 python batch"),
     (lambda raw: b"", "not a CIFAR-10 python batch"),
 ])

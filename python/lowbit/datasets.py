@@ -416,7 +416,7 @@ def _cifar_pickle_batch(path: Path):
             f"cifar10: {path}: not a CIFAR-10 python batch "
             f"({type(e).__name__}: {e})") from e
     if not isinstance(d, dict):
-        raise ValueError(f"cifar10: {path}: expected a dict, got {type(d).__name__}")
+        raise ValueError(f"cifar10: {path}: not a CIFAR-10 python batch (expected a dict, got {type(d).__name__})")
 
     def get(key):
         for k in (key.encode(), key):
