@@ -3,12 +3,12 @@
 layers timed one by one, which each pay a call's fixed cost and start with cold caches.
 
     >>> print(model.profile(x, repeat=20))
-    Layer (ops)                  Output shape      ms       %
-    conv2d (conv2d)              (32, 28, 28)   0.412    38.1
+    Layer (ops)                  Output shape      ms      %
+    conv2d_1 (conv2d, relu)      (32, 28, 28)   0.412   38.1
     ...
-    layers                                      1.043    96.5
-    per-call overhead                           0.038     3.5
-    predict                                     1.081   100.0
+    layers                                      1.043   96.5
+    per-call overhead                           0.038    3.5
+    predict                                     1.081
 """
 import time
 
