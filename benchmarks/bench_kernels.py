@@ -168,6 +168,9 @@ def main():
                 calls["engine Binary krn"] = engine_layer(layer, True)
             for fam in families:
                 layer = one_layer(kind, shape, out, **FAMILY_FORMATS[fam](kind))
+                # one training-mode call, as a trained layer has had: Int's running range
+                # (inference then skips the batch's max pass)
+                layer.layers[0](x, training=True)
                 x_of[id(layer)] = x
                 calls[f"{fam} sim"] = engine_layer(layer, False)
                 if info[fam] != "simulated":
