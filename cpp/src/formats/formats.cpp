@@ -345,15 +345,24 @@ void quantize_blocks(const Format& f, const float* x, float* y, int64_t n, Quant
 }
 
 // Integer grid k*s, k in [kmin, kmax], from one scale (and zero point).
+// k = clamp(nearbyint(x / s) + zp, kmin, kmax), y = (k - zp) s in double, as the format
+// defines it; each element alone, so vectorised and threaded it gives the same values
+LB_CLONES void int_grid_run(const float* x, float* y, int64_t n, double s, double zp, double kmin, double kmax) {
+  for (int64_t i = 0; i < n; ++i) {
+    double k = std::min(std::max(std::nearbyint(double(x[i]) / s) + zp, kmin), kmax);
+    y[i] = float((k - zp) * s);
+  }
+}
+
 double int_grid(const float* x, float* y, int64_t n, double s, double zp, double kmin, double kmax) {
   if (!(s > 0)) {
     for (int64_t i = 0; i < n; ++i) y[i] = 0.f;
     return 0.0;
   }
-  for (int64_t i = 0; i < n; ++i) {
-    double k = std::min(std::max(std::nearbyint(double(x[i]) / s) + zp, kmin), kmax);
-    y[i] = float((k - zp) * s);
-  }
+  const int64_t chunk = 16384;
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i0 = 0; i0 < n; i0 += chunk)
+    int_grid_run(x + i0, y + i0, std::min(chunk, n - i0), s, zp, kmin, kmax);
   return s;
 }
 

@@ -207,7 +207,7 @@ struct Quantized : Op {
     }
     Tensor& zt = out_ ? z_ : dst;
     if (out_) z_.resize(dst.shape);
-    zt.blocked = may_block && !accum_ && !factor;
+    zt.blocked = may_block && !accum_;  // scale_channels maps blocked tensors too
     if (accum_) {
       const IntOperands ints{&in_.st.step, &w_.st.step};
       if (kind == "conv2d") accum_conv_forward(*accum_, geo_, *x, inner->params[0].value, zt, ints);
