@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
 import warnings
 
 import numpy as np
@@ -172,28 +171,16 @@ def _segments(model):
 
 
 def measure_latency(model, repeat=20, batch=1, seed=0, flush_mb=0):
-    """Median wall time in ms of ``model.predict`` on a random batch (one warm-up run first).
+    """Median wall time in ms of ``model.predict`` on a random batch (one warm-up run first):
+    ``Model.profile``'s whole-call time.
 
     ``flush_mb > 0`` writes that many MiB before every timed run, evicting the caches: a
     layer timed alone keeps its weights in cache from run to run, which a layer inside a
     network does not when the other layers' weights pass through the cache in between
     (S1's AlexNet: 4096x4096 fp32 weights are 64 MiB, 1365x4096 fit a 32 MiB L3)."""
-    if int(repeat) < 1:
-        raise ValueError(f"measure_latency: expected repeat >= 1, got {repeat}")
-    if flush_mb < 0:
-        raise ValueError(f"measure_latency: expected flush_mb >= 0, got {flush_mb}")
     model._require_built()
     x = np.random.default_rng(seed).standard_normal((int(batch),) + _input_shape(model)).astype(np.float32)
-    scratch = np.empty(int(flush_mb * 2 ** 20) // 8) if flush_mb else None
-    model.predict(x, batch_size=int(batch))
-    times = []
-    for k in range(int(repeat)):
-        if scratch is not None:
-            scratch.fill(k)
-        t = time.perf_counter()
-        model.predict(x, batch_size=int(batch))
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
+    return model.profile(x, batch_size=int(batch), repeat=repeat, flush_mb=flush_mb).call_ms
 
 
 def _grid(width, steps):

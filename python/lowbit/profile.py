@@ -81,12 +81,11 @@ def profile(model, x=None, batch_size=None, repeat=10, flush_mb=0):
     if not isinstance(flush_mb, (int, float, np.integer, np.floating)) or not flush_mb >= 0:
         raise ValueError(f"profile: expected flush_mb >= 0, got {flush_mb!r}")
     scratch = np.empty(int(flush_mb * 2 ** 20) // 8) if flush_mb else None
+    from .model import _batch_size
     if x is None:
         model._require_built()
-        n = 32 if batch_size is None else batch_size
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"profile: expected batch_size >= 1, got {batch_size!r}")
-        x = np.random.default_rng(0).standard_normal((int(n), *model.input_shape)).astype(np.float32)
+        n = _batch_size(32 if batch_size is None else batch_size, "profile")
+        x = np.random.default_rng(0).standard_normal((n, *model.input_shape)).astype(np.float32)
     batch = len(x) if batch_size is None else batch_size
     model.predict(x, batch_size=batch)  # warm-up: primitives, buffers, calibration; checks the arguments
     node_s, call_s = [], []

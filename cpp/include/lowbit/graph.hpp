@@ -60,8 +60,8 @@ class Graph {
   // the layout conversions of its inputs), for a per-layer profile in the network's own
   // context (caches, layouts) rather than of each layer run alone.
   void predict_timed(const float* x, int64_t n, int64_t batch, float* out, std::vector<double>& seconds);
-  // Per node, what predict/evaluate do with it: 0 run as is, 1 a ReLU applied by its
-  // producer, 2 a ReLU run in place over its producer's output, 3 applies the ReLU after it.
+  // Per node, what predict/evaluate do with it (the values of relu_plan_ below).
+  enum : int8_t { kAsIs = 0, kReluFolded = 1, kReluInPlace = 2, kAppliesRelu = 3 };
   std::vector<int8_t> inference_fusions() {
     if (relu_plan_.size() != nodes_.size()) plan_relu();
     return relu_plan_;
@@ -127,12 +127,14 @@ class Graph {
   void restore_undo(const std::vector<Param*>& ps);
   std::vector<Tensor> act_, grad_;
   std::vector<double>* node_seconds_ = nullptr;  // set during predict_timed
-  // Inference fusions, on in predict and evaluate: per node 0, or for a ReLU node 1 =
-  // applied by its producer (batch norm, add), 2 = run in place over its producer's
-  // output; only where that output has no other reader. Planned after the graph changes.
+  // Inference fusions, on in predict and evaluate: per node kAsIs, or for a ReLU node
+  // kReluFolded (applied by its producer, a batch norm or add, marked kAppliesRelu) or
+  // kReluInPlace (run over its producer's output); only where that output has no other
+  // reader. Planned after the graph changes.
   bool fuse_ = false;
   std::vector<int8_t> relu_plan_;
   void plan_relu();
+  void forward_node(int i, int64_t n, int8_t plan, const StepContext& ctx);
   std::vector<char> grad_set_;
   std::vector<Tensor> scratch_, dplain_;
   // layouts: NCHW copies of blocked inputs for ops that need NCHW, what each op saw

@@ -167,8 +167,8 @@ void Graph::plan_relu() {
     const auto& from = nodes_[size_t(j)];
     if (!from.op || uses[size_t(j)] != 1) continue;
     const bool fold = from.op->can_fuse_relu();
-    relu_plan_[size_t(i)] = fold ? 1 : 2;
-    if (fold) relu_plan_[size_t(j)] = 3;  // the producer applies it
+    relu_plan_[size_t(i)] = fold ? kReluFolded : kReluInPlace;
+    if (fold) relu_plan_[size_t(j)] = kAppliesRelu;
   }
 }
 
@@ -185,38 +185,43 @@ void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext&
     auto& node = nodes_[size_t(i)];
     if (!node.op) continue;
     const auto t0 = node_seconds_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
-    if (fuse && (relu_plan_[size_t(i)] == 1 || relu_plan_[size_t(i)] == 2)) {  // act_[i] is the producer's output
-      Tensor& from = act_[size_t(node.inputs[0])];
-      act_[size_t(i)] = Tensor::borrow(from.data(), from.shape);
-      act_[size_t(i)].blocked = from.blocked;
-      used_src_[size_t(i)].assign(1, &from);
-      if (relu_plan_[size_t(i)] == 2) node.op->forward(used_src_[size_t(i)], act_[size_t(i)], ctx);
-      if (node_seconds_)
-        (*node_seconds_)[size_t(i)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      continue;
-    }
-    node.op->fused_relu = fuse && relu_plan_[size_t(i)] == 3;
-    const bool accepts = node.op->accepts_blocked();
-    bool mixed = false;  // several inputs (Add) must share one layout
-    for (int j : node.inputs) mixed |= act_[size_t(j)].blocked != act_[size_t(node.inputs[0])].blocked;
-    auto& used = used_src_[size_t(i)];
-    used.clear();
-    plain_in_[size_t(i)].resize(node.inputs.size());
-    for (size_t k = 0; k < node.inputs.size(); ++k) {
-      const Tensor* t = &act_[size_t(node.inputs[k])];
-      if (t->blocked && (!accepts || mixed)) {
-        to_layout(*t, plain_in_[size_t(i)][k], false);
-        t = &plain_in_[size_t(i)][k];
-      }
-      used.push_back(t);
-    }
-    act_[size_t(i)].resize(with_batch(node.out_shape, n));
-    act_[size_t(i)].blocked = accepts;  // permission; the op clears it when it writes NCHW
-    node.op->forward(used, act_[size_t(i)], ctx);
-    node.op->fused_relu = false;
+    forward_node(i, n, fuse ? relu_plan_[size_t(i)] : kAsIs, ctx);
     if (node_seconds_)
       (*node_seconds_)[size_t(i)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
+}
+
+// Node i's forward; plan (relu_plan_'s value, kAsIs outside predict/evaluate) says whether
+// it is a ReLU over its producer's output or an op that applies the ReLU after it.
+void Graph::forward_node(int i, int64_t n, int8_t plan, const StepContext& ctx) {
+  auto& node = nodes_[size_t(i)];
+  if (plan == kReluFolded || plan == kReluInPlace) {  // act_[i] is the producer's output
+    Tensor& from = act_[size_t(node.inputs[0])];
+    act_[size_t(i)] = Tensor::borrow(from.data(), from.shape);
+    act_[size_t(i)].blocked = from.blocked;
+    used_src_[size_t(i)].assign(1, &from);
+    if (plan == kReluInPlace) node.op->forward(used_src_[size_t(i)], act_[size_t(i)], ctx);
+    return;
+  }
+  const bool accepts = node.op->accepts_blocked();
+  bool mixed = false;  // several inputs (Add) must share one layout
+  for (int j : node.inputs) mixed |= act_[size_t(j)].blocked != act_[size_t(node.inputs[0])].blocked;
+  auto& used = used_src_[size_t(i)];
+  used.clear();
+  plain_in_[size_t(i)].resize(node.inputs.size());
+  for (size_t k = 0; k < node.inputs.size(); ++k) {
+    const Tensor* t = &act_[size_t(node.inputs[k])];
+    if (t->blocked && (!accepts || mixed)) {
+      to_layout(*t, plain_in_[size_t(i)][k], false);
+      t = &plain_in_[size_t(i)][k];
+    }
+    used.push_back(t);
+  }
+  act_[size_t(i)].resize(with_batch(node.out_shape, n));
+  act_[size_t(i)].blocked = accepts;  // permission; the op clears it when it writes NCHW
+  node.op->fused_relu = plan == kAppliesRelu;
+  node.op->forward(used, act_[size_t(i)], ctx);
+  node.op->fused_relu = false;
 }
 
 // Reverse-mode sweep. The first consumer to reach a producer writes its gradient in
@@ -510,11 +515,13 @@ void Graph::restore_undo(const std::vector<Param*>& ps) {
 }
 
 namespace {
-// Sets a flag for the duration of a call (exceptions included).
-struct FlagOn {
-  bool& f;
-  explicit FlagOn(bool& flag) : f(flag) { f = true; }
-  ~FlagOn() { f = false; }
+// Sets a member for the duration of a call and restores it (exceptions included).
+template <class T>
+struct Scoped {
+  T& ref;
+  T old;
+  Scoped(T& r, T v) : ref(r), old(r) { ref = v; }
+  ~Scoped() { ref = old; }
 };
 }  // namespace
 
@@ -522,7 +529,7 @@ Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const 
   LB_CHECK(batch >= 1, "evaluate: expected batch_size >= 1, got ", batch);
   LB_CHECK(n >= 1, "evaluate: expected at least one sample");
   check_targets(n, labels, targets);
-  FlagOn fused(fuse_);
+  Scoped<bool> fused(fuse_, true);
   const Shape& in = nodes_[size_t(input("evaluate"))].out_shape;
   const int64_t inner = numel(in), K = nodes_[size_t(output_)].out_shape[0];
   Metrics m;
@@ -545,7 +552,7 @@ Metrics Graph::evaluate(const float* x, int64_t n, const int64_t* labels, const 
 
 void Graph::predict(const float* x, int64_t n, int64_t batch, float* out) {
   LB_CHECK(batch >= 1, "predict: expected batch_size >= 1, got ", batch);
-  FlagOn fused(fuse_);
+  Scoped<bool> fused(fuse_, true);
   const Shape& in = nodes_[size_t(input("predict"))].out_shape;
   const int64_t inner = numel(in), K = numel(nodes_[size_t(output_)].out_shape);
   for (int64_t b0 = 0; b0 < n; b0 += batch) {
@@ -558,14 +565,8 @@ void Graph::predict(const float* x, int64_t n, int64_t batch, float* out) {
 
 void Graph::predict_timed(const float* x, int64_t n, int64_t batch, float* out, std::vector<double>& seconds) {
   seconds.assign(nodes_.size(), 0.0);
-  node_seconds_ = &seconds;
-  try {
-    predict(x, n, batch, out);
-  } catch (...) {
-    node_seconds_ = nullptr;
-    throw;
-  }
-  node_seconds_ = nullptr;
+  Scoped<std::vector<double>*> timed(node_seconds_, &seconds);
+  predict(x, n, batch, out);
 }
 
 double Graph::compute_gradients(const float* x, int64_t n, const int64_t* labels, const float* targets) {
