@@ -143,10 +143,13 @@ def assert_close_but_for_code_flips(fast, sim):
 
 def int8_net():
     """Int(8) convs (odd size, stride 2, 1x1, per-channel weights, an asymmetric input after
-    ReLU), batch norm between them, an Int(8) Dense, fp32 first and last layers."""
+    ReLU), batch norm between them, an Int(8) Dense, fp32 first and last layers. The 16 ->
+    16 conv reads and writes nChw16c with one block, which is NHWC: no copies."""
     q = dict(weight_format=F.Int(8, per_channel=True), input_format=F.Int(8))
     return lb.Sequential([
         L.Conv2D(16, 3, padding="same", input_shape=(3, 11, 11)),
+        L.BatchNormalization(),
+        L.Conv2D(16, 3, padding="same", **q),
         L.BatchNormalization(),
         L.Conv2D(32, 3, padding="same", **q),
         L.BatchNormalization(),
@@ -170,8 +173,8 @@ def test_engine_predict_evaluate_and_weight_cache(rng):
     assert K.info()["engine_int8_calls"] == calls, "the training forward ran the int8 kernels"
     prep = K.info()["engine_weight_preparations"]
     fast, sim, used = predict_kernels_on_off(m, x, "int8")
-    assert used == 4 * 3  # four int8 layers, three batches of 7
-    assert K.info()["engine_weight_preparations"] - prep == 4  # once per layer, not per batch
+    assert used == 5 * 3  # five int8 layers, three batches of 7
+    assert K.info()["engine_weight_preparations"] - prep == 5  # once per layer, not per batch
     assert_close_but_for_code_flips(fast, sim)
     ev_fast = m.evaluate(x, y, batch_size=6)
     K.use_in_engine(False)
@@ -190,7 +193,7 @@ def test_engine_predict_evaluate_and_weight_cache(rng):
     prep = K.info()["engine_weight_preparations"]
     m.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
     fast3, sim3, _ = predict_kernels_on_off(m, x, "int8")
-    assert K.info()["engine_weight_preparations"] - prep == 4
+    assert K.info()["engine_weight_preparations"] - prep == 5
     assert_close_but_for_code_flips(fast3, sim3)
     assert not np.allclose(fast3, fast2, rtol=1e-3)
 

@@ -61,9 +61,10 @@ struct ConvShape {
   int64_t N, C, H, W;
   int64_t sh = 1, sw = 1, dh = 1, dw = 1;
   int64_t pt = 0, pb = 0, pl = 0, pr = 0;  // zero padding top/bottom/left/right
-  bool blocked = false;  // x in nChw16c (C a multiple of 16) instead of NCHW
+  bool blocked = false;      // x in nChw16c (C a multiple of 16) instead of NCHW
+  bool blocked_out = false;  // y in nChw16c (O a multiple of 16) instead of NCHW
 };
-// y (N, O, OH, OW) NCHW from x (N, C, H, W), NCHW or nChw16c. scale / bias per output
+// y (N, O, OH, OW) from x (N, C, H, W), each NCHW or nChw16c. scale / bias per output
 // channel, may be null.
 void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, const float* scale,
                    const float* bias, float* y, Path p);

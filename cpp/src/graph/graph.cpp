@@ -87,7 +87,7 @@ int Graph::add(const std::string& kind, const std::vector<int>& inputs, const Co
 void Graph::set_output(int id) {
   LB_CHECK(id >= 0 && id < int(nodes_.size()), "Model: output node ", id, " does not exist");
   output_ = id;
-  relu_plan_.clear();
+  fusion_plan_.clear();
 }
 
 void Graph::init_params(uint64_t seed) {
@@ -155,27 +155,35 @@ const Tensor& Graph::plain(const Tensor& t) {
   return plain_out_;
 }
 
-void Graph::plan_relu() {
+void Graph::plan_fusions() {
   std::vector<int> uses(nodes_.size(), 0);
   for (const auto& node : nodes_)
     for (int j : node.inputs) ++uses[size_t(j)];
-  relu_plan_.assign(nodes_.size(), 0);
+  fusion_plan_.assign(nodes_.size(), 0);
+  sign_reader_.assign(nodes_.size(), -1);
   for (int i = 0; i <= output_; ++i) {
     const auto& node = nodes_[size_t(i)];
+    for (int j : node.inputs) {  // j a sign quantizer read by i alone
+      const Format* f = nodes_[size_t(j)].op ? nodes_[size_t(j)].op->output_format() : nullptr;
+      if (nodes_[size_t(j)].kind == "quantize" && uses[size_t(j)] == 1 && node.inputs.size() == 1 && f &&
+          f->kind == FormatKind::binary && f->scale == ScaleMode::none && f->hysteresis == 0.f &&
+          f->rounding != Rounding::stochastic)
+        fusion_plan_[size_t(j)] = kSignPassed, sign_reader_[size_t(j)] = i;
+    }
     if (!node.op || node.kind != "relu" || node.inputs.size() != 1) continue;
     const int j = node.inputs[0];
     const auto& from = nodes_[size_t(j)];
     if (!from.op || uses[size_t(j)] != 1) continue;
     const bool fold = from.op->can_fuse_relu();
-    relu_plan_[size_t(i)] = fold ? kReluFolded : kReluInPlace;
-    if (fold) relu_plan_[size_t(j)] = kAppliesRelu;
+    fusion_plan_[size_t(i)] = fold ? kReluFolded : kReluInPlace;
+    if (fold) fusion_plan_[size_t(j)] = kAppliesRelu;
   }
 }
 
 void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext& ctx) {
   const int64_t n = xs[0]->dim(0);
   const bool fuse = fuse_ && !ctx.training;
-  if (fuse && relu_plan_.size() != nodes_.size()) plan_relu();
+  if (fuse && fusion_plan_.size() != nodes_.size()) plan_fusions();
   act_.resize(nodes_.size());
   plain_in_.resize(nodes_.size());
   used_src_.resize(nodes_.size());
@@ -185,17 +193,20 @@ void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext&
     auto& node = nodes_[size_t(i)];
     if (!node.op) continue;
     const auto t0 = node_seconds_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
-    forward_node(i, n, fuse ? relu_plan_[size_t(i)] : kAsIs, ctx);
+    forward_node(i, n, fuse ? fusion_plan_[size_t(i)] : kAsIs, ctx);
     if (node_seconds_)
       (*node_seconds_)[size_t(i)] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 }
 
-// Node i's forward; plan (relu_plan_'s value, kAsIs outside predict/evaluate) says whether
-// it is a ReLU over its producer's output or an op that applies the ReLU after it.
+// Node i's forward; plan (fusion_plan_'s value, kAsIs outside predict/evaluate) says whether
+// it is a ReLU over its producer's output, an op that applies the ReLU after it, or a sign
+// quantizer that its reader may skip. A binary kernel reads x < 0 as -1 and everything
+// else (0, NaN) as +1, exactly as Binary() quantizes, so it may read x instead of sign(x).
 void Graph::forward_node(int i, int64_t n, int8_t plan, const StepContext& ctx) {
   auto& node = nodes_[size_t(i)];
-  if (plan == kReluFolded || plan == kReluInPlace) {  // act_[i] is the producer's output
+  const bool pass = plan == kSignPassed && nodes_[size_t(sign_reader_[size_t(i)])].op->reads_input_signs();
+  if (plan == kReluFolded || plan == kReluInPlace || pass) {  // act_[i] is the producer's output
     Tensor& from = act_[size_t(node.inputs[0])];
     act_[size_t(i)] = Tensor::borrow(from.data(), from.shape);
     act_[size_t(i)].blocked = from.blocked;

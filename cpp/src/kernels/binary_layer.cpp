@@ -29,11 +29,12 @@ class BinaryLayer : public LayerKernel {
   void forward(const Tensor& xt, QuantState&, const float* bias, Tensor& z) override {
     const float* x = xt.data();
     const int64_t N = xt.dim(0);
-    z.blocked = false;
+    z.blocked = z.blocked && conv_ && O_ % 16 == 0;  // where the executor permits it
     if (!conv_) return binary_dense(x, N, w_, scale_.data(), bias, z.data(), binary_path());
     ConvShape s = s_;
     s.N = N;
     s.blocked = xt.blocked;  // packed from nChw16c directly (16 channels' signs in one compare)
+    s.blocked_out = z.blocked;  // batch norm and the next layers read nChw16c without a reorder
     binary_conv2d(x, s, w_, scale_.data(), bias, z.data(), binary_path());
   }
 

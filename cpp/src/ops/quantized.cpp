@@ -110,6 +110,11 @@ struct Quantized : Op {
   }
 
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
+  // at inference the xnor-popcount kernel packs x < 0 itself (no quantizer pass, see forward)
+  bool reads_input_signs() const override {
+    return kernel_ && kernel_->family() == kernels::Family::binary && kernels::family_enabled(kernels::Family::binary) &&
+           (!in_ || in_.f->hysteresis == 0.f);
+  }
   // The inner op's primitives, except the passes lowbit's accumulator loops replace.
   std::vector<Kernel> kernels() const override {
     if (ran_kernel_) {  // the last forward ran a low-precision kernel
