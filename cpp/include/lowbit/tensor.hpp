@@ -71,24 +71,10 @@ struct Tensor {
 // Sum over the batch and spatial axes of an (N, C, S) row-major array: the bias
 // gradient of conv (S = H*W) and dense (S = 1) layers. Eigen reduces in float with SIMD.
 void channel_sums(const float* dy, int64_t N, int64_t C, int64_t S, float* out);
-// The same for a channel-blocked (nChw16c) tensor, and the matching bias addition.
+// The same for a channel-blocked (nChw16c) tensor.
 void channel_sums_blocked(const float* dy, int64_t N, int64_t C, int64_t S, float* out);
+// y += b[c] / y *= a[c] for every element of channel c of an (N, C, S) tensor, plain or nChw16c.
 void add_channel_bias(float* y, const float* b, int64_t N, int64_t C, int64_t S, bool blocked);
-
-// f(y[i], channel of i) for every element of an (N, C, S) tensor, plain or nChw16c.
-template <class F>
-void for_each_channel_element(float* y, int64_t N, int64_t C, int64_t S, bool blocked, F f) {
-  if (blocked) {  // nChw16c: element (n, cb, s, c16)
-    const int64_t CB = C / 16;
-#pragma omp parallel for schedule(static) if (N * C * S > 65536)
-    for (int64_t nb = 0; nb < N * CB; ++nb)
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t c = 0; c < 16; ++c) f(y[(nb * S + s) * 16 + c], (nb % CB) * 16 + c);
-    return;
-  }
-#pragma omp parallel for schedule(static) if (N * C * S > 65536)
-  for (int64_t nc = 0; nc < N * C; ++nc)
-    for (int64_t s = 0; s < S; ++s) f(y[nc * S + s], nc % C);
-}
+void mul_channel_scale(float* y, const float* a, int64_t N, int64_t C, int64_t S, bool blocked);
 
 }  // namespace lowbit

@@ -367,13 +367,16 @@ class OnednnLayer : public LayerKernel {
     return codes;
   }
 
-  // oneDNN 3.2 lists its brgemm int8 convolution first. Its direct jit_int8 one of the same
-  // ISA computes the same sums and was as fast on large layers and faster on ResNet-20's
-  // (AMD EPYC, VNNI, batch 64, 1 thread: 16 channels at 32x32 0.54 -> 0.41 ms, 64 at 8x8
-  // 0.44 -> 0.35, 1x1 stride 2 0.10 -> 0.06; 256 at 14x14 batch 16 4.12 -> 4.16). Where
-  // the first is another ISA (AMX) it stays.
+  // oneDNN 3.2 lists its brgemm convolutions first. Its direct ones of the same ISA
+  // (`name`: jit_int8, jit_bf16) compute the same sums. int8's was as fast on large layers
+  // and faster on ResNet-20's (AMD EPYC, VNNI, batch 64, 1 thread: 16 channels at 32x32
+  // 0.54 -> 0.41 ms, 64 at 8x8 0.44 -> 0.35, 1x1 stride 2 0.10 -> 0.06; 256 at 14x14
+  // batch 16 4.12 -> 4.16). bf16's is as fast and reads and writes nChw16c, which the
+  // layers around it use (brgemm's NHWC cost a reorder in and a copy out). Where the
+  // first is another ISA (AMX) it stays.
   template <class Make>
-  static convolution_forward::primitive_desc prefer_jit_int8(convolution_forward::primitive_desc pd, const Make& make) {
+  static convolution_forward::primitive_desc prefer_direct(convolution_forward::primitive_desc pd,
+                                                           const std::string& want, const Make& make) {
     const auto isa_of = [](const std::string& name) {  // "brgconv:avx512_core_vnni" -> ":avx512_core_vnni"
       const size_t at = name.find(':');
       return at == std::string::npos ? std::string() : name.substr(at);
@@ -381,7 +384,7 @@ class OnednnLayer : public LayerKernel {
     const std::string isa = isa_of(pd.impl_info_str());
     do {
       const std::string name = pd.impl_info_str();
-      if (name.rfind("jit_int8", 0) == 0 && isa_of(name) == isa) return pd;
+      if (name.rfind(want, 0) == 0 && isa_of(name) == isa) return pd;
     } while (pd.next_impl());
     return make();
   }
@@ -406,7 +409,7 @@ class OnednnLayer : public LayerKernel {
                                                    wei, p.bias, dst, g_.strides, g_.dil, g_.pad_l, g_.pad_r, attr);
       };
       convolution_forward::primitive_desc pd = make();
-      if (fam_ == Family::int8) pd = prefer_jit_int8(pd, make);
+      if (fam_ != Family::fp16) pd = prefer_direct(pd, fam_ == Family::int8 ? "jit_int8" : "jit_bf16", make);
       p.pd = pd;
       p.prim = convolution_forward(pd);
     } else {

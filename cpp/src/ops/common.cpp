@@ -1,9 +1,11 @@
 #include <Eigen/Core>
 #include <cmath>
+#include <cstring>
 
 #include "lowbit/dnnl_util.hpp"
 #include "lowbit/ops.hpp"
 #include "lowbit/rng.hpp"
+#include "lowbit/simd.hpp"
 
 namespace lowbit {
 
@@ -33,8 +35,55 @@ void channel_sums_blocked(const float* dy, int64_t N, int64_t C, int64_t S, floa
           Eigen::Map<const Blk>(dy + (n * CB + cb) * S * 16, S, 16).colwise().sum();
 }
 
+namespace {
+// y[i] += v or *= v over one channel's plane (NCHW), or y[16 s + c] by v[c] over a
+// block's pixels (nChw16c). Cloned per ISA: a lambda per element ran 4 wide (SSE2), and
+// the bias pass was 8 % of a bf16 ResNet-20 predict.
+LB_CLONES void plane_op(float* y, int64_t n, float v, bool mul) {
+  if (mul)
+    for (int64_t i = 0; i < n; ++i) y[i] *= v;
+  else
+    for (int64_t i = 0; i < n; ++i) y[i] += v;
+}
+LB_CLONES void block_op(float* y, int64_t S, const float* v16, bool mul) {
+  float v[16];
+  std::memcpy(v, v16, sizeof v);
+  if (mul)
+    for (int64_t s = 0; s < S; ++s)
+      for (int c = 0; c < 16; ++c) y[s * 16 + c] *= v[c];
+  else
+    for (int64_t s = 0; s < S; ++s)
+      for (int c = 0; c < 16; ++c) y[s * 16 + c] += v[c];
+}
+// y[i] op= v[i]: a dense layer's row (S = 1)
+LB_CLONES void row_op(float* y, int64_t n, const float* v, bool mul) {
+  if (mul)
+    for (int64_t i = 0; i < n; ++i) y[i] *= v[i];
+  else
+    for (int64_t i = 0; i < n; ++i) y[i] += v[i];
+}
+void channel_op(float* y, const float* v, int64_t N, int64_t C, int64_t S, bool blocked, bool mul) {
+  if (S == 1 && !blocked) {
+#pragma omp parallel for schedule(static) if (N * C > 65536)
+    for (int64_t n = 0; n < N; ++n) row_op(y + n * C, C, v, mul);
+    return;
+  }
+  if (blocked) {
+    const int64_t CB = C / 16;
+#pragma omp parallel for schedule(static) if (N * C * S > 65536)
+    for (int64_t nb = 0; nb < N * CB; ++nb) block_op(y + nb * S * 16, S, v + (nb % CB) * 16, mul);
+    return;
+  }
+#pragma omp parallel for schedule(static) if (N * C * S > 65536)
+  for (int64_t nc = 0; nc < N * C; ++nc) plane_op(y + nc * S, S, v[nc % C], mul);
+}
+}  // namespace
+
 void add_channel_bias(float* y, const float* b, int64_t N, int64_t C, int64_t S, bool blocked) {
-  for_each_channel_element(y, N, C, S, blocked, [b](float& v, int64_t c) { v += b[c]; });
+  channel_op(y, b, N, C, S, blocked, false);
+}
+void mul_channel_scale(float* y, const float* a, int64_t N, int64_t C, int64_t S, bool blocked) {
+  channel_op(y, a, N, C, S, blocked, true);
 }
 
 std::string shape_str(const Shape& s) {

@@ -156,9 +156,8 @@ struct Quantized : Op {
   void scale_channels(Tensor& z, const std::vector<float>& alpha) const {
     const bool per_channel = int64_t(alpha.size()) == channels;
     LB_CHECK(per_channel || alpha.size() == 1, "binary weight scales: ", alpha.size(), " for ", channels, " channels");
-    const float* a = alpha.data();
-    for_each_channel_element(z.data(), z.dim(0), channels, numel(out_shape) / channels, z.blocked,
-                             [a, per_channel](float& v, int64_t c) { v *= a[per_channel ? c : 0]; });
+    const std::vector<float> a = per_channel ? alpha : std::vector<float>(size_t(channels), alpha[0]);
+    mul_channel_scale(z.data(), a.data(), z.dim(0), channels, numel(out_shape) / channels, z.blocked);
   }
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
