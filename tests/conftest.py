@@ -226,6 +226,10 @@ CONV_CASES = [  # (N, C, H, W), filters, kernel, stride, padding, dilation
     ((2, 20, 12, 12), 11, 3, 1, "same", 2),
     ((1, 256, 14, 14), 40, 3, 1, "same", 1),
     ((2, 5, 6, 6), 3, 3, 1, 2, 1),  # explicit padding larger than the kernel's reach
+    # binary "wide" words (C <= 32: 64 / C neighbouring pixels per word): two words per
+    # kernel row, the second half empty; and five taps over three words, strided
+    ((2, 32, 8, 9), 16, 3, 1, "same", 1),
+    ((2, 24, 7, 11), 16, (3, 5), 2, "same", 1),
 ]
 
 

@@ -47,6 +47,11 @@ struct BinaryWeights {
   // dense: lane blocks [ceil(O/32)][kwords][32]; conv: rows [O][kwords], k = tap*cw + c/64
   std::vector<uint64_t> bits;
   std::vector<int32_t> tap_sum;  // conv: sum_ci sign(w[o, ci, tap]), [O][kh*kw]
+  // conv with C <= 32 (a word would be mostly empty): also a wide layout in which a word
+  // holds the channels of ppw = 64 / C neighbouring taps of a kernel row, [O][kh][ceil(kw / ppw)]
+  // words, used at dilation 1 against input words that hold ppw neighbouring pixels
+  int64_t ppw = 0, wide_kwords = 0;
+  std::vector<uint64_t> wide;
   int64_t memory_bytes() const { return int64_t(bits.size() * 8); }
 };
 // w: Dense kernel (fan_in, units) row-major / Conv2D kernel OIHW.

@@ -80,6 +80,7 @@ struct Epilogue {
   int64_t classes = 0;
   const uint8_t* touches = nullptr;  // [class][column]: 1 where some channel's correction is not 0
   bool tile = false;
+  const int32_t* lane_kbits = nullptr;  // per lane of the block, instead of kbits (wide words, see binary_conv2d)
   int32_t correction(int64_t r, int64_t j) const {
     return corr ? corr[(r * classes + row_class[j / wp]) * wp + j % wp] : 0;
   }
@@ -109,7 +110,7 @@ void tile_portable(const uint64_t* P, int64_t ldp, int rows, const uint64_t* Q, 
     for (int l = 0; l < kLanes && j0 + l < e.jmax; ++l) {
       const int64_t j = j0 + l, at = e.per_lane ? j : r;
       if (e.wp && j % e.wp >= e.ow) continue;
-      const int32_t d = e.kbits - 2 * int32_t(acc[i][l]) - e.correction(r, j);
+      const int32_t d = (e.lane_kbits ? e.lane_kbits[l] : e.kbits) - 2 * int32_t(acc[i][l]) - e.correction(r, j);
       const int64_t yi = e.tile ? l : e.wp ? (j / e.wp) * e.ow + j % e.wp : j;
       e.y[r * e.ld + yi] = affine(d, e.scale[at], e.bias[at]);
     }
@@ -182,7 +183,10 @@ LB_NATIVE inline void tile_native(const uint64_t* P, int64_t ldp, const uint64_t
       acc[i][3] = _mm512_add_epi64(acc[i][3], _mm512_popcnt_epi64(_mm512_xor_si512(a, q3)));
     }
   }
-  const __m512i kb = _mm512_set1_epi64(e.kbits);
+  __m512i kb[4];
+  for (int v = 0; v < 4; ++v)
+    kb[v] = e.lane_kbits ? _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.lane_kbits + 8 * v)))
+                         : _mm512_set1_epi64(e.kbits);
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     const int64_t r = r0 + i;
@@ -192,7 +196,7 @@ LB_NATIVE inline void tile_native(const uint64_t* P, int64_t ldp, const uint64_t
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       const LaneRuns& lr = plan.runs[v];
-      __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(kb, _mm512_slli_epi64(acc[i][v], 1)));
+      __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(kb[v], _mm512_slli_epi64(acc[i][v], 1)));
       if (Corr && lr.corr)  // per run: the row of the class table of that output row
         for (int t = 0; t < lr.n; ++t)
           d = _mm256_sub_epi32(d, _mm256_maskz_loadu_epi32(lr.mask[t], cr + 8 * v + lr.corr_shift[t]));
@@ -277,6 +281,60 @@ LB_NATIVE void tile_to_blocked_native(const float* tile, int64_t O, const int64_
         if (pos[8 * v + k] >= 0) _mm256_storeu_ps(yc + pos[8 * v + k] * 16, r[k]);
     }
   }
+}
+
+// ---- wide words (C <= 32) ---------------------------------------------------------
+// In place, ascending: word q <- words q .. q + ppw - 1 (of one plane), word t shifted
+// by t C bits. A step reads only words it has not written yet.
+void widen_portable(uint64_t* img, int64_t n, int64_t ppw, int64_t C) {
+  for (int64_t q = 0; q < n; ++q) {
+    uint64_t v = img[q];
+    for (int64_t t = 1; t < ppw && q + t < n; ++t) v |= img[q + t] << (t * C);
+    img[q] = v;
+  }
+}
+LB_NATIVE void widen_native(uint64_t* img, int64_t n, int64_t ppw, int64_t C) {
+  int64_t q = 0;
+  for (; q + 8 + ppw <= n; q += 8) {  // all loads of a step before its store
+    __m512i v = _mm512_loadu_si512(img + q);
+    for (int64_t t = 1; t < ppw; ++t)
+      v = _mm512_or_si512(v, _mm512_sll_epi64(_mm512_loadu_si512(img + q + t), _mm_cvtsi64_si128(t * C)));
+    _mm512_storeu_si512(img + q, v);
+  }
+  widen_portable(img + q, n - q, ppw, C);
+}
+void widen(Path p, uint64_t* img, int64_t n, int64_t ppw, int64_t C) {
+  if (p == Path::native) widen_native(img, n, ppw, C);
+  else widen_portable(img, n, ppw, C);
+}
+
+// kbits + 2 sum_k popcount(Q_k & ~mask_k) per lane of a block: the masked slots' share of
+// every output channel's count (the weights are 0 there, so it is the input's popcount).
+__attribute__((target_clones("popcnt", "default")))
+void masked_counts_portable(const uint64_t* Q, const int64_t* koff, const uint64_t* kmask, int64_t kw, int32_t kbits,
+                            int32_t* out) {
+  for (int64_t l = 0; l < kLanes; ++l) {
+    int32_t extra = 0;
+    for (int64_t k = 0; k < kw; ++k) extra += __builtin_popcountll(Q[koff[k] + l] & ~kmask[k]);
+    out[l] = kbits + 2 * extra;
+  }
+}
+LB_NATIVE void masked_counts_native(const uint64_t* Q, const int64_t* koff, const uint64_t* kmask, int64_t kw,
+                                    int32_t kbits, int32_t* out) {
+  __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+  for (int64_t k = 0; k < kw; ++k) {
+    const __m512i m = _mm512_set1_epi64(int64_t(~kmask[k]));
+    for (int v = 0; v < 4; ++v)
+      acc[v] = _mm512_add_epi64(acc[v], _mm512_popcnt_epi64(_mm512_and_si512(_mm512_loadu_si512(Q + koff[k] + 8 * v), m)));
+  }
+  for (int v = 0; v < 4; ++v)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8 * v),
+                        _mm512_cvtepi64_epi32(_mm512_add_epi64(_mm512_set1_epi64(kbits), _mm512_slli_epi64(acc[v], 1))));
+}
+void masked_counts(Path p, const uint64_t* Q, const int64_t* koff, const uint64_t* kmask, int64_t kw, int32_t kbits,
+                   int32_t* out) {
+  if (p == Path::native) masked_counts_native(Q, koff, kmask, kw, kbits, out);
+  else masked_counts_portable(Q, koff, kmask, kw, kbits, out);
 }
 
 // ---- sign packing -----------------------------------------------------------------
@@ -432,6 +490,18 @@ BinaryWeights pack_conv_weights(const float* w, int64_t O, int64_t C, int64_t kh
           b.bits[size_t(o * b.kwords + t * cw + c / 64)] |= uint64_t(1) << (c % 64);
           b.tap_sum[size_t(o * taps + t)] -= 2;
         }
+  if (C <= 32 && kw > 1) {  // the wide layout: tap j of kernel row i in word j / ppw, slot j % ppw
+    b.ppw = 64 / C;
+    const int64_t wpr = (kw + b.ppw - 1) / b.ppw;
+    b.wide_kwords = kh * wpr;
+    b.wide.assign(size_t(O * b.wide_kwords), 0);
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j)
+            if (w[((o * C + c) * kh + i) * kw + j] < 0.f)
+              b.wide[size_t(o * b.wide_kwords + i * wpr + j / b.ppw)] |= uint64_t(1) << ((j % b.ppw) * C + c);
+  }
   return b;
 }
 
@@ -494,6 +564,10 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
   const int64_t image = cw * g.plane;
   const bool direct = s.sh == 1 && s.sw == 1;
   const int64_t grid = direct ? OH * Wp : P;  // lane positions per image
+  // few channels (C <= 32): a word holds ppw neighbouring pixels, so that the taps of a
+  // kernel row share words (16 channels, 3x3: 3 words per lane instead of 9)
+  const bool wide = !w.wide.empty() && s.dw == 1;
+  const int64_t ppw = wide ? w.ppw : 1;
   const int64_t pblocks = (grid + kLanes - 1) / kLanes;
 
   // Input signs in padded planes, plus slack: the last block's dropped lanes read past
@@ -510,6 +584,7 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
       if (p == Path::native) pack_image_native(xn, g, img);
       else pack_image_portable(xn, g, img);
     }
+    if (wide) widen(p, img, g.plane, ppw, s.C);
   }
 
   // Padding correction (integer, before the epilogue's scale): per output channel,
@@ -548,19 +623,33 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
 
   const Affine a(scale, bias, O);
 
-  // Reduction word k = (tap, c) of lane position j: plane c, offset of the tap.
-  std::vector<int64_t> koff = lane_block_offsets(w.kwords);
-  if (direct)
-    for (int64_t i = 0; i < w.kh; ++i)
+  // Reduction word k of lane position j: the word of plane kplane[k] kin[k] input rows and
+  // kcol[k] columns from the lane's receptive field's corner; narrow, k = (tap, c / 64);
+  // wide, k = (kernel row, j / ppw) with the slots of taps past the row's end masked out.
+  const int64_t kwords = wide ? w.wide_kwords : w.kwords, wpr = wide ? (w.kw + ppw - 1) / ppw : 0;
+  std::vector<int64_t> kplane, kin, kcol;
+  std::vector<uint64_t> kmask;
+  for (int64_t i = 0; i < w.kh; ++i)
+    if (wide)
+      for (int64_t t = 0; t < wpr; ++t) {
+        const int64_t used = std::min(ppw, w.kw - t * ppw) * s.C;
+        kplane.push_back(0), kin.push_back(i * s.dh), kcol.push_back(t * ppw);
+        kmask.push_back(used >= 64 ? ~uint64_t(0) : (uint64_t(1) << used) - 1);
+      }
+    else
       for (int64_t j = 0; j < w.kw; ++j)
         for (int64_t c = 0; c < cw; ++c)
-          koff[size_t((i * w.kw + j) * cw + c)] = c * g.plane + i * s.dh * Wp + j * s.dw;
+          kplane.push_back(c), kin.push_back(i * s.dh), kcol.push_back(j * s.dw), kmask.push_back(~uint64_t(0));
+  std::vector<int64_t> koff = lane_block_offsets(kwords);  // gathered blocks: [kwords][32]
+  if (direct)  // stride 1: at a fixed offset from the lane's own word
+    for (int64_t k = 0; k < kwords; ++k) koff[size_t(k)] = kplane[size_t(k)] * g.plane + kin[size_t(k)] * Wp + kcol[size_t(k)];
 
 #pragma omp parallel
   {
-    std::vector<uint64_t> q(direct ? 0 : size_t(w.kwords * kLanes));
+    std::vector<uint64_t> q(direct ? 0 : size_t(kwords * kLanes));
     std::vector<float> tile(s.blocked_out ? size_t(O * kLanes) : 0);
     int64_t pos[kLanes];
+    int32_t lane_kbits[kLanes];
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < s.N * pblocks; ++t) {
       const int64_t n = t / pblocks, pb = t % pblocks;
@@ -569,17 +658,19 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
       if (!direct) {
         int64_t oh = pb * kLanes / OW, ow = pb * kLanes % OW;  // lane l's position, stepped: no division per lane
         for (int64_t l = 0; l < kLanes; ++l) {
-          const int64_t pos = pb * kLanes + l;
-          for (int64_t i = 0; i < w.kh; ++i)
-            for (int64_t j = 0; j < w.kw; ++j)
-              for (int64_t c = 0; c < cw; ++c)
-                q[size_t(((i * w.kw + j) * cw + c) * kLanes + l)] =
-                    pos < P ? xn[c * g.plane + (oh * s.sh + i * s.dh) * Wp + ow * s.sw + j * s.dw] : 0;
+          const bool in = pb * kLanes + l < P;
+          for (int64_t k = 0; k < kwords; ++k)
+            q[size_t(k * kLanes + l)] =
+                in ? xn[kplane[size_t(k)] * g.plane + (oh * s.sh + kin[size_t(k)]) * Wp + ow * s.sw + kcol[size_t(k)]] : 0;
           if (++ow == OW) ow = 0, ++oh;
         }
         Q = q.data();
       }
+      // Wide words: the masked slots (weights 0 there) add popcount(q & ~mask) to every
+      // output channel's count alike; d = kbits - 2 (count - that) per lane.
+      if (wide) masked_counts(p, Q, koff.data(), kmask.data(), kwords, int32_t(w.kbits), lane_kbits);
       Epilogue e{y + n * O * P, P, grid, a.scale, a.bias, false, int32_t(w.kbits), row, OW};
+      if (wide) e.lane_kbits = lane_kbits;
       if (!corr.empty())
         e.corr = corr.data(), e.row_class = row_class.data(), e.classes = classes, e.touches = touches.data();
       if (s.blocked_out) {  // the block's lanes into a tile, then into nChw16c
@@ -589,7 +680,7 @@ void binary_conv2d(const float* x, const ConvShape& s, const BinaryWeights& w, c
           if (++c == row) c = 0, ++r;
         }
       }
-      rows_xnor(p, w.bits.data(), O, w.kwords, Q, koff.data(), w.kwords, pb * kLanes, e);
+      rows_xnor(p, wide ? w.wide.data() : w.bits.data(), O, kwords, Q, koff.data(), kwords, pb * kLanes, e);
       if (s.blocked_out) {
         if (p == Path::native) tile_to_blocked_native(tile.data(), O, pos, P, y + n * O * P);
         else tile_to_blocked_portable(tile.data(), O, pos, P, y + n * O * P);
