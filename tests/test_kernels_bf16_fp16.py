@@ -80,10 +80,14 @@ def test_info_names_each_family_path():
         assert (path == "simulated") == (f"{family}_simulated_because" in info)
     if info["portable_forced"]:
         return
+    # oneDNN's direct convolutions are preferred over its brgemm ones of the same ISA (AMX's
+    # brgemm stays): the same sums, faster on small layers, and bf16's keeps nChw16c
     if "avx512_bf16" in flags:
         assert "bf16" in info["bf16"], info["bf16"]
+        assert "amx" in info["bf16"] or info["bf16"].startswith("onednn:jit_bf16"), info["bf16"]
     if "avx512_vnni" in flags:
-        assert "vnni" in info["int8"], info["int8"]
+        assert "vnni" in info["int8"] or "amx" in info["int8"], info["int8"]
+        assert "amx" in info["int8"] or info["int8"].startswith("onednn:jit_int8"), info["int8"]
     if "avx512_fp16" in flags:
         assert info["fp16"].startswith("onednn:")
     elif "avx_ne_convert" not in flags:  # no f16 arithmetic oneDNN 3.2 uses (AVX512-FP16, AVX2-VNNI-2)
