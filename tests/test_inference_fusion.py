@@ -1,13 +1,14 @@
 """Inference fusions of predict/evaluate: a ReLU applied by the batch norm or add before it,
-or run in place over its producer's output, and a sign quantizer (BinAct) skipped in front
-of a binary kernel, which packs the signs itself, give exactly the unfused network's values."""
+or run in place over its producer's output, and a quantizer node skipped in front of a kernel
+that quantizes its input the same way itself (a BinAct before an xnor-popcount conv, a Fixed
+QuantAct before an int8 conv), give exactly the unfused network's values."""
 import numpy as np
 import pytest
 
 import lowbit as lb
 from lowbit import layers as L
 
-FOLDED, IN_PLACE, PRODUCER, SIGN_PASSED = 1, 2, 3, 4
+FOLDED, IN_PLACE, PRODUCER, QUANT_PASSED = 1, 2, 3, 4
 
 
 def _moved(m):
@@ -19,7 +20,7 @@ def _moved(m):
     return m
 
 
-@pytest.mark.parametrize("precision", [None, "int8", "bf16", "binary"])
+@pytest.mark.parametrize("precision", [None, "int8", "bf16", "binary", "w1a8"])
 def test_resnet_predict_and_evaluate_equal_the_unfused_forward(precision):
     m = lb.models.resnet20((3, 16, 16), num_classes=10, seed=0, precision=precision, bn_momentum=0.9)
     x = np.random.default_rng(1).standard_normal((24, 3, 16, 16)).astype(np.float32)
@@ -35,9 +36,10 @@ def test_resnet_predict_and_evaluate_equal_the_unfused_forward(precision):
     assert all(kinds[i] == "relu" for i in folded)
     assert {kinds[g.node_inputs(i)[0]] for i in folded} == (set() if precision == "binary" else {"batch_norm", "add"})
     assert all(plan[g.node_inputs(i)[0]] == PRODUCER for i in folded)
-    # S1's binary network: every BinAct feeds one binary conv, which reads its input's signs
-    passed = [i for i, p in enumerate(plan) if p == SIGN_PASSED]
-    assert len(passed) == (18 if precision == "binary" else 0)
+    # S1's networks: every BinAct / 8-bit QuantAct feeds one block conv, whose xnor / int8
+    # kernel binarizes / encodes the input itself
+    passed = [i for i, p in enumerate(plan) if p == QUANT_PASSED]
+    assert len(passed) == (18 if precision in ("binary", "w1a8") else 0)
     assert all(kinds[i] == "quantize" for i in passed)
     unfused = g.forward(x, False)  # forward: no fusions (calibration reads its activations)
     np.testing.assert_array_equal(m.predict(x, batch_size=8), unfused)

@@ -61,7 +61,7 @@ class Graph {
   // context (caches, layouts) rather than of each layer run alone.
   void predict_timed(const float* x, int64_t n, int64_t batch, float* out, std::vector<double>& seconds);
   // Per node, what predict/evaluate do with it (the values of fusion_plan_ below).
-  enum : int8_t { kAsIs = 0, kReluFolded = 1, kReluInPlace = 2, kAppliesRelu = 3, kSignPassed = 4 };
+  enum : int8_t { kAsIs = 0, kReluFolded = 1, kReluInPlace = 2, kAppliesRelu = 3, kQuantPassed = 4 };
   std::vector<int8_t> inference_fusions() {
     if (fusion_plan_.size() != nodes_.size()) plan_fusions();
     return fusion_plan_;
@@ -130,12 +130,12 @@ class Graph {
   // Inference fusions, on in predict and evaluate: per node kAsIs, or for a ReLU node
   // kReluFolded (applied by its producer, a batch norm or add, marked kAppliesRelu) or
   // kReluInPlace (run over its producer's output); only where that output has no other
-  // reader. A sign quantizer (BinAct) whose one reader is a layer that packs its input's
-  // signs itself (a binary kernel, when it runs: sign_reader_) hands its input through
-  // (kSignPassed). Planned after the graph changes.
+  // reader. A quantizer node (BinAct, a Fixed QuantAct) with one reader, quant_reader_, is
+  // kQuantPassed: it hands its input through whenever that reader quantizes its input the
+  // same way itself (a binary or int8 kernel that runs). Planned after the graph changes.
   bool fuse_ = false;
   std::vector<int8_t> fusion_plan_;
-  std::vector<int> sign_reader_;
+  std::vector<int> quant_reader_;
   void plan_fusions();
   void forward_node(int i, int64_t n, int8_t plan, const StepContext& ctx);
   std::vector<char> grad_set_;

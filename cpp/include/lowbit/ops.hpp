@@ -76,10 +76,10 @@ struct Op {
   // around such a forward and is false otherwise.
   virtual bool can_fuse_relu() const { return false; }
   bool fused_relu = false;
-  // Inference only: whether the op's forward reads nothing of its input but the signs
-  // (x < 0) right now - a layer running a binary kernel - so that a sign quantizer feeding
-  // only this op may hand its input through.
-  virtual bool reads_input_signs() const { return false; }
+  // Inference only: whether the op's forward, right now, reads its input x exactly as
+  // quantizer f would map it (a kernel that binarizes or encodes x itself), so that a
+  // quantizer node to f feeding only this op may hand its input through.
+  virtual bool quantizes_input_as(const Format& /*f*/) const { return false; }
   // Whether params[k].version identifies the weights' values (an op may keep a prepared
   // copy per version). False for an op inside a quantized wrapper, which swaps quantized
   // tensors in for the latent weights behind its back.

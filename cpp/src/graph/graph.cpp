@@ -160,15 +160,14 @@ void Graph::plan_fusions() {
   for (const auto& node : nodes_)
     for (int j : node.inputs) ++uses[size_t(j)];
   fusion_plan_.assign(nodes_.size(), 0);
-  sign_reader_.assign(nodes_.size(), -1);
+  quant_reader_.assign(nodes_.size(), -1);
   for (int i = 0; i <= output_; ++i) {
     const auto& node = nodes_[size_t(i)];
-    for (int j : node.inputs) {  // j a sign quantizer read by i alone
-      const Format* f = nodes_[size_t(j)].op ? nodes_[size_t(j)].op->output_format() : nullptr;
-      if (nodes_[size_t(j)].kind == "quantize" && uses[size_t(j)] == 1 && node.inputs.size() == 1 && f &&
-          f->kind == FormatKind::binary && f->scale == ScaleMode::none && f->hysteresis == 0.f &&
-          f->rounding != Rounding::stochastic)
-        fusion_plan_[size_t(j)] = kSignPassed, sign_reader_[size_t(j)] = i;
+    if (node.op && node.inputs.size() == 1) {  // a quantizer node read by i alone
+      const int j = node.inputs[0];
+      const Op* q = nodes_[size_t(j)].op.get();
+      if (q && nodes_[size_t(j)].kind == "quantize" && uses[size_t(j)] == 1 && q->output_format())
+        fusion_plan_[size_t(j)] = kQuantPassed, quant_reader_[size_t(j)] = i;
     }
     if (!node.op || node.kind != "relu" || node.inputs.size() != 1) continue;
     const int j = node.inputs[0];
@@ -200,12 +199,12 @@ void Graph::run_forward(const std::vector<const Tensor*>& xs, const StepContext&
 }
 
 // Node i's forward; plan (fusion_plan_'s value, kAsIs outside predict/evaluate) says whether
-// it is a ReLU over its producer's output, an op that applies the ReLU after it, or a sign
-// quantizer that its reader may skip. A binary kernel reads x < 0 as -1 and everything
-// else (0, NaN) as +1, exactly as Binary() quantizes, so it may read x instead of sign(x).
+// it is a ReLU over its producer's output, an op that applies the ReLU after it, or a
+// quantizer node whose reader may quantize its input itself (Op::quantizes_input_as).
 void Graph::forward_node(int i, int64_t n, int8_t plan, const StepContext& ctx) {
   auto& node = nodes_[size_t(i)];
-  const bool pass = plan == kSignPassed && nodes_[size_t(sign_reader_[size_t(i)])].op->reads_input_signs();
+  const bool pass = plan == kQuantPassed &&
+                    nodes_[size_t(quant_reader_[size_t(i)])].op->quantizes_input_as(*node.op->output_format());
   if (plan == kReluFolded || plan == kReluInPlace || pass) {  // act_[i] is the producer's output
     Tensor& from = act_[size_t(node.inputs[0])];
     act_[size_t(i)] = Tensor::borrow(from.data(), from.shape);

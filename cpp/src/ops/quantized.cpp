@@ -45,6 +45,7 @@ struct Quantized : Op {
   int64_t channels, w_rows, fan_in, fan_out;
   Tensor wq_, xq_, z_, dz_, dxq_, wsign_;
   std::optional<Format> accum_, grad_accum_;
+  std::optional<Format> values_;  // the grid a quantizer node in front put the input on (see Graph::add)
   ConvGeometry geo_{};
   // evaluate/predict on a low-precision kernel (binary, int8, bf16, fp16), when one exists
   std::unique_ptr<kernels::LayerKernel> kernel_;
@@ -88,8 +89,8 @@ struct Quantized : Op {
     // "values": the format the input already is on (the graph sets it behind a Binary()
     // quantizer node, a BinAct); without an input format of its own the layer's kernel
     // then reads those values as they are: +-1 are their own signs
-    const Role values = role(cfg, "values");
-    const std::optional<Format>& kin = in_ ? in_.f : values.f;
+    values_ = role(cfg, "values").f;
+    const std::optional<Format>& kin = in_ ? in_.f : values_;
     if (w_ && kin && !accum_) kernel_ = kernels::make_layer_kernel(k, cfg, in, *kin, *w_.f, bias_in_kernel_);
     out_shape = inner->out_shape;
     macs = inner->macs;
@@ -110,10 +111,18 @@ struct Quantized : Op {
   }
 
   std::vector<QuantState*> quant_states() override { return {&w_.st, &in_.st, &out_.st, &grad_.st}; }
-  // at inference the xnor-popcount kernel packs x < 0 itself (no quantizer pass, see forward)
-  bool reads_input_signs() const override {
-    return kernel_ && kernel_->family() == kernels::Family::binary && kernels::family_enabled(kernels::Family::binary) &&
-           (!in_ || in_.f->hysteresis == 0.f);
+  // For a layer reading a quantizer node's values (no input format of its own), at
+  // inference: the xnor-popcount kernel reads x < 0 as -1 and the rest (0, NaN) as +1, as
+  // Binary() maps them; the int8 kernel encodes a Fixed grid's codes rounding half to even
+  // and saturating, as Fixed(rounding='nearest') does, NaN and infinities alike.
+  bool quantizes_input_as(const Format& f) const override {
+    if (!kernel_ || in_ || !values_ || !kernels::family_enabled(kernel_->family())) return false;
+    if (kernel_->family() == kernels::Family::binary)
+      return f.kind == FormatKind::binary && f.scale == ScaleMode::none && f.hysteresis == 0.f &&
+             f.rounding != Rounding::stochastic;
+    return kernel_->family() == kernels::Family::int8 && f.kind == FormatKind::fixed &&
+           f.rounding == Rounding::nearest && f.overflow == Overflow::saturate && !f.msb_auto &&
+           f.bits == values_->bits && f.msb == values_->msb && f.is_signed == values_->is_signed;
   }
   // The inner op's primitives, except the passes lowbit's accumulator loops replace.
   std::vector<Kernel> kernels() const override {
