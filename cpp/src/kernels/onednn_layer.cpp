@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 
+#include "lowbit/accum_fp16.hpp"
 #include "lowbit/dnnl_util.hpp"
 #include "lowbit/kernels.hpp"
 #include "lowbit/simd.hpp"
@@ -118,20 +119,14 @@ __attribute__((target("avx512f"))) int64_t int_codes_f32_avx512(const float* x, 
   return i;
 }
 
-bool codes_avx512() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return yes;
-}
 #endif
 
 bool int_codes_f32(const float* x, int64_t n, float inv, float zp, float lo, float hi, uint8_t* out) {
   int64_t done = 0;
   bool near = false;
 #if LB_AVX512_CODES
-  if (codes_avx512()) done = int_codes_f32_avx512(x, n, inv, zp, lo, hi, out, &near);
+  static const bool avx512 = fp16acc::avx512f_supported();
+  if (avx512) done = int_codes_f32_avx512(x, n, inv, zp, lo, hi, out, &near);
 #endif
   return int_codes_f32_loop(x + done, n - done, inv, zp, lo, hi, out + done) || near;
 }

@@ -165,8 +165,10 @@ struct Quantized : Op {
   void scale_channels(Tensor& z, const std::vector<float>& alpha) const {
     const bool per_channel = int64_t(alpha.size()) == channels;
     LB_CHECK(per_channel || alpha.size() == 1, "binary weight scales: ", alpha.size(), " for ", channels, " channels");
-    const std::vector<float> a = per_channel ? alpha : std::vector<float>(size_t(channels), alpha[0]);
-    mul_channel_scale(z.data(), a.data(), z.dim(0), channels, numel(out_shape) / channels, z.blocked);
+    std::vector<float> one_per_channel;  // a per-tensor alpha, repeated
+    if (!per_channel) one_per_channel.assign(size_t(channels), alpha[0]);
+    mul_channel_scale(z.data(), per_channel ? alpha.data() : one_per_channel.data(), z.dim(0), channels,
+                      numel(out_shape) / channels, z.blocked);
   }
 
   void forward(const std::vector<const Tensor*>& src, Tensor& dst, const StepContext& ctx) override {
